@@ -1,0 +1,1 @@
+"""creditauth.v1: stubs generated from authorization.proto at install time."""
