@@ -59,8 +59,13 @@ def extensions() -> list[Extension]:
     flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
     if os.environ.get("CREDITAUTH_PORTABLE", "") != "1" and sys.platform != "win32":
         flags.append("-march=native")
+    # CREDITAUTH_EXT_ONLY=kernels limits a build to one package's extensions
+    # (handy while iterating on one kernel with build_ext --inplace).
+    only = os.environ.get("CREDITAUTH_EXT_ONLY", "")
     exts = []
     for pyx in sorted([*ROOT.glob("kernels/**/*.pyx"), *ROOT.glob("features/**/*.pyx")]):
+        if only and not str(pyx.relative_to(ROOT)).startswith(only):
+            continue
         rel = pyx.relative_to(ROOT).with_suffix("")
         exts.append(
             Extension(

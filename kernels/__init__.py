@@ -1,0 +1,30 @@
+"""Scoring kernels: tree ensembles, scorecards, policy rules and reason codes.
+
+Everything public is re-exported here; the compiled ``_*.pyx`` modules are
+private. The package imports only numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+from kernels.ensemble import TreeEnsemble
+from kernels.errors import (
+    InputDtypeError,
+    InputShapeError,
+    KernelError,
+    ModelFormatError,
+    SpecError,
+    UnsupportedModelError,
+)
+from kernels.parity import ParityReport, check_parity
+
+__all__ = [
+    "InputDtypeError",
+    "InputShapeError",
+    "KernelError",
+    "ModelFormatError",
+    "ParityReport",
+    "SpecError",
+    "TreeEnsemble",
+    "UnsupportedModelError",
+    "check_parity",
+]

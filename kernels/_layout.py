@@ -1,0 +1,372 @@
+"""Compile a ForestIR into "columns": the layout of the fast kernels.
+
+Every numerical node's missing-value rule is folded into the column it reads,
+so the kernels evaluate each node with one comparison and no branches:
+
+* A *column* is a view of one input feature. Numerical views differ only in
+  how NaN (and, for zero-as-missing nodes, 0.0) are substituted:
+
+  ====================  ==============================  =========================
+  view                  substitution                    nodes that read it
+  ====================  ==============================  =========================
+  ``VIEW_NAN_AS_ZERO``  NaN -> 0.0                      missing_type None
+  ``VIEW_NAN_RIGHT``    NaN -> +inf                     missing NaN, default right
+  ``VIEW_NAN_LEFT``     NaN -> -inf                     missing NaN, default left
+  ``VIEW_ZERO_RIGHT``   NaN, 0.0 -> +inf                missing Zero, default right
+  ``VIEW_ZERO_LEFT``    NaN, 0.0 -> -inf                missing Zero, default left
+  ====================  ==============================  =========================
+
+  A categorical column holds 0 when the value is in the node's bitset (left)
+  and 1 otherwise, compared against 0.5 / rank 0.
+
+* Block kernel: each numerical column is *ranked*: ``rank(x)`` is the number of
+  the feature's distinct thresholds strictly below ``x`` (special values map
+  to 0 for "always left" or K for "always right"). A node with the j-th
+  threshold goes right iff ``rank > j``, which is exactly ``x > threshold`` for
+  every double, infinities included. Leaves are numbered left to right; a node
+  that goes right clears the bits of its left subtree's leaves (QuickScorer),
+  and the exit leaf is the lowest surviving bit.
+
+* Row kernel (single rows): the same views hold substituted doubles and nodes
+  are walked branch-free with ``x > threshold``; that needs finite thresholds
+  (true for LightGBM/XGBoost models; otherwise the generic kernel is used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels._ir import MISSING_NAN, MISSING_NONE, MISSING_ZERO, ForestIR, TreeIR
+
+VIEW_NAN_AS_ZERO = 0
+VIEW_NAN_RIGHT = 1
+VIEW_NAN_LEFT = 2
+VIEW_ZERO_RIGHT = 3
+VIEW_ZERO_LEFT = 4
+VIEW_CATEGORICAL = 5
+
+MAX_BLOCK_LEAVES = 64
+
+
+def _view_of(missing: int, default_left: bool) -> int:
+    if missing == MISSING_NONE:
+        return VIEW_NAN_AS_ZERO
+    if missing == MISSING_NAN:
+        return VIEW_NAN_LEFT if default_left else VIEW_NAN_RIGHT
+    if missing == MISSING_ZERO:
+        return VIEW_ZERO_LEFT if default_left else VIEW_ZERO_RIGHT
+    raise AssertionError(missing)
+
+
+def _inorder_leaves(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-to-right leaf order, and each internal node's left-subtree leaf range.
+
+    Returns (position of each original leaf, lo, hi) with the left subtree of
+    node i covering positions [lo[i], hi[i]).
+    """
+    n_int = tree.n_internal
+    pos = np.zeros(tree.n_leaves, dtype=np.int64)
+    lo = np.zeros(n_int, dtype=np.int64)
+    hi = np.zeros(n_int, dtype=np.int64)
+    if n_int == 0:
+        return pos, lo, hi
+    counter = 0
+    # Iterative post-order-ish walk: (node, state) with state 0=enter, 1=after left.
+    stack: list[tuple[int, int]] = [(0, 0)]
+    while stack:
+        node, state = stack.pop()
+        if node < 0:
+            pos[~node] = counter
+            counter += 1
+            continue
+        if state == 0:
+            lo[node] = counter
+            stack.append((node, 1))
+            stack.append((int(tree.left[node]), 0))
+        else:
+            hi[node] = counter
+            stack.append((int(tree.right[node]), 0))
+    return pos, lo, hi
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Columns shared by the block and row kernels."""
+
+    col_feature: np.ndarray  # int32 (n_cols,)
+    col_kind: np.ndarray  # int32 (n_cols,): VIEW_*
+    col_rankset: np.ndarray  # int32 (n_cols,): numerical -> index into rank sets; cat -> -1
+    col_cat_off: np.ndarray  # int32 (n_cols,)
+    col_cat_len: np.ndarray  # int32 (n_cols,)
+    cat_words: np.ndarray  # uint32
+    # Rank sets: one per feature with numerical splits.
+    rs_feature: np.ndarray  # int32 (n_sets,)
+    rs_offset: np.ndarray  # int32 (n_sets,): into rs_thresholds
+    rs_count: np.ndarray  # int32 (n_sets,): K distinct thresholds
+    rs_pad: np.ndarray  # int32 (n_sets,): power of two > K (padded with +inf)
+    rs_zero_rank: np.ndarray  # int32 (n_sets,): rank of 0.0
+    rs_thresholds: np.ndarray  # float64
+
+
+@dataclass(frozen=True)
+class Layout:
+    columns: ColumnLayout
+    n_trees: int
+    # Per internal node (tree-major, trees contiguous).
+    node_col: np.ndarray  # int32
+    node_rank: np.ndarray  # int32: threshold index within its rank set (0 for cat)
+    node_thr: np.ndarray  # float64: threshold (0.5 for categorical)
+    node_clear: np.ndarray  # uint64: leaf bits of the left subtree (valid if leaves <= 64)
+    node_left: np.ndarray  # int32: child node (global) or ~leaf (global, left-to-right)
+    node_right: np.ndarray  # int32
+    tree_node_off: np.ndarray  # int32 (n_trees + 1,)
+    tree_root: np.ndarray  # int32: global node or ~global leaf
+    tree_leaf_off: np.ndarray  # int32 (n_trees + 1,)
+    leaf_value: np.ndarray  # float64, left-to-right within each tree
+    # Saabas path of every leaf, aggregated per feature: CSR over global leaves.
+    path_off: np.ndarray  # int32 (n_leaves + 1,)
+    path_feature: np.ndarray  # int32
+    path_delta: np.ndarray  # float64
+    max_leaves: int
+    finite_thresholds: bool
+
+
+def build_layout(forest: ForestIR) -> Layout:
+    col_key: dict[tuple[int, int, int], int] = {}  # (feature, kind, cat bitset id) -> column
+    col_feature: list[int] = []
+    col_kind: list[int] = []
+    col_cat_off: list[int] = []
+    col_cat_len: list[int] = []
+    cat_words: list[np.ndarray] = []
+    cat_ids: dict[bytes, tuple[int, int, int]] = {}
+    n_words = 0
+    thresholds: dict[int, set[float]] = {}
+
+    # Pass 1: gather distinct thresholds per feature and the columns.
+    for tree in forest.trees:
+        for i in range(tree.n_internal):
+            f = int(tree.split_feature[i])
+            if tree.is_categorical[i]:
+                words = tree.cat_words[tree.cat_offset[i] : tree.cat_offset[i] + tree.cat_length[i]]
+                words = np.trim_zeros(words.astype(np.uint32), "b")
+                key_bytes = f.to_bytes(4, "little") + words.tobytes()
+                if key_bytes not in cat_ids:
+                    cat_ids[key_bytes] = (len(cat_ids), n_words, int(words.shape[0]))
+                    cat_words.append(words)
+                    n_words += int(words.shape[0])
+                cid, off, ln = cat_ids[key_bytes]
+                key = (f, VIEW_CATEGORICAL, cid)
+                if key not in col_key:
+                    col_key[key] = len(col_feature)
+                    col_feature.append(f)
+                    col_kind.append(VIEW_CATEGORICAL)
+                    col_cat_off.append(off)
+                    col_cat_len.append(ln)
+            else:
+                thresholds.setdefault(f, set()).add(float(tree.threshold[i]))
+                kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
+                key = (f, kind, -1)
+                if key not in col_key:
+                    col_key[key] = len(col_feature)
+                    col_feature.append(f)
+                    col_kind.append(kind)
+                    col_cat_off.append(0)
+                    col_cat_len.append(0)
+
+    rs_feature = sorted(thresholds)
+    rs_index = {f: j for j, f in enumerate(rs_feature)}
+    sorted_thr = {f: np.array(sorted(thresholds[f]), dtype=np.float64) for f in rs_feature}
+    rs_offset, rs_count, rs_pad, rs_zero_rank, rs_parts = [], [], [], [], []
+    off = 0
+    for f in rs_feature:
+        u = sorted_thr[f]
+        k = int(u.shape[0])
+        pad = 1
+        while pad <= k:
+            pad *= 2
+        rs_offset.append(off)
+        rs_count.append(k)
+        rs_pad.append(pad)
+        rs_zero_rank.append(int(np.searchsorted(u, 0.0, side="left")))
+        rs_parts.append(np.concatenate([u, np.full(pad - k, np.inf)]))
+        off += pad
+    finite = all(bool(np.all(np.isfinite(sorted_thr[f]))) for f in rs_feature)
+
+    columns = ColumnLayout(
+        col_feature=np.array(col_feature, dtype=np.int32),
+        col_kind=np.array(col_kind, dtype=np.int32),
+        col_rankset=np.array(
+            [rs_index[f] if kd != VIEW_CATEGORICAL else -1
+             for f, kd in zip(col_feature, col_kind, strict=True)],
+            dtype=np.int32,
+        ),
+        col_cat_off=np.array(col_cat_off, dtype=np.int32),
+        col_cat_len=np.array(col_cat_len, dtype=np.int32),
+        cat_words=(np.concatenate(cat_words).astype(np.uint32) if cat_words
+                   else np.zeros(0, dtype=np.uint32)),
+        rs_feature=np.array(rs_feature, dtype=np.int32),
+        rs_offset=np.array(rs_offset, dtype=np.int32),
+        rs_count=np.array(rs_count, dtype=np.int32),
+        rs_pad=np.array(rs_pad, dtype=np.int32),
+        rs_zero_rank=np.array(rs_zero_rank, dtype=np.int32),
+        rs_thresholds=(np.concatenate(rs_parts) if rs_parts else np.zeros(0)),
+    )
+
+    # Pass 2: nodes, leaves, masks, Saabas paths.
+    node_col: list[np.ndarray] = []
+    node_rank: list[np.ndarray] = []
+    node_thr: list[np.ndarray] = []
+    node_clear: list[np.ndarray] = []
+    node_left: list[np.ndarray] = []
+    node_right: list[np.ndarray] = []
+    tree_node_off = [0]
+    tree_leaf_off = [0]
+    tree_root: list[int] = []
+    leaf_values: list[np.ndarray] = []
+    path_off = [0]
+    path_feature: list[int] = []
+    path_delta: list[float] = []
+    node_base = 0
+    leaf_base = 0
+    for tree in forest.trees:
+        n_int = tree.n_internal
+        n_leaf = tree.n_leaves
+        pos, lo, hi = _inorder_leaves(tree)
+        ordered = np.empty(n_leaf)
+        ordered[pos] = tree.leaf_value
+        leaf_values.append(ordered)
+        if n_int == 0:
+            tree_root.append(~leaf_base)
+            path_off.append(path_off[-1])
+        else:
+            tree_root.append(node_base)
+            cols = np.empty(n_int, dtype=np.int32)
+            ranks = np.zeros(n_int, dtype=np.int32)
+            thr = np.empty(n_int)
+            for i in range(n_int):
+                f = int(tree.split_feature[i])
+                if tree.is_categorical[i]:
+                    words = tree.cat_words[
+                        tree.cat_offset[i] : tree.cat_offset[i] + tree.cat_length[i]
+                    ]
+                    words = np.trim_zeros(words.astype(np.uint32), "b")
+                    cid = cat_ids[f.to_bytes(4, "little") + words.tobytes()][0]
+                    cols[i] = col_key[(f, VIEW_CATEGORICAL, cid)]
+                    thr[i] = 0.5
+                else:
+                    kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
+                    cols[i] = col_key[(f, kind, -1)]
+                    t = float(tree.threshold[i])
+                    ranks[i] = int(np.searchsorted(sorted_thr[f], t, side="left"))
+                    thr[i] = t
+            clear = np.zeros(n_int, dtype=np.uint64)
+            if n_leaf <= MAX_BLOCK_LEAVES:
+                for i in range(n_int):
+                    width = int(hi[i] - lo[i])
+                    clear[i] = np.uint64(((1 << width) - 1) << int(lo[i]))
+
+            def glob(child: np.ndarray, nb: int = node_base, lb: int = leaf_base,
+                     p: np.ndarray = pos) -> np.ndarray:
+                out: np.ndarray = np.where(
+                    child >= 0, child + nb, ~(p[np.maximum(~child, 0)] + lb)
+                ).astype(np.int32)
+                return out
+
+            node_col.append(cols)
+            node_rank.append(ranks)
+            node_thr.append(thr)
+            node_clear.append(clear)
+            node_left.append(glob(tree.left))
+            node_right.append(glob(tree.right))
+            # Saabas paths: walk root->leaf accumulating per-feature deltas.
+            paths: list[dict[int, float]] = [dict() for _ in range(n_leaf)]
+            stack: list[tuple[int, dict[int, float]]] = [(0, {})]
+            while stack:
+                node, acc = stack.pop()
+                f = int(tree.split_feature[node])
+                for child in (int(tree.left[node]), int(tree.right[node])):
+                    cv = (tree.internal_value[child] if child >= 0
+                          else tree.leaf_value[~child])
+                    d = dict(acc)
+                    d[f] = d.get(f, 0.0) + float(cv - tree.internal_value[node])
+                    if child >= 0:
+                        stack.append((child, d))
+                    else:
+                        paths[int(pos[~child])] = d
+            for p in paths:
+                for f, v in sorted(p.items()):
+                    path_feature.append(f)
+                    path_delta.append(v)
+                path_off.append(len(path_feature))
+        node_base += n_int
+        leaf_base += n_leaf
+        tree_node_off.append(node_base)
+        tree_leaf_off.append(leaf_base)
+
+    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0), dtype=dtype)
+
+    return Layout(
+        columns=columns,
+        n_trees=len(forest.trees),
+        node_col=cat(node_col, np.int32),
+        node_rank=cat(node_rank, np.int32),
+        node_thr=cat(node_thr, np.float64),
+        node_clear=cat(node_clear, np.uint64),
+        node_left=cat(node_left, np.int32),
+        node_right=cat(node_right, np.int32),
+        tree_node_off=np.array(tree_node_off, dtype=np.int32),
+        tree_root=np.array(tree_root, dtype=np.int32),
+        tree_leaf_off=np.array(tree_leaf_off, dtype=np.int32),
+        leaf_value=cat(leaf_values, np.float64),
+        path_off=np.array(path_off, dtype=np.int32),
+        path_feature=np.array(path_feature, dtype=np.int32),
+        path_delta=np.array(path_delta, dtype=np.float64),
+        max_leaves=forest.max_leaves(),
+        finite_thresholds=finite,
+    )
+
+
+def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
+    """Arrays for ``_fast.FastKernel`` (names match its constructor)."""
+    cols = layout.columns
+    n_sets = int(cols.rs_feature.shape[0])
+    set_cols: list[int] = []
+    set_col_off = [0]
+    for s in range(n_sets):
+        set_cols.extend(int(c) for c in np.flatnonzero(cols.col_rankset == s))
+        set_col_off.append(len(set_cols))
+    kids = np.empty(2 * layout.node_col.shape[0], dtype=np.int32)
+    kids[0::2] = layout.node_left
+    kids[1::2] = layout.node_right
+    return {
+        "col_feature": cols.col_feature,
+        "col_kind": cols.col_kind,
+        "col_cat_off": cols.col_cat_off,
+        "col_cat_len": cols.col_cat_len,
+        "cat_words": cols.cat_words,
+        "rs_feature": cols.rs_feature,
+        "rs_offset": cols.rs_offset,
+        "rs_count": cols.rs_count,
+        "rs_pad": cols.rs_pad,
+        "rs_zero_rank": cols.rs_zero_rank,
+        "rs_thr": cols.rs_thresholds,
+        "set_col_off": np.array(set_col_off, dtype=np.int32),
+        "set_cols": np.array(set_cols, dtype=np.int32),
+        "cat_cols": np.flatnonzero(cols.col_kind == VIEW_CATEGORICAL).astype(np.int32),
+        "node_col": layout.node_col,
+        "node_rank": layout.node_rank,
+        "node_thr": layout.node_thr,
+        "clear32": (layout.node_clear & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        "clear64": layout.node_clear,
+        "kids": kids,
+        "tree_node_off": layout.tree_node_off,
+        "tree_root": layout.tree_root,
+        "tree_leaf_off": layout.tree_leaf_off,
+        "leaf": layout.leaf_value,
+        "path_off": layout.path_off,
+        "path_feature": layout.path_feature,
+        "path_delta": layout.path_delta,
+    }

@@ -1,0 +1,162 @@
+"""TreeEnsemble: the typed facade over the compiled tree kernels.
+
+Loading parses the model into a library-neutral ForestIR (``_ir.py``),
+validates it, and compiles it into the kernels' flat arrays. Prediction
+validates the input in Python, then calls a kernel that releases the GIL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kernels import _compile
+from kernels._ir import ForestIR
+from kernels._lightgbm import parse_lightgbm
+from kernels._traverse import TraversalKernel
+from kernels._validate import check_matrix, check_row, check_top_k
+from kernels._xgboost import parse_xgboost_json
+
+__all__ = ["TreeEnsemble"]
+
+F64Array = npt.NDArray[np.float64]
+I32Array = npt.NDArray[np.int32]
+
+
+class TreeEnsemble:
+    """A compiled binary-classification / regression tree ensemble.
+
+    Build with :meth:`from_lightgbm` or :meth:`from_xgboost_json`. Instances are
+    immutable and safe to share between threads (kernels keep no state between
+    calls and release the GIL).
+    """
+
+    __slots__ = ("_bias", "_forest", "_n_features", "_traverse")
+
+    def __init__(self, forest: ForestIR) -> None:
+        self._forest = forest
+        self._n_features = forest.n_features
+        arrays = _compile.flatten_for_traversal(forest)
+        self._bias = _compile.saabas_bias(forest)
+        self._traverse = TraversalKernel(
+            arrays,
+            forest.n_features,
+            _compile.input_mode(forest),
+            _compile.LINK_CODES[forest.link],
+            forest.float32_sum,
+            forest.sigmoid_scale,
+            forest.base_margin,
+            float(len(forest.trees)) if forest.average_output else 0.0,
+            self._bias,
+        )
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_lightgbm(cls, model_text: str) -> TreeEnsemble:
+        """Load a LightGBM text model (``Booster.model_to_string()``)."""
+        return cls(parse_lightgbm(model_text))
+
+    @classmethod
+    def from_xgboost_json(cls, json_text: str | bytes | bytearray) -> TreeEnsemble:
+        """Load an XGBoost JSON model (``save_model("x.json")`` / ``save_raw("json")``)."""
+        return cls(parse_xgboost_json(json_text))
+
+    # -- metadata -----------------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return self._n_features
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self._forest.feature_names
+
+    @property
+    def n_trees(self) -> int:
+        return len(self._forest.trees)
+
+    @property
+    def objective(self) -> str:
+        return self._forest.objective
+
+    @property
+    def source(self) -> str:
+        """``"lightgbm"`` or ``"xgboost"``."""
+        return self._forest.source
+
+    @property
+    def max_leaves(self) -> int:
+        return self._forest.max_leaves()
+
+    @property
+    def expected_value(self) -> float:
+        """Saabas bias in raw-score units: the score before any feature is seen.
+
+        Like ``raw_score`` for LightGBM ``average_output`` (rf) models, it is not
+        divided by the number of trees.
+        """
+        return self._bias
+
+    def __repr__(self) -> str:
+        return (
+            f"TreeEnsemble(source={self.source!r}, objective={self.objective!r}, "
+            f"n_trees={self.n_trees}, n_features={self.n_features}, max_leaves={self.max_leaves})"
+        )
+
+    # -- prediction ---------------------------------------------------------------------
+    def predict(self, X: npt.NDArray[Any], raw_score: bool = False) -> F64Array:
+        """Score a (n_rows, n_features) float32/float64 C-contiguous matrix.
+
+        Returns float64 (n_rows,): probabilities for binary objectives (the
+        library's transformed output in general), raw margins if ``raw_score``.
+        """
+        x = check_matrix(X, self._n_features)
+        out = np.empty(x.shape[0], dtype=np.float64)
+        if x.shape[0] == 1:
+            out[0] = self._traverse.predict_one(x[0], raw_score)
+        elif x.shape[0]:
+            self._traverse.predict(x, out, raw_score)
+        return out
+
+    def predict_one(self, row: npt.NDArray[Any], raw_score: bool = False) -> float:
+        """Score one 1-D float32/float64 row without batch set-up."""
+        r = check_row(row, self._n_features)
+        return self._traverse.predict_one(r, raw_score)
+
+    def predict_with_reasons(
+        self, X: npt.NDArray[Any], top_k: int, raw_score: bool = False
+    ) -> tuple[F64Array, I32Array, F64Array]:
+        """Scores plus the top-k most adverse features per row (Saabas attribution).
+
+        Returns ``(pred, feature_idx, contribution)``: ``pred`` as :meth:`predict`;
+        ``feature_idx`` int32 (n, k), most adverse first, ``-1`` where fewer than
+        k features pushed the raw score up; ``contribution`` float64 (n, k) in
+        raw-score (log-odds) units, 0.0 in unused slots. Ties go to the lower
+        feature index.
+        """
+        x = check_matrix(X, self._n_features)
+        k = check_top_k(top_k, self._n_features)
+        n = x.shape[0]
+        out = np.empty(n, dtype=np.float64)
+        idx = np.empty((n, k), dtype=np.int32)
+        val = np.empty((n, k), dtype=np.float64)
+        if n:
+            self._traverse.predict_reasons(x, k, out, idx, val, raw_score)
+        return out, idx, val
+
+    def contributions(self, X: npt.NDArray[Any]) -> F64Array:
+        """Full Saabas attribution matrix (n, n_features + 1); last column is the bias.
+
+        Each row sums to the raw score (up to float rounding).
+        """
+        x = check_matrix(X, self._n_features)
+        out = np.empty((x.shape[0], self._n_features + 1), dtype=np.float64)
+        if x.shape[0]:
+            self._traverse.contributions(x, out)
+        return out
+
+    def reason_names(self, feature_idx: npt.NDArray[np.int32]) -> list[list[str]]:
+        """Map a (n, k) index matrix from predict_with_reasons to feature names (drops -1)."""
+        names = self._forest.feature_names
+        return [[names[j] for j in row if j >= 0] for row in np.asarray(feature_idx).tolist()]

@@ -1,0 +1,127 @@
+"""``creditauth``: the single command-line entry point.
+
+This is the only place that reads environment variables (``CREDITAUTH_CONFIG``)
+and the only place that turns exceptions into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from features import FeatureError
+from kernels import KernelError
+from services.errors import CreditAuthError
+from services.settings import Settings, load_settings
+
+
+def _date(s: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(s)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {s!r}") from exc
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings")
+    g.add_argument("--config", type=Path, help="settings YAML (default: $CREDITAUTH_CONFIG if set)")
+    g.add_argument("--data-dir", type=Path, help="where data, feature repo and models live (default .creditauth)")
+    g.add_argument("--online-store", choices=["sqlite", "redis"], help="online store (default sqlite)")
+    g.add_argument("--redis-url", help="Redis online store URL (default redis://127.0.0.1:6379/0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="creditauth",
+        description="Credit-authorization scoring: gRPC front ends -> Ray Serve replicas -> Feast features -> Cython kernels.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="synthetic population").add_subparsers(dest="cmd", required=True)
+    gen = data.add_parser("generate", help="generate merchants, flows, bureau and applications; build offline tables")
+    _common(gen)
+    gen.add_argument("--merchants", type=int, default=100_000, help="population size (default 100000)")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--as-of", type=_date, default=None, help="snapshot date (default: today, UTC)")
+
+    feats = sub.add_parser("features", help="Feast feature repository").add_subparsers(dest="cmd", required=True)
+    ap = feats.add_parser("apply", help="write the feature repo and register it in Feast")
+    _common(ap)
+    mat = feats.add_parser("materialize", help="load the offline tables into the online store")
+    _common(mat)
+    mat.add_argument("--engine", choices=["bulk", "feast"], default="bulk",
+                     help="bulk: our writer of Feast's layout (default); feast: `feast materialize`")
+
+    model = sub.add_parser("model", help="risk model").add_subparsers(dest="cmd", required=True)
+    tr = model.add_parser("train", help="train LightGBM, gate on kernel parity, write a versioned artifact")
+    _common(tr)
+    tr.add_argument("--rounds", type=int, default=400, help="maximum boosting rounds (early stopping applies)")
+
+    serve = sub.add_parser("serve", help="start Ray, the scoring replicas and the gRPC front end")
+    _common(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 50051)")
+    serve.add_argument("--replicas", type=int, help="scoring replicas (default 1)")
+    serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    serve.add_argument("--policy", type=Path, help="policy YAML (default: the packaged policy)")
+
+    demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
+    _common(demo)
+    demo.add_argument("--merchants", type=int, default=100_000)
+    demo.add_argument("--requests", type=int, default=4000, help="unary requests to send (plus batch and stream)")
+    demo.add_argument("--concurrency", type=int, default=64)
+    demo.add_argument("--port", type=int, default=0, help="gRPC port (default: any free port)")
+    demo.add_argument("--reuse-data", action="store_true", help="skip generation/materialization/training if present")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    path = args.config
+    if path is None and os.environ.get("CREDITAUTH_CONFIG"):
+        path = Path(os.environ["CREDITAUTH_CONFIG"])
+    over: dict[str, Any] = {"features": {}, "serving": {}, "ray": {}}
+    if getattr(args, "data_dir", None):
+        over["features"]["data_dir"] = args.data_dir
+    if getattr(args, "online_store", None):
+        over["features"]["online_store"] = args.online_store
+    if getattr(args, "redis_url", None):
+        over["features"]["redis_url"] = args.redis_url
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            over["serving"][key] = getattr(args, key)
+    if getattr(args, "replicas", None) is not None:
+        over["ray"]["replicas"] = args.replicas
+    if getattr(args, "ray_address", None):
+        over["ray"]["address"] = args.ray_address
+    if getattr(args, "policy", None):
+        over["policy_path"] = args.policy
+    return load_settings(path, over)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from services.cli import commands
+
+    try:
+        settings = settings_from(args)
+        handler = getattr(commands, f"{args.group}_{getattr(args, 'cmd', '')}".rstrip("_"))
+        handler(settings, args)
+    except (CreditAuthError, FeatureError, KernelError) as exc:
+        print(f"creditauth: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

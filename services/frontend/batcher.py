@@ -1,0 +1,188 @@
+"""Adaptive coalescing of requests into batches for the scoring backend.
+
+Units of work are single validated items (unary calls) or whole
+``RequestBatch`` objects (a batch RPC, a stream window); each unit carries one
+future, never one per item. A dispatcher sends whatever has gathered as one
+backend call whenever a slot is free:
+
+* idle system: the first request goes out at once (no added latency);
+* under load: while ``max_inflight`` calls are out, arrivals gather, so batch
+  size grows with load, bounded by ``max_batch`` and, when a slot is free but
+  other calls are still out, by a short linger of ``max_wait``.
+
+Everything is bounded: past ``max_queue`` queued decisions, ``submit_*`` raises
+``Overloaded`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+from services.errors import BackendUnavailable, Overloaded, ShuttingDown
+from services.frontend.codec import Item, to_batch
+from services.runtime.backend import ScoringBackend
+from services.scoring import RequestBatch, ResponseBatch
+
+
+@dataclass
+class _Unit:
+    size: int
+    future: asyncio.Future[ResponseBatch]
+    item: Item | None = None
+    batch: RequestBatch | None = None
+
+
+@dataclass
+class BatcherStats:
+    calls: int = 0
+    decisions: int = 0
+    failures: int = 0
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        backend: ScoringBackend,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_inflight: int,
+        max_queue: int,
+    ) -> None:
+        self._backend = backend
+        self._max_batch = max_batch
+        self._max_wait = max_wait_s
+        self._max_inflight = max_inflight
+        self._max_queue = max_queue
+        self._pending: collections.deque[_Unit] = collections.deque()
+        self._queued = 0
+        self._inflight = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self.stats = BatcherStats()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    def _enqueue(self, unit: _Unit) -> None:
+        if self._closed:
+            raise ShuttingDown("front end is draining")
+        if self._queued + unit.size > self._max_queue:
+            raise Overloaded(f"{self._queued} decisions queued (limit {self._max_queue})")
+        self._pending.append(unit)
+        self._queued += unit.size
+        self._wake.set()
+
+    async def submit_one(self, item: Item) -> ResponseBatch:
+        """Score one item; the result is a 1-row ``ResponseBatch``."""
+        fut: asyncio.Future[ResponseBatch] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Unit(1, fut, item=item))
+        return await fut
+
+    async def submit_batch(self, batch: RequestBatch) -> ResponseBatch:
+        fut: asyncio.Future[ResponseBatch] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Unit(len(batch), fut, batch=batch))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending and self._inflight < self._max_inflight:
+                if self._inflight > 0 and self._queued < self._max_batch and self._max_wait > 0:
+                    # A slot is free but others are still out: linger briefly to fill.
+                    await asyncio.sleep(self._max_wait)
+                    if not self._pending:
+                        break
+                self._dispatch(self._take())
+            if self._closed and not self._pending and self._inflight == 0:
+                return
+
+    def _take(self) -> list[_Unit]:
+        units: list[_Unit] = []
+        size = 0
+        while self._pending and (not units or size + self._pending[0].size <= self._max_batch):
+            u = self._pending.popleft()
+            units.append(u)
+            size += u.size
+        self._queued -= size
+        return units
+
+    def _dispatch(self, units: list[_Unit]) -> None:
+        self._inflight += 1
+        task = asyncio.get_running_loop().create_task(self._call(units))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _call(self, units: list[_Unit]) -> None:
+        try:
+            singles = [u.item for u in units if u.item is not None]
+            parts: list[RequestBatch] = []
+            if singles:
+                parts.append(to_batch(singles))
+            parts += [u.batch for u in units if u.batch is not None]
+            batch = RequestBatch.concat(parts)
+            t0 = time.perf_counter()
+            try:
+                resp = await self._backend.score(batch)
+            except BackendUnavailable as exc:
+                self.stats.failures += 1
+                for u in units:
+                    if not u.future.done():
+                        u.future.set_exception(exc)
+                return
+            except Exception as exc:  # never leave a caller hanging
+                self.stats.failures += 1
+                err = BackendUnavailable(f"scoring failed: {exc!r}")
+                err.__cause__ = exc
+                for u in units:
+                    if not u.future.done():
+                        u.future.set_exception(err)
+                return
+            _ = time.perf_counter() - t0
+            self.stats.calls += 1
+            self.stats.decisions += len(batch)
+            self.stats.sizes[len(batch)] += 1
+            # Results come back in the order the batch was built: singles first.
+            pos = 0
+            for u in units:
+                if u.item is not None:
+                    if not u.future.done():
+                        u.future.set_result(resp.slice(pos, pos + 1))
+                    pos += 1
+            for u in units:
+                if u.batch is not None:
+                    if not u.future.done():
+                        u.future.set_result(resp.slice(pos, pos + u.size))
+                    pos += u.size
+        finally:
+            self._inflight -= 1
+            self._wake.set()
+
+    async def close(self, timeout_s: float) -> None:
+        """Refuse new work, finish what is queued and in flight (bounded by ``timeout_s``)."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+        for u in list(self._pending):
+            if not u.future.done():
+                u.future.set_exception(ShuttingDown("front end stopped before scoring"))
+        self._pending.clear()

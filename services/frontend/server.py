@@ -1,0 +1,83 @@
+"""A grpc.aio server hosting CreditAuthorization, health and reflection.
+
+Graceful drain: ``stop`` flips health to NOT_SERVING, refuses new work,
+lets in-flight RPCs finish for up to ``drain_timeout_s``, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from creditauth.v1 import authorization_pb2 as pb
+from creditauth.v1 import authorization_pb2_grpc as pb_grpc
+from services.frontend.batcher import Batcher
+from services.frontend.servicer import CreditAuthorizationServicer
+from services.runtime.backend import ScoringBackend
+from services.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CreditAuthorization"].full_name
+
+
+class FrontEnd:
+    def __init__(self, backend: ScoringBackend, settings: ServingSettings) -> None:
+        self._settings = settings
+        self._backend = backend
+        self.batcher = Batcher(
+            backend,
+            max_batch=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_inflight=settings.max_inflight_batches,
+            max_queue=settings.max_queue,
+        )
+        self._server = grpc.aio.server(
+            options=[
+                # Several front-end processes share one port (the kernel balances).
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> int:
+        self.batcher.start()
+        pb_grpc.add_CreditAuthorizationServicer_to_server(
+            CreditAuthorizationServicer(self.batcher, self._settings), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        address = f"{self._settings.host}:{self._settings.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening on %s:%d", self._settings.host, self.port)
+        return self.port
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            result = self._health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        timeout = self._settings.drain_timeout_s
+        # New RPCs are refused from here; running ones get the grace period.
+        stopping = asyncio.ensure_future(self._server.stop(grace=timeout))
+        await self.batcher.close(timeout)
+        await stopping
+        await self._backend.close()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()

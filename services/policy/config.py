@@ -1,0 +1,115 @@
+"""Policy configuration: a YAML document, validated once at load.
+
+Unknown keys are rejected and every error names the file and the offending
+key, so a risk team's typo fails the deployment instead of silently applying a
+default.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.errors import ConfigError
+from services.policy.currency import CURRENCIES
+
+DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
+PRODUCTS = ("WORKING_CAPITAL", "INVENTORY", "EQUIPMENT", "MERCHANT_CASH_ADVANCE")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Grade(_Strict):
+    grade: str = Field(pattern=r"^[A-Z]$")
+    max_pd: float = Field(gt=0, le=1)
+    # Credit limit as a multiple of 30-day revenue.
+    limit_multiple: float = Field(ge=0)
+    # APR in basis points per term bucket (same length as apr_term_buckets).
+    apr_bps: tuple[int, ...]
+
+
+class ReasonMapping(_Strict):
+    # fnmatch patterns over model feature names, e.g. "rev_cv_*".
+    features: tuple[str, ...]
+    code: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    description: str
+
+
+class VelocityLimits(_Strict):
+    review_apps_1h: int = Field(5, ge=1)
+    review_apps_24h: int = Field(20, ge=1)
+
+
+class PolicyConfig(_Strict):
+    version: str = Field(min_length=1)
+    base_currency: str = "CNY"
+    # Units of base currency per unit of each currency (major units).
+    fx_to_base: dict[str, float]
+    grades: tuple[Grade, ...] = Field(min_length=1)
+    apr_term_buckets: tuple[int, ...] = Field(min_length=1)
+    review_pd: float = Field(gt=0, le=1)
+    decline_pd: float = Field(gt=0, le=1)
+    product_caps_base_minor: dict[str, int]
+    min_limit_base_minor: int = Field(ge=0)
+    velocity: VelocityLimits = VelocityLimits()
+    on_stale_features: Literal["review", "ignore"] = "review"
+    max_model_reasons: int = Field(4, ge=0, le=16)
+    reasons: tuple[ReasonMapping, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyConfig:
+        pds = [g.max_pd for g in self.grades]
+        if pds != sorted(pds) or len(set(pds)) != len(pds):
+            raise ValueError("grades must be ordered best first with increasing max_pd")
+        if pds[-1] != 1.0:
+            raise ValueError("the last grade must have max_pd 1.0 so every PD gets a grade")
+        if self.review_pd > self.decline_pd:
+            raise ValueError("review_pd must not exceed decline_pd")
+        if list(self.apr_term_buckets) != sorted(self.apr_term_buckets):
+            raise ValueError("apr_term_buckets must be increasing")
+        for g in self.grades:
+            if len(g.apr_bps) != len(self.apr_term_buckets):
+                raise ValueError(f"grade {g.grade}: apr_bps needs {len(self.apr_term_buckets)} entries")
+        codes = {c.code for c in CURRENCIES}
+        missing = codes - set(self.fx_to_base)
+        if missing:
+            raise ValueError(f"fx_to_base lacks {sorted(missing)}")
+        unknown = set(self.fx_to_base) - codes
+        if unknown:
+            raise ValueError(f"fx_to_base names currencies the service does not book: {sorted(unknown)}")
+        if set(self.product_caps_base_minor) != set(PRODUCTS):
+            raise ValueError(f"product_caps_base_minor must name exactly {list(PRODUCTS)}")
+        return self
+
+    def reason_for(self, feature: str) -> ReasonMapping | None:
+        for r in self.reasons:
+            if any(fnmatch.fnmatchcase(feature, p) for p in r.features):
+                return r
+        return None
+
+
+def load_policy(path: Path | None = None) -> PolicyConfig:
+    path = path or DEFAULT_POLICY
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read policy: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a policy must be a YAML mapping")
+    try:
+        return PolicyConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid policy: {problems}") from exc

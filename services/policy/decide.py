@@ -1,0 +1,167 @@
+"""Vectorized policy: one call decides a whole batch.
+
+Per load (not per request) the policy resolves grade bounds, APR grid,
+product caps and the model-feature -> reason-code map into arrays; ``decide``
+is then a handful of numpy operations over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from services.policy.config import PRODUCTS, PolicyConfig
+from services.policy.currency import CURRENCIES
+
+APPROVE, DECLINE, REVIEW = 1, 2, 3  # creditauth.v1.Decision values
+
+# Reasons the policy itself gives, in the order they are reported (before model reasons).
+POLICY_REASONS: tuple[tuple[str, str], ...] = (
+    ("DEGRADED_MODE", "Decided without the full set of inputs; referred for review"),
+    ("NO_HISTORY", "No trading history is known for this merchant"),
+    ("STALE_FEATURES", "The merchant's data is older than policy allows"),
+    ("HIGH_VELOCITY", "Unusually many credit applications in a short time"),
+    ("LIMIT_TOO_LOW", "The affordable limit is below the minimum offer"),
+    ("AMOUNT_REDUCED", "The approved limit is below the requested amount"),
+)
+_P = {code: i for i, (code, _) in enumerate(POLICY_REASONS)}
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    pd: F64  # (n,) probability of default; NaN where not scored
+    known: B  # (n,) merchant has history
+    stale: B  # (n,) features older than allowed
+    monthly_revenue_base_minor: F64  # (n,) 30-day revenue, base-currency minor units
+    amount_minor: I64  # (n,) requested, in the request currency
+    currency: npt.NDArray[np.int8]  # (n,) index into CURRENCIES
+    term_months: npt.NDArray[np.int16]
+    product: npt.NDArray[np.int8]  # 1-based proto enum value
+    apps_1h: F64
+    apps_24h: F64
+    model_reason_features: npt.NDArray[np.int32]  # (n, k) model feature index, -1 none
+    model_reason_contrib: F64  # (n, k)
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class Decisions:
+    decision: npt.NDArray[np.int8]
+    approved_minor: I64  # in the request currency
+    apr_bps: npt.NDArray[np.int32]
+    grade: npt.NDArray[np.int8]  # index into Policy.grade_letters, -1 none
+    reason: npt.NDArray[np.int16]  # (n, R) index into Policy.reason_table, -1 none
+    reason_contrib: npt.NDArray[np.float32]  # (n, R)
+
+
+class Policy:
+    def __init__(self, config: PolicyConfig, model_features: Sequence[str]) -> None:
+        self.config = config
+        self.version = config.version
+        self.grade_letters: tuple[str, ...] = tuple(g.grade for g in config.grades)
+        self._max_pd = np.array([g.max_pd for g in config.grades])
+        self._multiple = np.array([g.limit_multiple for g in config.grades])
+        self._apr = np.array([g.apr_bps for g in config.grades], dtype=np.int32)
+        self._buckets = np.array(config.apr_term_buckets)
+        self._fx = np.array([config.fx_to_base[c.code] for c in CURRENCIES])
+        self._scale = np.array([10.0**c.exponent for c in CURRENCIES])
+        base = next(c for c in CURRENCIES if c.code == config.base_currency)
+        self._base_scale = 10.0**base.exponent
+        # Index 0 unused: products are 1-based proto enum values.
+        self._caps = np.array([0] + [config.product_caps_base_minor[p] for p in PRODUCTS], dtype=np.float64)
+
+        table: list[tuple[str, str]] = list(POLICY_REASONS)
+        index = {code: i for i, (code, _) in enumerate(table)}
+        feature_reason = np.full(len(model_features) + 1, -1, dtype=np.int16)
+        for i, name in enumerate(model_features):
+            mapping = config.reason_for(name)
+            if mapping is None:
+                continue
+            if mapping.code not in index:
+                index[mapping.code] = len(table)
+                table.append((mapping.code, mapping.description))
+            feature_reason[i] = index[mapping.code]
+        # The last slot answers feature index -1 ("no reason").
+        self._feature_reason = feature_reason
+        self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
+
+    def to_base_minor(self, amount_minor: npt.NDArray[np.int64] | F64, currency: npt.NDArray[np.int8]) -> F64:
+        """Amounts in request-currency minor units -> base-currency minor units (NaN stays NaN)."""
+        return np.asarray(amount_minor, dtype=np.float64) / self._scale[currency] * self._fx[currency] * self._base_scale
+
+    def decide(self, x: PolicyInputs) -> Decisions:
+        n = x.pd.shape[0]
+        scored = ~np.isnan(x.pd) & (not x.degraded)
+        grade = np.where(scored, np.searchsorted(self._max_pd, np.nan_to_num(x.pd), side="left"), -1)
+        grade = np.minimum(grade, len(self._max_pd) - 1)
+        g = np.maximum(grade, 0)
+
+        decision = np.full(n, APPROVE, dtype=np.int8)
+        decision[x.pd >= self.config.review_pd] = REVIEW
+        decision[x.pd >= self.config.decline_pd] = DECLINE
+        velocity = (x.apps_1h >= self.config.velocity.review_apps_1h) | (
+            x.apps_24h >= self.config.velocity.review_apps_24h
+        )
+        stale = x.stale if self.config.on_stale_features == "review" else np.zeros(n, dtype=bool)
+        soft = ~x.known | stale | velocity
+        decision[(decision == APPROVE) & soft] = REVIEW
+        if x.degraded:
+            decision[:] = REVIEW
+        else:
+            decision[~x.known] = REVIEW
+
+        fx = self._fx[x.currency]
+        scale = self._scale[x.currency]
+        requested_base = self.to_base_minor(x.amount_minor, x.currency)
+        revenue = np.nan_to_num(x.monthly_revenue_base_minor)
+        cap = np.minimum(self._multiple[g] * revenue, self._caps[x.product])
+        cap = np.where(scored & x.known, cap, 0.0)
+        offer_base = np.minimum(requested_base, cap)
+        too_low = (decision == APPROVE) & (offer_base < self.config.min_limit_base_minor)
+        decision[too_low] = DECLINE
+        reduced = (decision != DECLINE) & (offer_base < requested_base) & (offer_base > 0)
+        converted = np.floor(offer_base / self._base_scale / fx * scale).astype(np.int64)
+        approved = np.where(reduced, converted, x.amount_minor)
+        approved = np.where(decision == DECLINE, 0, approved)
+        approved = np.where((decision == REVIEW) & (cap <= 0), 0, approved)
+
+        bucket = np.minimum(np.searchsorted(self._buckets, x.term_months, side="left"), len(self._buckets) - 1)
+        apr = np.where((decision != DECLINE) & (grade >= 0), self._apr[g, bucket], 0).astype(np.int32)
+
+        flags = np.stack(
+            [
+                np.full(n, x.degraded),
+                ~x.known & ~x.degraded,
+                stale & x.known,
+                velocity,
+                too_low,
+                reduced,
+            ],
+            axis=1,
+        )
+        policy_reason = np.where(flags, np.arange(len(POLICY_REASONS), dtype=np.int16), -1)
+        k = min(self.config.max_model_reasons, x.model_reason_features.shape[1])
+        model_reason = self._feature_reason[x.model_reason_features[:, :k]]
+        contrib = x.model_reason_contrib[:, :k].astype(np.float32)
+        # Several features can share a code: keep the first (largest) of each.
+        for j in range(1, k):
+            dup = (model_reason[:, :j] == model_reason[:, j : j + 1]).any(axis=1)
+            model_reason[dup, j] = -1
+        model_reason[(contrib <= 0) | ~scored[:, None]] = -1
+        reason = np.concatenate([policy_reason, model_reason], axis=1).astype(np.int16)
+        reason_contrib = np.concatenate([np.zeros((n, len(POLICY_REASONS)), np.float32), contrib], axis=1)
+        return Decisions(
+            decision=decision,
+            approved_minor=approved.astype(np.int64),
+            apr_bps=apr,
+            grade=grade.astype(np.int8),
+            reason=reason,
+            reason_contrib=reason_contrib,
+        )

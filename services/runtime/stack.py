@@ -1,0 +1,65 @@
+"""The whole serving stack in one process: Ray cluster, Serve app, gRPC front end.
+
+``creditauth serve`` runs ``serve_forever``; the demo and the end-to-end tests
+use ``Stack`` as an async context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import TracebackType
+
+from services.frontend import FrontEnd
+from services.runtime import ray_seam
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Stack:
+    """Start Ray (local or remote), deploy the scorer, listen for gRPC."""
+
+    def __init__(self, settings: Settings, *, deploy: bool = True) -> None:
+        self.settings = settings
+        self._deploy = deploy
+        self.frontend: FrontEnd | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.frontend is not None
+        return self.frontend.port
+
+    async def __aenter__(self) -> Stack:
+        loop = asyncio.get_running_loop()
+        # Ray start-up and deployment block: keep them off the event loop.
+        await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
+        if self._deploy:
+            await loop.run_in_executor(None, ray_seam.deploy, self.settings)
+        backend = ray_seam.RayServeBackend(self.settings)
+        self.frontend = FrontEnd(backend, self.settings.serving)
+        await self.frontend.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.frontend is not None:
+            await self.frontend.stop()
+        await asyncio.get_running_loop().run_in_executor(None, ray_seam.shutdown, self._deploy)
+
+
+async def serve_forever(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Stack(settings) as stack:
+        log.info("creditauth serving on %s:%d", settings.serving.host, stack.port)
+        print(f"creditauth: serving on {settings.serving.host}:{stack.port} (Ctrl-C to stop)", flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        print("creditauth: draining ...", flush=True)

@@ -1,0 +1,80 @@
+"""The compact form a batch takes across the Ray hop.
+
+A batch is a handful of numpy arrays and one bytes blob of merchant ids, never
+a list of per-request objects: Ray serializes numpy buffers out of band, so the
+cost of a hop barely grows with the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+# Per-item status codes are gRPC status codes: 0 = decided.
+OK = 0
+
+
+@dataclass(frozen=True)
+class RequestBatch:
+    merchant_ids: bytes  # "\n"-joined ASCII ids (validated: no "\n" inside an id)
+    amount_minor: npt.NDArray[np.int64]
+    currency: npt.NDArray[np.int8]  # index into services.policy.CURRENCIES
+    term_months: npt.NDArray[np.int16]
+    product: npt.NDArray[np.int8]  # proto enum value
+    channel: npt.NDArray[np.int8]  # proto enum value
+    declared_revenue_minor: npt.NDArray[np.float64]  # NaN when not declared
+    deadline: npt.NDArray[np.float64]  # absolute Unix time; inf = none
+
+    def __len__(self) -> int:
+        return int(self.amount_minor.shape[0])
+
+    def ids(self) -> list[str]:
+        return self.merchant_ids.decode("ascii").split("\n") if len(self) else []
+
+    @staticmethod
+    def concat(batches: list[RequestBatch]) -> RequestBatch:
+        if len(batches) == 1:
+            return batches[0]
+        return RequestBatch(
+            merchant_ids=b"\n".join(b.merchant_ids for b in batches if len(b)),
+            amount_minor=np.concatenate([b.amount_minor for b in batches]),
+            currency=np.concatenate([b.currency for b in batches]),
+            term_months=np.concatenate([b.term_months for b in batches]),
+            product=np.concatenate([b.product for b in batches]),
+            channel=np.concatenate([b.channel for b in batches]),
+            declared_revenue_minor=np.concatenate([b.declared_revenue_minor for b in batches]),
+            deadline=np.concatenate([b.deadline for b in batches]),
+        )
+
+
+@dataclass(frozen=True)
+class ResponseBatch:
+    status: npt.NDArray[np.int8]  # gRPC code per item, 0 = decided
+    decision: npt.NDArray[np.int8]
+    approved_minor: npt.NDArray[np.int64]
+    apr_bps: npt.NDArray[np.int32]
+    grade: npt.NDArray[np.int8]  # index into grade_letters, -1 none
+    pd: npt.NDArray[np.float64]
+    reason: npt.NDArray[np.int16]  # (n, R) index into reason_table, -1 none
+    reason_contrib: npt.NDArray[np.float32]
+    feature_age_s: npt.NDArray[np.float32]  # NaN when unknown
+    stale: npt.NDArray[np.bool_]
+    degraded: npt.NDArray[np.bool_]
+    model_version: str
+    policy_version: str
+    grade_letters: tuple[str, ...]
+    reason_table: tuple[tuple[str, str], ...]
+
+    def __len__(self) -> int:
+        return int(self.status.shape[0])
+
+    def slice(self, start: int, stop: int) -> ResponseBatch:
+        s = slice(start, stop)
+        return ResponseBatch(
+            self.status[s], self.decision[s], self.approved_minor[s], self.apr_bps[s],
+            self.grade[s], self.pd[s], self.reason[s], self.reason_contrib[s],
+            self.feature_age_s[s], self.stale[s], self.degraded[s],
+            self.model_version, self.policy_version, self.grade_letters, self.reason_table,
+        )

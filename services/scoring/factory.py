@@ -1,0 +1,16 @@
+"""Build a ScoringEngine from settings (what a replica does once at start-up)."""
+
+from __future__ import annotations
+
+from features import open_reader
+from services.models import load_artifact
+from services.policy import Policy, load_policy
+from services.scoring.engine import ScoringEngine
+from services.settings import Settings
+
+
+def build_engine(settings: Settings) -> ScoringEngine:
+    artifact = load_artifact(settings.data_dir, settings.model_version)
+    policy = Policy(load_policy(settings.policy_path), artifact.feature_names)
+    reader = open_reader(settings.features)
+    return ScoringEngine(reader, artifact, policy, settings.features.max_feature_age_s)

@@ -1,0 +1,111 @@
+"""Typed settings for the whole service, validated once at start-up.
+
+Sources, later wins: defaults < YAML file (``--config``) < CLI flags. Only the
+CLI entry point reads environment variables (``CREDITAUTH_CONFIG``); nothing
+below it does. Unknown keys anywhere are an error naming the file and key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from features import FeatureSettings
+from services.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServingSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    # Front-end processes sharing the port (SO_REUSEPORT).
+    frontends: int = Field(1, ge=1, le=64)
+    # Coalescing: a Ray call carries at most this many decisions ...
+    max_batch_size: int = Field(2048, ge=1)
+    # ... and, while earlier batches are in flight, waits at most this long to fill.
+    max_wait_ms: float = Field(2.0, ge=0)
+    # Ray calls in flight per front end; more arrivals gather into the next batch.
+    max_inflight_batches: int = Field(2, ge=1, le=64)
+    # Decisions queued per front end before new work is refused (RESOURCE_EXHAUSTED).
+    max_queue: int = Field(50_000, ge=1)
+    # Deadline applied when the caller sets none.
+    default_deadline_s: float = Field(5.0, gt=0)
+    # Longest AuthorizeBatch accepted.
+    max_batch_request: int = Field(10_000, ge=1)
+    # On SIGTERM: stop taking work, let in-flight work finish for at most this long.
+    drain_timeout_s: float = Field(10.0, gt=0)
+
+
+class RaySettings(_Strict):
+    # None: start a local single-node cluster (the embedded default).
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    namespace: str = "creditauth"
+    app_name: str = "creditauth"
+    replicas: int = Field(1, ge=1)
+    # Concurrent batches one replica works on (the kernel and reads release the GIL).
+    max_ongoing_requests: int = Field(4, ge=1)
+
+
+class TelemetrySettings(_Strict):
+    # OTLP/gRPC endpoint, e.g. "http://127.0.0.1:4317"; None disables export.
+    otlp_endpoint: str | None = None
+    # Port for the Prometheus scrape endpoint; 0 disables it.
+    prometheus_port: int = Field(0, ge=0, le=65535)
+    trace_sample_ratio: float = Field(0.01, ge=0, le=1)
+
+
+class Settings(_Strict):
+    features: FeatureSettings = FeatureSettings()
+    serving: ServingSettings = ServingSettings()
+    ray: RaySettings = RaySettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    model_version: str = "latest"
+    # None: the packaged default policy.
+    policy_path: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.features.data_dir
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (nested dict)."""
+    raw: dict[str, Any] = {}
+    where = "settings"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read settings: {exc}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: settings must be a YAML mapping")
+        raw = loaded
+    raw = _merge(raw, overrides or {})
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{where}: invalid settings: {problems}") from exc

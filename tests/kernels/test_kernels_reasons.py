@@ -1,0 +1,115 @@
+"""Saabas reason codes against a slow pure-Python walker over LightGBM's dump_model()
+and against XGBoost's own approximate (Saabas) contributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernels_testlib import (
+    adversarial,
+    lgb_booster,
+    lgb_model,
+    lgb_reference,
+    reference_top_k,
+    xgb_booster,
+    xgb_model,
+)
+
+from kernels import InputShapeError, TreeEnsemble
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"cat_features": (2,)},
+        {"extra": (("zero_as_missing", True),), "zero_frac": 0.2},
+        {"num_leaves": 100, "n_trees": 10},
+    ],
+)
+def test_lightgbm_reasons_match_python_reference(cfg: dict[str, object]) -> None:
+    text = lgb_model(**cfg)  # type: ignore[arg-type]
+    ens = TreeEnsemble.from_lightgbm(text)
+    cats = tuple(cfg.get("cat_features", ()))  # type: ignore[call-overload]
+    X = adversarial(120, ens.n_features, seed=11, cat_features=cats)
+    ref_raw, ref_contrib = lgb_reference(text, X)
+    # The reference walker itself must agree with LightGBM, or it proves nothing.
+    np.testing.assert_allclose(ref_raw, lgb_booster(text).predict(X, raw_score=True), atol=1e-12)
+    contrib = ens.contributions(X)
+    np.testing.assert_allclose(contrib, ref_contrib, atol=1e-12)
+    # Contributions plus bias telescope to the raw score.
+    np.testing.assert_allclose(contrib.sum(axis=1), ens.predict(X, raw_score=True), atol=1e-9)
+    for k in (1, 3, ens.n_features):
+        prob, idx, val = ens.predict_with_reasons(X, top_k=k)
+        np.testing.assert_array_equal(prob, ens.predict(X))
+        ref_idx, ref_val = reference_top_k(ref_contrib[:, :-1], k)
+        np.testing.assert_allclose(val, ref_val, atol=1e-12)
+        # Each reported index must carry the reported contribution in the reference
+        # (robust to near-ties whose order float rounding may flip).
+        used = idx >= 0
+        rows = np.nonzero(used)[0]
+        np.testing.assert_allclose(ref_contrib[rows, idx[used]], val[used], atol=1e-12)
+        np.testing.assert_array_equal(used, ref_idx >= 0)
+        assert np.all((idx == -1) == (val == 0.0))
+        assert np.all(np.diff(val, axis=1) <= 0)
+
+
+def test_reasons_float32_input_and_raw_score() -> None:
+    text = lgb_model()
+    ens = TreeEnsemble.from_lightgbm(text)
+    X = adversarial(80, ens.n_features, seed=12).astype(np.float32)
+    raw, _idx, val = ens.predict_with_reasons(X, top_k=2, raw_score=True)
+    np.testing.assert_array_equal(raw, lgb_booster(text).predict(X, raw_score=True))
+    _, ref = lgb_reference(text, X)
+    _ref_idx, ref_val = reference_top_k(ref[:, :-1], 2)
+    np.testing.assert_allclose(val, ref_val, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_depth", [3, 6, 8])
+def test_xgboost_contributions_match_xgboost_approx_contribs(max_depth: int) -> None:
+    import xgboost as xgb
+
+    blob = xgb_model(max_depth=max_depth)
+    ens = TreeEnsemble.from_xgboost_json(blob)
+    X = adversarial(150, ens.n_features, seed=13)
+    X = np.where(np.isfinite(X) & (np.abs(X) < 1e30), X, np.where(np.isnan(X), X, 1.0))
+    expected = xgb_booster(blob).predict(xgb.DMatrix(X), pred_contribs=True, approx_contribs=True)
+    got = ens.contributions(X)
+    # XGBoost computes node means in float32; we use float64.
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    _prob, idx, val = ens.predict_with_reasons(X, top_k=3)
+    ref_idx, ref_val = reference_top_k(got[:, :-1], 3)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(val, ref_val)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 1000), k=st.integers(1, 6), leaves=st.sampled_from([4, 31, 70]))
+def test_property_top_k_is_top_of_contributions(seed: int, k: int, leaves: int) -> None:
+    text = lgb_model(n_trees=20, num_leaves=leaves, n_features=6, seed=seed)
+    ens = TreeEnsemble.from_lightgbm(text)
+    X = adversarial(60, 6, seed=seed)
+    contrib = ens.contributions(X)
+    _, idx, val = ens.predict_with_reasons(X, top_k=k)
+    ref_idx, ref_val = reference_top_k(contrib[:, :-1], k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(val, ref_val)
+
+
+def test_reason_names_helper() -> None:
+    ens = TreeEnsemble.from_lightgbm(lgb_model())
+    X = adversarial(5, ens.n_features, seed=14)
+    _, idx, _ = ens.predict_with_reasons(X, top_k=3)
+    names = ens.reason_names(idx)
+    for row_idx, row_names in zip(idx, names, strict=True):
+        assert row_names == [ens.feature_names[j] for j in row_idx if j >= 0]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 9, 2.0, True])
+def test_bad_top_k(bad: object) -> None:
+    ens = TreeEnsemble.from_lightgbm(lgb_model())
+    X = np.zeros((2, ens.n_features))
+    with pytest.raises(InputShapeError):
+        ens.predict_with_reasons(X, top_k=bad)  # type: ignore[arg-type]
