@@ -51,6 +51,8 @@ class RaySettings(_Strict):
     replicas: int = Field(1, ge=1)
     # Concurrent batches one replica works on (the kernel and reads release the GIL).
     max_ongoing_requests: int = Field(4, ge=1)
+    # CPUs Ray reserves per replica (0 lets replicas share small boxes).
+    replica_num_cpus: float = Field(0.0, ge=0)
 
 
 class TelemetrySettings(_Strict):

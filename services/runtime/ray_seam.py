@@ -53,19 +53,37 @@ def start_cluster(settings: Settings) -> None:
         ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
 
 
-def deploy(settings: Settings) -> None:
-    """Run (or update) the Serve application with the scoring deployment."""
+def application(settings: Settings) -> Any:
+    """The Serve application (scoring deployment bound to its settings)."""
     from ray import serve
 
-    serve.start(proxy_location="Disabled")
     scorer = serve.deployment(
         _ScorerImpl,
         name=DEPLOYMENT,
         num_replicas=settings.ray.replicas,
         max_ongoing_requests=settings.ray.max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": settings.ray.replica_num_cpus},
     )
-    serve.run(scorer.bind(settings.model_dump_json()), name=settings.ray.app_name, route_prefix=None)
+    return scorer.bind(settings.model_dump_json())
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve application builder for ``serveConfigV2`` / ``serve run`` (KubeRay's entry).
+
+    ``args`` is the settings document (the same keys as the settings YAML), so a
+    RayService manifest configures replicas exactly like ``creditauth serve`` does.
+    """
+    from services.settings import load_settings
+
+    return application(load_settings(None, args))
+
+
+def deploy(settings: Settings) -> None:
+    """Run (or update) the Serve application with the scoring deployment."""
+    from ray import serve
+
+    serve.start(proxy_location="Disabled")
+    serve.run(application(settings), name=settings.ray.app_name, route_prefix=None)
 
 
 def shutdown(stop_serve: bool = True) -> None:
