@@ -79,7 +79,9 @@ def redis_world(world: World, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for sub in ("raw", "offline", "models"):
         shutil.copytree(world.data_dir / sub, root / sub)
     project = f"catest{abs(hash(str(root))) % 10**8}"
-    settings = FeatureSettings(data_dir=root, online_store="redis", project=project, max_feature_age_s=10 * 365 * 86400.0)
+    settings = FeatureSettings(
+        data_dir=root, online_store="redis", project=project, max_feature_age_s=10 * 365 * 86400.0
+    )
     apply(settings)
     materialize(settings, *_window(world.as_of))
     yield World(root, world.as_of, world.model_version)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 from services.settings import Settings
 
 
-def _utc(d: dt.date) -> dt.datetime:
-    return dt.datetime.combine(d, dt.time(), tzinfo=dt.timezone.utc)
+def _ticker(bar: tqdm) -> Callable[[int], None]:  # type: ignore[type-arg]
+    def tick(n: int) -> None:
+        bar.update(n)
+
+    return tick
 
 
 def data_generate(settings: Settings, args: argparse.Namespace) -> None:
@@ -21,7 +25,7 @@ def data_generate(settings: Settings, args: argparse.Namespace) -> None:
     as_of = args.as_of or dt.datetime.now(dt.timezone.utc).date()
     with tqdm(total=args.merchants, desc="generate merchants", unit="merchant", disable=None) as bar:
         report = generate_population(
-            settings.data_dir, merchants=args.merchants, seed=args.seed, as_of=as_of, progress=bar.update
+            settings.data_dir, merchants=args.merchants, seed=args.seed, as_of=as_of, progress=_ticker(bar)
         )
     with tqdm(total=1, desc="aggregate flows -> offline tables", bar_format="{desc}: {elapsed}", disable=None) as bar:
         paths = build_offline_tables(settings.data_dir, as_of)
@@ -45,9 +49,11 @@ def features_apply(settings: Settings, args: argparse.Namespace) -> None:
 def _materialize_window(settings: Settings) -> tuple[dt.datetime, dt.datetime]:
     import polars as pl
 
-    ts = pl.scan_parquet(settings.features.offline_dir / "merchant_flows.parquet").select(
-        pl.col("event_timestamp").min().alias("lo"), pl.col("event_timestamp").max().alias("hi")
-    ).collect()
+    ts = (
+        pl.scan_parquet(settings.features.offline_dir / "merchant_flows.parquet")
+        .select(pl.col("event_timestamp").min().alias("lo"), pl.col("event_timestamp").max().alias("hi"))
+        .collect()
+    )
     lo, hi = ts["lo"][0], ts["hi"][0]
     return lo - dt.timedelta(days=1), hi + dt.timedelta(seconds=1)
 
@@ -64,8 +70,13 @@ def features_materialize(settings: Settings, args: argparse.Namespace) -> None:
     import polars as pl
 
     rows = pl.scan_parquet(settings.features.offline_dir / "merchant_flows.parquet").select(pl.len()).collect().item()
-    with tqdm(total=rows * len(catalog.ALL_VIEWS), desc=f"materialize -> {settings.features.online_store}", unit="row", disable=None) as bar:
-        report = materialize(settings.features, start, end, progress=bar.update)
+    with tqdm(
+        total=rows * len(catalog.ALL_VIEWS),
+        desc=f"materialize -> {settings.features.online_store}",
+        unit="row",
+        disable=None,
+    ) as bar:
+        report = materialize(settings.features, start, end, progress=_ticker(bar))
     print(
         f"materialized {report.entities:,} entity rows ({report.values:,} values) into "
         f"{settings.features.online_store} in {report.seconds:.1f} s"
@@ -76,7 +87,7 @@ def model_train(settings: Settings, args: argparse.Namespace) -> None:
     from services.models import train_model
 
     with tqdm(total=args.rounds, desc="train LightGBM", unit="round", disable=None) as bar:
-        report = train_model(settings.features, rounds=args.rounds, progress=bar.update)
+        report = train_model(settings.features, rounds=args.rounds, progress=_ticker(bar))
     print(
         f"model {report.version}: {report.trees} trees on {report.rows:,} applications "
         f"(default rate {report.default_rate:.1%}), holdout AUC {report.auc_holdout:.3f}, "

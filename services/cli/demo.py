@@ -50,11 +50,18 @@ async def _load(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         print(f"   stack up in {time.perf_counter() - t0:.1f} s, gRPC on 127.0.0.1:{stack.port}", flush=True)
         print(f"== load: {args.requests} unary + 200 batch RPCs of 100 + 10,000 requests on 2 streams", flush=True)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest", "quick",
-            "--target", f"127.0.0.1:{stack.port}",
-            "--data-dir", str(settings.data_dir),
-            "--requests", str(args.requests),
-            "--concurrency", str(args.concurrency),
+            sys.executable,
+            "-m",
+            "loadtest",
+            "quick",
+            "--target",
+            f"127.0.0.1:{stack.port}",
+            "--data-dir",
+            str(settings.data_dir),
+            "--requests",
+            str(args.requests),
+            "--concurrency",
+            str(args.concurrency),
             stdout=asyncio.subprocess.PIPE,
         )
         with tqdm(desc="   load running", bar_format="{desc}: {elapsed}", disable=None) as bar:
@@ -86,7 +93,9 @@ def _print(result: dict[str, Any]) -> None:
             f"APR {s.get('aprBps', 0) / 100:.2f}%  reasons: {reasons}"
         )
     print("\nThroughput and latency (load generator in a separate process, same 2-core host):")
-    print(f"  {'mode':<9}{'decisions':>10}{'decisions/s':>13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}  outcomes / errors")
+    head = f"  {'mode':<9}{'decisions':>10}{'decisions/s':>13}"
+    head += f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}  outcomes / errors"
+    print(head)
     for r in result["runs"]:
         lat = r["latency_ms"]
         print(

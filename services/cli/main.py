@@ -38,7 +38,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="creditauth",
-        description="Credit-authorization scoring: gRPC front ends -> Ray Serve replicas -> Feast features -> Cython kernels.",
+        description="Credit-authorization scoring: gRPC front ends -> Ray Serve replicas"
+        " -> Feast features -> Cython kernels.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
@@ -55,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ap)
     mat = feats.add_parser("materialize", help="load the offline tables into the online store")
     _common(mat)
-    mat.add_argument("--engine", choices=["bulk", "feast"], default="bulk",
-                     help="bulk: our writer of Feast's layout (default); feast: `feast materialize`")
+    mat.add_argument(
+        "--engine",
+        choices=["bulk", "feast"],
+        default="bulk",
+        help="bulk: our writer of Feast's layout (default); feast: `feast materialize`",
+    )
 
     model = sub.add_parser("model", help="risk model").add_subparsers(dest="cmd", required=True)
     tr = model.add_parser("train", help="train LightGBM, gate on kernel parity, write a versioned artifact")

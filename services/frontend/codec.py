@@ -75,9 +75,7 @@ def validate(req: pb.AuthorizeRequest, deadline: float) -> Item:
     if req.HasField("declared_monthly_revenue_minor"):
         d = req.declared_monthly_revenue_minor
         if d < 0 or d > MAX_AMOUNT_MINOR:
-            raise InvalidRequest(
-                "declared_monthly_revenue_minor", f"must be 0-{MAX_AMOUNT_MINOR}, got {d}"
-            )
+            raise InvalidRequest("declared_monthly_revenue_minor", f"must be 0-{MAX_AMOUNT_MINOR}, got {d}")
         declared = float(d)
     return Item(app_id, mid, amount, cur, term, req.product, req.channel, declared, deadline)
 
@@ -120,9 +118,7 @@ def error_response(application_id: str, code: int, field: str, message: str) -> 
     )
 
 
-def to_responses(
-    items: Sequence[Item], resp: ResponseBatch, ids: DecisionIds
-) -> list[pb.AuthorizeResponse]:
+def to_responses(items: Sequence[Item], resp: ResponseBatch, ids: DecisionIds) -> list[pb.AuthorizeResponse]:
     """Protos for ``items`` answered by ``resp`` (same order, same length)."""
     from services.policy.currency import CURRENCIES
 

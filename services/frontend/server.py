@@ -43,7 +43,7 @@ class FrontEnd:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ]
         )
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
 
     async def start(self) -> int:
@@ -52,9 +52,7 @@ class FrontEnd:
             CreditAuthorizationServicer(self.batcher, self._settings), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"{self._settings.host}:{self._settings.port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:

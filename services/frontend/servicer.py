@@ -6,6 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -17,6 +18,7 @@ from services.frontend.codec import DecisionIds, Item, error_response, to_batch,
 from services.frontend.status import status_number, status_of
 from services.settings import ServingSettings
 
+Context = grpc.aio.ServicerContext[Any, Any]
 _DEADLINE = status_number(grpc.StatusCode.DEADLINE_EXCEEDED)
 _INVALID = status_number(grpc.StatusCode.INVALID_ARGUMENT)
 # A stream window: requests read back-to-back go to the replicas together.
@@ -24,19 +26,19 @@ STREAM_WINDOW = 512
 STREAM_WINDOWS_IN_FLIGHT = 4
 
 
-class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):
+class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type: ignore[misc]
     def __init__(self, batcher: Batcher, settings: ServingSettings) -> None:
         self._batcher = batcher
         self._settings = settings
         self._ids = DecisionIds()
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+    def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
         if remaining is None or math.isinf(remaining):
             remaining = self._settings.default_deadline_s
         return time.time() + remaining
 
-    async def Authorize(self, request: pb.AuthorizeRequest, context: grpc.aio.ServicerContext) -> pb.AuthorizeResponse:
+    async def Authorize(self, request: pb.AuthorizeRequest, context: Context) -> pb.AuthorizeResponse:
         deadline = self._deadline(context)
         try:
             item = validate(request, deadline)
@@ -52,7 +54,7 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):
         return out
 
     async def AuthorizeBatch(
-        self, request: pb.AuthorizeBatchRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AuthorizeBatchRequest, context: Context
     ) -> pb.AuthorizeBatchResponse:
         n = len(request.requests)
         if n > self._settings.max_batch_request:
@@ -65,7 +67,7 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):
         return pb.AuthorizeBatchResponse(responses=answers)
 
     async def _decide(
-        self, requests: list[pb.AuthorizeRequest], deadline: float, context: grpc.aio.ServicerContext | None
+        self, requests: list[pb.AuthorizeRequest], deadline: float, context: Context | None
     ) -> list[pb.AuthorizeResponse]:
         """Answers for ``requests`` in order; a bad item fails only itself."""
         answers: list[pb.AuthorizeResponse | None] = [None] * len(requests)
@@ -96,7 +98,7 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):
         return [a for a in answers if a is not None]
 
     async def AuthorizeStream(
-        self, request_iterator: AsyncIterator[pb.AuthorizeRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.AuthorizeRequest], context: Context
     ) -> AsyncIterator[pb.AuthorizeResponse]:
         """Read ahead into windows, keep a few windows in flight, answer in order."""
         windows: asyncio.Queue[asyncio.Task[list[pb.AuthorizeResponse]] | None] = asyncio.Queue(

@@ -80,7 +80,10 @@ def train_model(
     holdout = rng.random(len(y)) < 0.2
     cats = [MODEL_COLUMNS.index(c) for c in CATEGORICAL_COLUMNS]
     train_set = lgb.Dataset(
-        x[~holdout], y[~holdout], feature_name=list(MODEL_COLUMNS), categorical_feature=cats,
+        x[~holdout],
+        y[~holdout],
+        feature_name=list(MODEL_COLUMNS),
+        categorical_feature=cats,
         free_raw_data=False,
     )
     valid_set = lgb.Dataset(x[holdout], y[holdout], reference=train_set)
@@ -92,7 +95,7 @@ def train_model(
     booster = lgb.Booster(model_str=text)
 
     x_hold = np.ascontiguousarray(x[holdout])
-    expected = booster.predict(x_hold)
+    expected = np.asarray(booster.predict(x_hold), dtype=np.float64)
     score_auc = auc(y[holdout], expected)
     # Parity gate: the compiled kernel must reproduce LightGBM on held-out rows.
     ensemble = TreeEnsemble.from_lightgbm(text)
@@ -126,6 +129,4 @@ def train_model(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (models_dir(settings.data_dir) / "LATEST").write_text(version)
-    return TrainReport(
-        version, out, len(y), booster.num_trees(), score_auc, float(y.mean()), report.max_abs_error
-    )
+    return TrainReport(version, out, len(y), booster.num_trees(), score_auc, float(y.mean()), report.max_abs_error)

@@ -109,7 +109,5 @@ def load_policy(path: Path | None = None) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid policy: {problems}") from exc

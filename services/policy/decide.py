@@ -94,7 +94,9 @@ class Policy:
 
     def to_base_minor(self, amount_minor: npt.NDArray[np.int64] | F64, currency: npt.NDArray[np.int8]) -> F64:
         """Amounts in request-currency minor units -> base-currency minor units (NaN stays NaN)."""
-        return np.asarray(amount_minor, dtype=np.float64) / self._scale[currency] * self._fx[currency] * self._base_scale
+        factor: F64 = self._fx[currency] * self._base_scale / self._scale[currency]
+        out: F64 = np.asarray(amount_minor, dtype=np.float64) * factor
+        return out
 
     def decide(self, x: PolicyInputs) -> Decisions:
         n = x.pd.shape[0]

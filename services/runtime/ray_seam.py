@@ -33,12 +33,15 @@ class _ScorerImpl:
         return self._engine.model_version, self._engine.policy_version
 
 
-def start_cluster(settings: Settings) -> None:
-    """Connect to ``settings.ray.address`` or start a local cluster (never on Redis' 6379)."""
+def start_cluster(settings: Settings) -> bool:
+    """Connect to ``settings.ray.address`` or start a local cluster (never on Redis' 6379).
+
+    Returns False when this process was already connected (the caller does not own it).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {
         "namespace": settings.ray.namespace,
         "include_dashboard": False,
@@ -51,13 +54,14 @@ def start_cluster(settings: Settings) -> None:
         # A local head picks free ports itself (GCS port 0); only `ray start --head`
         # defaults to 6379, which Redis holds here.
         ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+    return True
 
 
 def application(settings: Settings) -> Any:
     """The Serve application (scoring deployment bound to its settings)."""
     from ray import serve
 
-    scorer = serve.deployment(
+    scorer: Any = serve.deployment(
         _ScorerImpl,
         name=DEPLOYMENT,
         num_replicas=settings.ray.replicas,
@@ -86,15 +90,22 @@ def deploy(settings: Settings) -> None:
     serve.run(application(settings), name=settings.ray.app_name, route_prefix=None)
 
 
-def shutdown(stop_serve: bool = True) -> None:
+def undeploy(settings: Settings) -> None:
+    """Delete the application, leaving Serve and the cluster running."""
+    from ray import serve
+
+    serve.delete(settings.ray.app_name)
+
+
+def shutdown() -> None:
+    """Stop Serve and disconnect from (or stop, if local) the cluster."""
     import ray
     from ray import serve
 
-    if stop_serve:
-        try:
-            serve.shutdown()
-        except Exception as exc:  # best effort on the way out
-            log.warning("serve shutdown: %s", exc)
+    try:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # best effort on the way out
+        log.warning("serve shutdown: %s", exc)
     if ray.is_initialized():
         ray.shutdown()
 

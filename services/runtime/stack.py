@@ -24,6 +24,7 @@ class Stack:
     def __init__(self, settings: Settings, *, deploy: bool = True) -> None:
         self.settings = settings
         self._deploy = deploy
+        self._owns_cluster = False
         self.frontend: FrontEnd | None = None
 
     @property
@@ -34,7 +35,7 @@ class Stack:
     async def __aenter__(self) -> Stack:
         loop = asyncio.get_running_loop()
         # Ray start-up and deployment block: keep them off the event loop.
-        await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
+        self._owns_cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
         if self._deploy:
             await loop.run_in_executor(None, ray_seam.deploy, self.settings)
         backend = ray_seam.RayServeBackend(self.settings)
@@ -47,7 +48,12 @@ class Stack:
     ) -> None:
         if self.frontend is not None:
             await self.frontend.stop()
-        await asyncio.get_running_loop().run_in_executor(None, ray_seam.shutdown, self._deploy)
+        loop = asyncio.get_running_loop()
+        if self._owns_cluster:
+            await loop.run_in_executor(None, ray_seam.shutdown)
+        elif self._deploy:
+            # Someone else's cluster (tests, a shared cluster): remove only our app.
+            await loop.run_in_executor(None, ray_seam.undeploy, self.settings)
 
 
 async def serve_forever(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -73,8 +73,19 @@ class ResponseBatch:
     def slice(self, start: int, stop: int) -> ResponseBatch:
         s = slice(start, stop)
         return ResponseBatch(
-            self.status[s], self.decision[s], self.approved_minor[s], self.apr_bps[s],
-            self.grade[s], self.pd[s], self.reason[s], self.reason_contrib[s],
-            self.feature_age_s[s], self.stale[s], self.degraded[s],
-            self.model_version, self.policy_version, self.grade_letters, self.reason_table,
+            self.status[s],
+            self.decision[s],
+            self.approved_minor[s],
+            self.apr_bps[s],
+            self.grade[s],
+            self.pd[s],
+            self.reason[s],
+            self.reason_contrib[s],
+            self.feature_age_s[s],
+            self.stale[s],
+            self.degraded[s],
+            self.model_version,
+            self.policy_version,
+            self.grade_letters,
+            self.reason_table,
         )

@@ -94,9 +94,9 @@ class ScoringEngine:
         req = request_features(
             amount_minor=np.rint(to_base(batch.amount_minor, batch.currency)).astype(np.int64),
             declared_revenue_minor=to_base(batch.declared_revenue_minor, batch.currency),
-            term_months=batch.term_months,
-            channel_code=batch.channel,
-            product_code=batch.product,
+            term_months=batch.term_months.astype(np.int32),
+            channel_code=batch.channel.astype(np.int32),
+            product_code=batch.product.astype(np.int32),
             rev_mean_30d=rev30,
         )
         x = np.empty((n, len(self._model.feature_names)), dtype=np.float32)

@@ -1,0 +1,139 @@
+"""Assertions shared by the end-to-end tests of every topology (in-process, Ray, Redis)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from creditauth.v1 import authorization_pb2 as pb
+from creditauth.v1 import authorization_pb2_grpc as pb_grpc
+
+
+def request(i: int, merchant: str = "M00000001", **over: object) -> pb.AuthorizeRequest:
+    req = pb.AuthorizeRequest(
+        application_id=f"e2e-{i}",
+        merchant_id=merchant,
+        term_months=12,
+        product=pb.PRODUCT_WORKING_CAPITAL,
+        channel=pb.CHANNEL_POS_TERMINAL,
+    )
+    req.requested_amount.amount_minor = 2_000_000
+    req.requested_amount.currency = "CNY"
+    for k, v in over.items():
+        if k == "amount":
+            req.requested_amount.amount_minor = v  # type: ignore[assignment]
+        elif k == "currency":
+            req.requested_amount.currency = v  # type: ignore[assignment]
+        else:
+            setattr(req, k, v)
+    return req
+
+
+def check_decision(r: pb.AuthorizeResponse, app_id: str) -> None:
+    assert r.application_id == app_id
+    assert not r.HasField("error")
+    assert r.decision in (pb.DECISION_APPROVE, pb.DECISION_DECLINE, pb.DECISION_REVIEW)
+    assert r.decision_id
+    assert r.model_version.startswith("lgbm-") and r.policy_version
+    assert 0.0 <= r.probability_of_default <= 1.0
+    assert r.risk_grade in ("A", "B", "C", "D", "E")
+    if r.decision == pb.DECISION_DECLINE:
+        assert r.approved_limit.amount_minor == 0
+    else:
+        assert 0 <= r.approved_limit.amount_minor <= 2_000_000
+    assert r.approved_limit.currency == "CNY"
+    contribs = [c.contribution for c in r.reasons if c.code.startswith("R_")]
+    assert contribs == sorted(contribs, reverse=True)
+
+
+def check_unary(channel: grpc.Channel) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    for i, m in enumerate(["M00000001", "M00000002", "M00001000"]):
+        check_decision(stub.Authorize(request(i, m), timeout=30), f"e2e-{i}")
+
+
+def check_unknown_merchant(channel: grpc.Channel) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    r = stub.Authorize(request(7, "NEVER-SEEN-1"), timeout=30)
+    assert r.decision == pb.DECISION_REVIEW
+    assert r.reasons[0].code == "NO_HISTORY"
+    assert r.approved_limit.amount_minor == 0
+
+
+BAD = [
+    ({"merchant_id": ""}, "merchant_id"),
+    ({"application_id": ""}, "application_id"),
+    ({"amount": -100}, "requested_amount.amount_minor"),
+    ({"amount": 10**15}, "requested_amount.amount_minor"),
+    ({"currency": "ZZZ"}, "requested_amount.currency"),
+    ({"term_months": 0}, "term_months"),
+    ({"product": pb.PRODUCT_UNSPECIFIED}, "product"),
+]
+
+
+def check_bad_inputs(channel: grpc.Channel) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    for over, field in BAD:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Authorize(request(1, **over), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, over
+        assert info.value.details().startswith(field + ":"), info.value.details()
+    # A request with no fields at all.
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Authorize(pb.AuthorizeRequest(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def check_batch(channel: grpc.Channel) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    reqs = [request(i, f"M{i:08d}") for i in range(40)]
+    reqs[5] = request(5, currency="BAD")
+    reqs[17] = request(17, "UNKNOWN-17")
+    out = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=60)
+    assert len(out.responses) == 40
+    for i, r in enumerate(out.responses):
+        assert r.application_id == f"e2e-{i}"
+        if i == 5:
+            assert r.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert r.error.field == "requests[5].requested_amount.currency"
+        elif i == 17:
+            assert r.decision == pb.DECISION_REVIEW and r.reasons[0].code == "NO_HISTORY"
+        else:
+            check_decision(r, f"e2e-{i}")
+    empty = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(), timeout=30)
+    assert len(empty.responses) == 0
+
+
+def check_stream(channel: grpc.Channel, n: int = 600) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+
+    def gen():  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield request(i, f"M{i % 2000:08d}") if i != 3 else request(i, amount=0)
+
+    answers = list(stub.AuthorizeStream(gen(), timeout=120))
+    assert [a.application_id for a in answers] == [f"e2e-{i}" for i in range(n)]
+    assert answers[3].error.field == "requested_amount.amount_minor"
+    assert sum(1 for a in answers if a.HasField("error")) == 1
+
+
+def check_health_and_reflection(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", "creditauth.v1.CreditAuthorization"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = list(
+        refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    )
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"creditauth.v1.CreditAuthorization", "grpc.health.v1.Health"} <= names
+
+
+def check_deadline(channel: grpc.Channel) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Authorize(request(1), timeout=0.0005)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

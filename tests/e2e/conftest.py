@@ -1,0 +1,73 @@
+"""Servers for end-to-end tests, each on its own event-loop thread; clients use real channels."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from creditauth.v1 import authorization_pb2_grpc as pb_grpc
+from services.frontend import FrontEnd
+from services.runtime import LocalBackend
+from services.scoring.factory import build_engine
+from services.settings import Settings, load_settings
+from tests.conftest import World
+
+
+class LoopThread:
+    """An asyncio loop on a daemon thread, to host grpc.aio servers beside sync test code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 180) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def settings_for(world: World, **serving: object) -> Settings:
+    from tests.conftest import feature_settings
+
+    fs = feature_settings(world)
+    return load_settings(
+        None,
+        {
+            "features": fs.model_dump(),
+            "serving": {"host": "127.0.0.1", "port": 0, **serving},
+        },
+    )
+
+
+def start_local(world: World, **serving: object) -> tuple[LoopThread, FrontEnd]:
+    """The real front end over the real engine in process (no Ray)."""
+    settings = settings_for(world, **serving)
+    lt = LoopThread()
+
+    async def up() -> FrontEnd:
+        fe = FrontEnd(LocalBackend(build_engine(settings)), settings.serving)
+        await fe.start()
+        return fe
+
+    return lt, lt.run(up())
+
+
+@pytest.fixture(scope="module")
+def local_server(world: World) -> Iterator[tuple[grpc.Channel, FrontEnd]]:
+    lt, fe = start_local(world)
+    channel = grpc.insecure_channel(f"127.0.0.1:{fe.port}")
+    yield channel, fe
+    channel.close()
+    lt.run(fe.stop())
+    lt.close()
+
+
+StubFactory = Callable[[grpc.Channel], pb_grpc.CreditAuthorizationStub]

@@ -1,0 +1,71 @@
+"""End to end through a real gRPC channel into real Ray Serve replicas on a local Ray cluster.
+
+One local cluster serves the module; the SQLite world and (where Redis is up)
+the Redis world each get their own Serve application.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from services.runtime import ray_seam
+from services.runtime.stack import Stack
+from tests.conftest import World
+from tests.e2e import api_checks as c
+from tests.e2e.conftest import LoopThread, settings_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(world: World) -> Iterator[LoopThread]:
+    lt = LoopThread()
+    settings = settings_for(world)
+    ray_seam.start_cluster(settings.model_copy(update={"ray": settings.ray.model_copy(update={"num_cpus": 2})}))
+    yield lt
+    ray_seam.shutdown()
+    lt.close()
+
+
+def _stack(lt: LoopThread, world: World, app: str) -> Iterator[grpc.Channel]:
+    s = settings_for(world)
+    s = s.model_copy(update={"ray": s.ray.model_copy(update={"app_name": app})})
+    stack = Stack(s)
+    lt.run(stack.__aenter__())
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
+    yield channel
+    channel.close()
+    lt.run(stack.__aexit__(None, None, None))
+
+
+@pytest.fixture(scope="module")
+def sqlite_stack(cluster: LoopThread, world: World) -> Iterator[grpc.Channel]:
+    yield from _stack(cluster, world, "creditauth_sqlite")
+
+
+@pytest.fixture(scope="module")
+def redis_stack(cluster: LoopThread, redis_world: World) -> Iterator[grpc.Channel]:
+    yield from _stack(cluster, redis_world, "creditauth_redis")
+
+
+def test_sqlite_all_rpcs(sqlite_stack: grpc.Channel) -> None:
+    c.check_unary(sqlite_stack)
+    c.check_unknown_merchant(sqlite_stack)
+    c.check_batch(sqlite_stack)
+    c.check_stream(sqlite_stack)
+
+
+def test_sqlite_bad_inputs_health_reflection_deadline(sqlite_stack: grpc.Channel) -> None:
+    c.check_bad_inputs(sqlite_stack)
+    c.check_health_and_reflection(sqlite_stack)
+    c.check_deadline(sqlite_stack)
+
+
+def test_redis_all_rpcs(redis_stack: grpc.Channel) -> None:
+    c.check_unary(redis_stack)
+    c.check_unknown_merchant(redis_stack)
+    c.check_batch(redis_stack)
+    c.check_stream(redis_stack)

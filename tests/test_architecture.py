@@ -1,0 +1,76 @@
+"""The folders show the architecture; imports point one way only.
+
+proto -> services -> features -> kernels. kernels import nothing of ours,
+features never import services, loadtest reaches the system only over gRPC
+(it may use the generated stubs in ``creditauth`` and nothing else of ours),
+and only ``services.runtime.ray_seam`` imports Ray.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = {"services", "features", "kernels", "loadtest", "creditauth"}
+ALLOWED: dict[str, set[str]] = {
+    "kernels": set(),
+    "features": {"features", "kernels"},
+    "services": {"services", "features", "kernels", "creditauth"},
+    "loadtest": {"loadtest", "creditauth"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _sources(package: str) -> list[Path]:
+    return [p for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts] + list(
+        (ROOT / package).rglob("*.pyx")
+    )
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_import_direction(package: str) -> None:
+    bad = []
+    for path in _sources(package):
+        if path.suffix == ".pyx":
+            text = path.read_text()
+            for ours in OURS - ALLOWED[package] - {package}:
+                if f"import {ours}" in text or f"from {ours}" in text:
+                    bad.append(f"{path.relative_to(ROOT)} -> {ours}")
+            continue
+        for mod in _imports(path):
+            top = mod.split(".")[0]
+            if top in OURS and top not in ALLOWED[package] | {package}:
+                bad.append(f"{path.relative_to(ROOT)} -> {mod}")
+    assert not bad, "imports against the architecture:\n" + "\n".join(bad)
+
+
+def test_only_the_seam_imports_ray() -> None:
+    importers = []
+    for package in ("services", "features", "kernels"):
+        for path in _sources(package):
+            if path.suffix == ".py" and any(m == "ray" or m.startswith("ray.") for m in _imports(path)):
+                importers.append(str(path.relative_to(ROOT)))
+    allowed = {"services/runtime/ray_seam.py", "services/baselines/naive.py"}
+    assert set(importers) <= allowed, importers
+
+
+def test_only_entry_points_read_the_environment() -> None:
+    readers = []
+    for package in ("services", "features", "kernels"):
+        for path in _sources(package):
+            if path.suffix == ".py" and ("os.environ" in path.read_text() or "os.getenv" in path.read_text()):
+                readers.append(str(path.relative_to(ROOT)))
+    assert set(readers) <= {"services/cli/main.py"}, readers
