@@ -8,10 +8,10 @@ below it does. Unknown keys anywhere are an error naming the file and key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features import FeatureSettings
 from services.errors import ConfigError
@@ -36,10 +36,29 @@ class ServingSettings(_Strict):
     max_queue: int = Field(50_000, ge=1)
     # Deadline applied when the caller sets none.
     default_deadline_s: float = Field(5.0, gt=0)
+    # How front ends reach replicas: "direct" (a socket to each Serve replica,
+    # least-loaded routing) or "handle" (a Serve DeploymentHandle call per batch).
+    channel: Literal["direct", "handle"] = "direct"
     # Longest AuthorizeBatch accepted.
     max_batch_request: int = Field(10_000, ge=1)
     # On SIGTERM: stop taking work, let in-flight work finish for at most this long.
     drain_timeout_s: float = Field(10.0, gt=0)
+
+
+class AutoscalingSettings(_Strict):
+    """Serve autoscaling on queue depth (decisions in flight per replica)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_inflight_decisions: float = Field(512.0, gt=0)
+    upscale_delay_s: float = Field(3.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
 
 
 class RaySettings(_Strict):
@@ -53,6 +72,13 @@ class RaySettings(_Strict):
     max_ongoing_requests: int = Field(4, ge=1)
     # CPUs Ray reserves per replica (0 lets replicas share small boxes).
     replica_num_cpus: float = Field(0.0, ge=0)
+    # Where each replica's direct-channel socket listens, and the address it
+    # registers (None: the bind host; "node": the Ray node IP, for clusters).
+    channel_bind_host: str = "127.0.0.1"
+    channel_advertise_host: str | None = None
+    # Batches one replica scores at once on the direct channel; more are refused.
+    channel_max_inflight: int = Field(8, ge=1)
+    autoscaling: AutoscalingSettings | None = None
 
 
 class TelemetrySettings(_Strict):

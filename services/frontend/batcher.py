@@ -21,7 +21,7 @@ import collections
 import time
 from dataclasses import dataclass, field
 
-from services.errors import BackendUnavailable, Overloaded, ShuttingDown
+from services.errors import BackendUnavailable, CreditAuthError, Overloaded, ShuttingDown
 from services.frontend.codec import Item, to_batch
 from services.runtime.backend import ScoringBackend
 from services.scoring import RequestBatch, ResponseBatch
@@ -139,7 +139,7 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 resp = await self._backend.score(batch)
-            except BackendUnavailable as exc:
+            except CreditAuthError as exc:  # unavailable, overloaded, deadline: as they are
                 self.stats.failures += 1
                 for u in units:
                     if not u.future.done():

@@ -38,7 +38,9 @@ class Stack:
         self._owns_cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
         if self._deploy:
             await loop.run_in_executor(None, ray_seam.deploy, self.settings)
-        backend = ray_seam.RayServeBackend(self.settings)
+        backend = ray_seam.backend(self.settings)
+        if hasattr(backend, "start"):
+            await backend.start()
         self.frontend = FrontEnd(backend, self.settings.serving)
         await self.frontend.start()
         return self
