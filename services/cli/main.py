@@ -75,6 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, help="scoring replicas (default 1)")
     serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     serve.add_argument("--policy", type=Path, help="policy YAML (default: the packaged policy)")
+    serve.add_argument("--channel", choices=["direct", "handle"], help="how front ends reach replicas (default direct)")
+    serve.add_argument("--frontends", type=int, help="front-end processes sharing the port (default 1)")
+
+    fe = sub.add_parser("frontend", help="run gRPC front ends only, joining a running cluster's replicas")
+    _common(fe)
+    fe.add_argument("--host", help="listen address (default 127.0.0.1)")
+    fe.add_argument("--port", type=int, help="listen port (default 50051)")
+    fe.add_argument("--ray-address", help="the Ray cluster to join (default: settings ray.address)")
+    fe.add_argument("--channel", choices=["direct", "handle"], help="how to reach replicas (default direct)")
+
+    base = sub.add_parser("baseline", help="comparison servers on the same proto").add_subparsers(dest="cmd", required=True)
+    echo = base.add_parser("echo", help="trivial grpc.aio server (no scoring): the ceiling")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=50052)
+    naive = base.add_parser("naive", help="Ray Serve gRPC proxy -> Feast SDK + LightGBM per request")
+    _common(naive)
+    naive.add_argument("--port", type=int, default=50053)
+
+    bench = sub.add_parser("bench", help="benchmarks (print figures; not tests)").add_subparsers(dest="cmd", required=True)
+    bs = bench.add_parser("serving", help="ceiling vs creditauth vs naive stack, same load, one run")
+    _common(bs)
+    bs.add_argument("--unary", type=int, default=6000, help="unary requests per target")
+    bs.add_argument("--batch-calls", type=int, default=400, help="batch RPCs of 100 per target")
+    bs.add_argument("--stream", type=int, default=20000, help="stream requests per target")
+    bs.add_argument("--channels", type=lambda s: s.split(","), default=["direct", "handle"],
+                    help="front end -> replica channels to measure (comma-separated)")
+    bs.add_argument("--skip-naive", action="store_true")
+    bs.add_argument("--json", help="also write the rows as JSON here")
+    bs.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each target's output goes")
 
     demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
     _common(demo)
@@ -97,7 +126,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         over["features"]["online_store"] = args.online_store
     if getattr(args, "redis_url", None):
         over["features"]["redis_url"] = args.redis_url
-    for key in ("host", "port"):
+    for key in ("host", "port", "channel", "frontends"):
         if getattr(args, key, None) is not None:
             over["serving"][key] = getattr(args, key)
     if getattr(args, "replicas", None) is not None:
@@ -118,6 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     from services.cli import commands
 
     try:
+        if args.group == "baseline" and args.cmd == "echo":
+            # The ceiling server takes no settings at all.
+            from services.cli.commands import baseline_echo
+
+            baseline_echo(args)
+            return
         settings = settings_from(args)
         handler = getattr(commands, f"{args.group}_{getattr(args, 'cmd', '')}".rstrip("_"))
         handler(settings, args)

@@ -81,7 +81,7 @@ class _ScorerImpl:
         if advertise is not None:
             import ray
 
-            host = ray.util.get_node_ip_address() if advertise == "node" else advertise
+            host = ray.util.get_node_ip_address() if advertise == "node" else advertise  # type: ignore[no-untyped-call]
             self._address = f"{host}:{bound.rsplit(':', 1)[1]}"
         self._key = uuid.uuid4().hex
         self._registry = _registry(settings)

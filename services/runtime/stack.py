@@ -58,13 +58,13 @@ class Stack:
             await loop.run_in_executor(None, ray_seam.undeploy, self.settings)
 
 
-async def serve_forever(settings: Settings, ready: asyncio.Event | None = None) -> None:
+async def serve_forever(settings: Settings, ready: asyncio.Event | None = None, *, deploy: bool = True) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Stack(settings) as stack:
+    async with Stack(settings, deploy=deploy) as stack:
         log.info("creditauth serving on %s:%d", settings.serving.host, stack.port)
         print(f"creditauth: serving on {settings.serving.host}:{stack.port} (Ctrl-C to stop)", flush=True)
         if ready is not None:

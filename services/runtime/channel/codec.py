@@ -40,7 +40,7 @@ def encode(obj: RequestBatch | ResponseBatch, extra: dict[str, Any] | None = Non
         if isinstance(value, np.ndarray):
             a = np.ascontiguousarray(value)
             arrays.append([f.name, a.dtype.str, list(a.shape), offset])
-            buffers.append(memoryview(a).cast("B"))
+            buffers.append(a.data.cast("B"))
             offset += a.nbytes
         elif isinstance(value, bytes):
             arrays.append([f.name, "bytes", [len(value)], offset])

@@ -1,0 +1,1 @@
+"""Benchmarks that start real servers and drive them with the load generator over gRPC."""
