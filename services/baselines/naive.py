@@ -26,7 +26,7 @@ class NaiveScorer:
         from features.settings import FeatureSettings
         from features.training import MODEL_COLUMNS
 
-        settings = FeatureSettings(data_dir=Path(data_dir), online_store=online_store)  # type: ignore[arg-type]
+        settings = FeatureSettings(data_dir=Path(data_dir), online_store=online_store)
         self._store = open_store(settings)
         version = (settings.data_dir / "models" / "LATEST").read_text().strip()
         self._booster = lgb.Booster(model_file=str(settings.data_dir / "models" / version / "model.txt"))
@@ -52,11 +52,9 @@ class NaiveScorer:
             "channel_code": req.channel,
             "product_code": req.product,
         }
-        x = np.array(
-            [[(values[c][0] if c in self._stored else request[c]) for c in self._columns]], dtype=np.float64
-        )
-        x[np.equal(x, None)] = np.nan
-        pd = float(self._booster.predict(x.astype(np.float64))[0])
+        row = [values[c][0] if c in self._stored else request[c] for c in self._columns]
+        x = np.array([[np.nan if v is None else v for v in row]], dtype=np.float64)
+        pd = float(self._booster.predict(x)[0])
         decision = pb.DECISION_DECLINE if pd >= 0.25 else pb.DECISION_REVIEW if pd >= 0.12 else pb.DECISION_APPROVE
         return pb.AuthorizeResponse(
             application_id=req.application_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,14 @@ class Target:
     name: str
     argv: list[str]
     scale: float = 1.0  # share of the load to send (the naive stack is slow)
+
+
+def _pinned(argv: list[str], cpus: list[int]) -> list[str]:
+    """``argv`` run on ``cpus`` (children inherit it) where ``taskset`` exists."""
+    taskset = shutil.which("taskset")
+    if taskset is None or len(os.sched_getaffinity(0)) < 2:
+        return argv
+    return [taskset, "-c", ",".join(map(str, cpus)), *argv]
 
 
 def _cores() -> tuple[list[int], list[int]]:
@@ -73,11 +82,11 @@ def _run_target(t: Target, port: int, args: argparse.Namespace) -> dict[str, Any
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("wb")
     proc = subprocess.Popen(
-        t.argv,
+        _pinned(t.argv, server_cpus),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, server_cpus),  # noqa: PLW0108
+        preexec_fn=lambda: os.sched_setaffinity(0, server_cpus),
     )
     try:
         try:
@@ -96,7 +105,7 @@ def _run_target(t: Target, port: int, args: argparse.Namespace) -> dict[str, Any
         ]
         out = subprocess.run(
             load, capture_output=True, text=True, timeout=1800,
-            preexec_fn=lambda: os.sched_setaffinity(0, load_cpus),  # noqa: PLW0108
+            preexec_fn=lambda: os.sched_setaffinity(0, load_cpus),
         )
         if out.returncode != 0:
             raise RuntimeError(f"load generator failed on {t.name}: {out.stderr[-1500:]}")
