@@ -52,8 +52,8 @@ class NaiveScorer:
             "channel_code": req.channel,
             "product_code": req.product,
         }
-        row = [values[c][0] if c in self._stored else request[c] for c in self._columns]
-        x = np.array([[np.nan if v is None else v for v in row]], dtype=np.float64)
+        inputs = [values[c][0] if c in self._stored else request[c] for c in self._columns]
+        x = np.array([[np.nan if v is None else v for v in inputs]], dtype=np.float64)
         pd = float(self._booster.predict(x)[0])
         decision = pb.DECISION_DECLINE if pd >= 0.25 else pb.DECISION_REVIEW if pd >= 0.12 else pb.DECISION_APPROVE
         return pb.AuthorizeResponse(

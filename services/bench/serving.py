@@ -86,7 +86,6 @@ def _run_target(t: Target, port: int, args: argparse.Namespace) -> dict[str, Any
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, server_cpus),
     )
     try:
         try:

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     naive.add_argument("--port", type=int, default=50053)
 
     bench = sub.add_parser("bench", help="benchmarks (print figures; not tests)")
-    bs = bench.add_subparsers(dest="cmd", required=True).add_parser("serving", help="ceiling vs creditauth vs naive stack, same load, one run")
+    bs = bench.add_subparsers(dest="cmd", required=True).add_parser(
+        "serving", help="ceiling vs creditauth vs naive stack, same load, one run"
+    )
     _common(bs)
     bs.add_argument("--unary", type=int, default=6000, help="unary requests per target")
     bs.add_argument("--batch-calls", type=int, default=400, help="batch RPCs of 100 per target")
