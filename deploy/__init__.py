@@ -1,0 +1,1 @@
+"""Deployment tooling: Kubernetes manifests (k8s/), the image (docker/), the offline renderer."""
