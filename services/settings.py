@@ -39,8 +39,12 @@ class ServingSettings(_Strict):
     # How front ends reach replicas: "direct" (a socket to each Serve replica,
     # least-loaded routing) or "handle" (a Serve DeploymentHandle call per batch).
     channel: Literal["direct", "handle"] = "direct"
+    # The same application_id within this window gets the same decision (0 disables).
+    idempotency_window_s: float = Field(900.0, ge=0)
     # Longest AuthorizeBatch accepted.
     max_batch_request: int = Field(10_000, ge=1)
+    # Connections older than this are closed gracefully so clients rebalance.
+    max_connection_age_s: float = Field(300.0, gt=0)
     # On SIGTERM: stop taking work, let in-flight work finish for at most this long.
     drain_timeout_s: float = Field(10.0, gt=0)
 
@@ -75,6 +79,8 @@ class RaySettings(_Strict):
     # Where each replica's direct-channel socket listens, and the address it
     # registers (None: the bind host; "node": the Ray node IP, for clusters).
     channel_bind_host: str = "127.0.0.1"
+    # Ports the channel may bind, [first, last]; None: any free port.
+    channel_ports: tuple[int, int] | None = None
     channel_advertise_host: str | None = None
     # Batches one replica scores at once on the direct channel; more are refused.
     channel_max_inflight: int = Field(8, ge=1)

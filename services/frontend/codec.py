@@ -8,7 +8,6 @@ request; many items become one ``RequestBatch`` in a single pass.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -18,6 +17,7 @@ import numpy as np
 from creditauth.v1 import authorization_pb2 as pb
 from services.errors import InvalidRequest
 from services.policy import currency_index
+from services.policy.currency import CURRENCIES
 from services.scoring import RequestBatch, ResponseBatch
 
 _ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -84,6 +84,7 @@ def to_batch(items: Sequence[Item]) -> RequestBatch:
     """One ``RequestBatch`` from validated items (one pass per column, no per-item arrays)."""
     cols = list(zip(*items, strict=True)) if items else [()] * len(Item._fields)
     return RequestBatch(
+        application_ids="\n".join(cols[0]).encode("ascii"),
         merchant_ids="\n".join(cols[1]).encode("ascii"),
         amount_minor=np.array(cols[2], dtype=np.int64),
         currency=np.array(cols[3], dtype=np.int8),
@@ -95,22 +96,6 @@ def to_batch(items: Sequence[Item]) -> RequestBatch:
     )
 
 
-class DecisionIds:
-    """Unique decision ids without a UUID per request: a per-process prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = f"d-{os.urandom(6).hex()}-"
-        self._next = 0
-
-    def take(self, n: int) -> int:
-        first = self._next
-        self._next += n
-        return first
-
-    def format(self, k: int) -> str:
-        return f"{self._prefix}{k:010x}"
-
-
 def error_response(application_id: str, code: int, field: str, message: str) -> pb.AuthorizeResponse:
     return pb.AuthorizeResponse(
         application_id=application_id,
@@ -118,12 +103,8 @@ def error_response(application_id: str, code: int, field: str, message: str) -> 
     )
 
 
-def to_responses(items: Sequence[Item], resp: ResponseBatch, ids: DecisionIds) -> list[pb.AuthorizeResponse]:
+def to_responses(items: Sequence[Item], resp: ResponseBatch) -> list[pb.AuthorizeResponse]:
     """Protos for ``items`` answered by ``resp`` (same order, same length)."""
-    from services.policy.currency import CURRENCIES
-
-    n = len(items)
-    first = ids.take(n)
     out: list[pb.AuthorizeResponse] = []
     status = resp.status.tolist()
     decision = resp.decision.tolist()
@@ -134,23 +115,27 @@ def to_responses(items: Sequence[Item], resp: ResponseBatch, ids: DecisionIds) -
     age = resp.feature_age_s.tolist()
     stale = resp.stale.tolist()
     degraded = resp.degraded.tolist()
+    version = resp.version.tolist()
     reason = resp.reason.tolist()
     contrib = resp.reason_contrib.tolist()
+    ids = resp.decision_id_list()
     letters = resp.grade_letters
     table = resp.reason_table
+    versions = resp.versions
     for i, it in enumerate(items):
         if status[i] != 0:
-            out.append(error_response(it.application_id, status[i], "", "deadline exceeded before scoring"))
+            out.append(error_response(it.application_id, status[i], "", resp.message or "not decided"))
             continue
+        model_version, policy_version = versions[version[i]]
         r = pb.AuthorizeResponse(
             application_id=it.application_id,
-            decision_id=ids.format(first + i),
+            decision_id=ids[i],
             decision=decision[i],
             apr_bps=apr[i],
             risk_grade=letters[grade[i]] if grade[i] >= 0 else "",
             probability_of_default=pd_[i],
-            model_version=resp.model_version,
-            policy_version=resp.policy_version,
+            model_version=model_version,
+            policy_version=policy_version,
             degraded=degraded[i],
         )
         r.approved_limit.amount_minor = approved[i]

@@ -41,8 +41,13 @@ class FrontEnd:
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # Clients re-resolve now and then, so new front ends get traffic after a scale-out.
+                ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)),
             ]
         )
+        self._monitor: asyncio.Task[None] | None = None
+        self._draining = False
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
 
@@ -59,8 +64,21 @@ class FrontEnd:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._monitor = asyncio.ensure_future(self._watch_backend())
         log.info("listening on %s:%d", self._settings.host, self.port)
         return self.port
+
+    async def _watch_backend(self) -> None:
+        """NOT_SERVING while no replica is reachable, so load balancers route around us."""
+        serving = True
+        while not self._draining:
+            await asyncio.sleep(1.0)
+            ok = self._backend.healthy()
+            if ok != serving and not self._draining:
+                serving = ok
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -69,6 +87,9 @@ class FrontEnd:
                 await result
 
     async def stop(self) -> None:
+        self._draining = True
+        if self._monitor is not None:
+            self._monitor.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         timeout = self._settings.drain_timeout_s
         # New RPCs are refused from here; running ones get the grace period.

@@ -14,11 +14,12 @@ from creditauth.v1 import authorization_pb2 as pb
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 from services.errors import CreditAuthError, DeadlineExceeded, InvalidRequest
 from services.frontend.batcher import Batcher
-from services.frontend.codec import DecisionIds, Item, error_response, to_batch, to_responses, validate
+from services.frontend.codec import Item, error_response, to_batch, to_responses, validate
 from services.frontend.status import status_number, status_of
 from services.settings import ServingSettings
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _DEADLINE = status_number(grpc.StatusCode.DEADLINE_EXCEEDED)
 _INVALID = status_number(grpc.StatusCode.INVALID_ARGUMENT)
 # A stream window: requests read back-to-back go to the replicas together.
@@ -30,7 +31,6 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type:
     def __init__(self, batcher: Batcher, settings: ServingSettings) -> None:
         self._batcher = batcher
         self._settings = settings
-        self._ids = DecisionIds()
 
     def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -48,9 +48,9 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type:
         except CreditAuthError as exc:
             await context.abort(status_of(exc), str(exc))
             raise  # unreachable: abort raises
-        out = to_responses([item], resp, self._ids)[0]
+        out = to_responses([item], resp)[0]
         if out.HasField("error"):
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, out.error.message)
+            await context.abort(_CODES[out.error.code], out.error.message)
         return out
 
     async def AuthorizeBatch(
@@ -86,7 +86,7 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type:
                 if deadline <= time.time():
                     raise DeadlineExceeded("deadline already passed")
                 resp = await self._batcher.submit_batch(to_batch(items))
-                for i, r in zip(where, to_responses(items, resp, self._ids), strict=True):
+                for i, r in zip(where, to_responses(items, resp), strict=True):
                     answers[i] = r
             except CreditAuthError as exc:
                 if context is not None and len(items) == len(requests):

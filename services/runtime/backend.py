@@ -15,6 +15,10 @@ class ScoringBackend(Protocol):
 
     async def close(self) -> None: ...
 
+    def healthy(self) -> bool:
+        """Whether a batch sent now has somewhere to go (drives the gRPC health status)."""
+        ...
+
 
 class LocalBackend:
     """Scores in this process on a worker thread (the engine releases the GIL in C)."""
@@ -27,3 +31,6 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._engine.close()
+
+    def healthy(self) -> bool:
+        return True

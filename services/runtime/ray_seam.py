@@ -73,6 +73,7 @@ class _ScorerImpl:
         self._channel = ChannelServer(
             self._engine.score,
             host=settings.ray.channel_bind_host,
+            ports=settings.ray.channel_ports,
             max_inflight=settings.ray.channel_max_inflight,
         )
         bound = self._channel.start()
@@ -119,15 +120,16 @@ class _ScorerImpl:
             self._channel.stop()
 
 
-def start_cluster(settings: Settings) -> bool:
+def start_cluster(settings: Settings) -> str:
     """Connect to ``settings.ray.address`` or start a local cluster (never on Redis' 6379).
 
-    Returns False when this process was already connected (the caller does not own it).
+    Returns "local" (this process started the cluster and owns it), "remote"
+    (connected to someone else's cluster) or "existing" (already connected).
     """
     import ray
 
     if ray.is_initialized():
-        return False
+        return "existing"
     kwargs: dict[str, Any] = {
         "namespace": settings.ray.namespace,
         "include_dashboard": False,
@@ -136,11 +138,11 @@ def start_cluster(settings: Settings) -> bool:
     }
     if settings.ray.address:
         ray.init(address=settings.ray.address, **kwargs)
-    else:
-        # A local head picks free ports itself (GCS port 0); only `ray start --head`
-        # defaults to 6379, which Redis holds here.
-        ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
-    return True
+        return "remote"
+    # A local head picks free ports itself (GCS port 0); only `ray start --head`
+    # defaults to 6379, which Redis holds here.
+    ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+    return "local"
 
 
 def application(settings: Settings) -> Any:
@@ -200,8 +202,16 @@ def undeploy(settings: Settings) -> None:
     serve.delete(settings.ray.app_name)
 
 
+def disconnect() -> None:
+    """Leave a cluster this process joined, touching nothing running on it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def shutdown() -> None:
-    """Stop Serve and disconnect from (or stop, if local) the cluster."""
+    """Stop Serve and the local cluster this process started."""
     import ray
     from ray import serve
 
@@ -238,6 +248,9 @@ class RayServeBackend:
 
     async def close(self) -> None:
         return None
+
+    def healthy(self) -> bool:
+        return True
 
 
 def direct_backend(settings: Settings) -> Any:

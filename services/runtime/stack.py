@@ -24,7 +24,7 @@ class Stack:
     def __init__(self, settings: Settings, *, deploy: bool = True) -> None:
         self.settings = settings
         self._deploy = deploy
-        self._owns_cluster = False
+        self._cluster = "existing"
         self.frontend: FrontEnd | None = None
 
     @property
@@ -35,7 +35,7 @@ class Stack:
     async def __aenter__(self) -> Stack:
         loop = asyncio.get_running_loop()
         # Ray start-up and deployment block: keep them off the event loop.
-        self._owns_cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
+        self._cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
         if self._deploy:
             await loop.run_in_executor(None, ray_seam.deploy, self.settings)
         backend = ray_seam.backend(self.settings)
@@ -51,11 +51,15 @@ class Stack:
         if self.frontend is not None:
             await self.frontend.stop()
         loop = asyncio.get_running_loop()
-        if self._owns_cluster:
+        if self._cluster == "local":
             await loop.run_in_executor(None, ray_seam.shutdown)
-        elif self._deploy:
-            # Someone else's cluster (tests, a shared cluster): remove only our app.
+            return
+        # Someone else's cluster: remove only the app we deployed (a front end that
+        # only joined must never stop Serve for everyone), then leave.
+        if self._deploy:
             await loop.run_in_executor(None, ray_seam.undeploy, self.settings)
+        if self._cluster == "remote":
+            await loop.run_in_executor(None, ray_seam.disconnect)
 
 
 async def serve_forever(settings: Settings, ready: asyncio.Event | None = None, *, deploy: bool = True) -> None:

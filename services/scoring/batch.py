@@ -18,7 +18,8 @@ OK = 0
 
 @dataclass(frozen=True)
 class RequestBatch:
-    merchant_ids: bytes  # "\n"-joined ASCII ids (validated: no "\n" inside an id)
+    application_ids: bytes  # "\n"-joined ASCII ids (validated: no "\n" inside an id)
+    merchant_ids: bytes  # "\n"-joined, likewise
     amount_minor: npt.NDArray[np.int64]
     currency: npt.NDArray[np.int8]  # index into services.policy.CURRENCIES
     term_months: npt.NDArray[np.int16]
@@ -33,11 +34,15 @@ class RequestBatch:
     def ids(self) -> list[str]:
         return self.merchant_ids.decode("ascii").split("\n") if len(self) else []
 
+    def app_ids(self) -> list[str]:
+        return self.application_ids.decode("ascii").split("\n") if len(self) else []
+
     @staticmethod
     def concat(batches: list[RequestBatch]) -> RequestBatch:
         if len(batches) == 1:
             return batches[0]
         return RequestBatch(
+            application_ids=b"\n".join(b.application_ids for b in batches if len(b)),
             merchant_ids=b"\n".join(b.merchant_ids for b in batches if len(b)),
             amount_minor=np.concatenate([b.amount_minor for b in batches]),
             currency=np.concatenate([b.currency for b in batches]),
@@ -62,30 +67,25 @@ class ResponseBatch:
     feature_age_s: npt.NDArray[np.float32]  # NaN when unknown
     stale: npt.NDArray[np.bool_]
     degraded: npt.NDArray[np.bool_]
-    model_version: str
-    policy_version: str
+    version: npt.NDArray[np.int8]  # index into versions
+    decision_ids: bytes  # "\n"-joined, one per item ("" where not decided)
+    versions: tuple[tuple[str, str], ...]  # (model version, policy version)
     grade_letters: tuple[str, ...]
     reason_table: tuple[tuple[str, str], ...]
+    message: str = ""  # why items with a non-zero status were not decided
 
     def __len__(self) -> int:
         return int(self.status.shape[0])
 
+    def decision_id_list(self) -> list[str]:
+        return self.decision_ids.decode("ascii").split("\n") if len(self) else []
+
     def slice(self, start: int, stop: int) -> ResponseBatch:
         s = slice(start, stop)
+        ids = self.decision_id_list()[s]
         return ResponseBatch(
-            self.status[s],
-            self.decision[s],
-            self.approved_minor[s],
-            self.apr_bps[s],
-            self.grade[s],
-            self.pd[s],
-            self.reason[s],
-            self.reason_contrib[s],
-            self.feature_age_s[s],
-            self.stale[s],
-            self.degraded[s],
-            self.model_version,
-            self.policy_version,
-            self.grade_letters,
-            self.reason_table,
+            self.status[s], self.decision[s], self.approved_minor[s], self.apr_bps[s],
+            self.grade[s], self.pd[s], self.reason[s], self.reason_contrib[s],
+            self.feature_age_s[s], self.stale[s], self.degraded[s], self.version[s],
+            "\n".join(ids).encode("ascii"), self.versions, self.grade_letters, self.reason_table, self.message,
         )

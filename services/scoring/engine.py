@@ -1,13 +1,19 @@
 """The scoring engine: everything a replica does, without Ray.
 
-One call scores a whole batch: one batched online-store read, request-time
-features, one kernel call, one vectorized policy call. Anything that can be
-done per load (column maps, reason tables, parity gate) is done in
-``__init__``.
+One call decides a whole batch: one idempotency lookup, one batched
+online-store read, request-time features, one kernel call, one vectorized
+policy call, one idempotency write. Anything that can be done per load (column
+maps, reason tables, the parity gate) is done in ``__init__``.
+
+Every decision is assembled as one fixed-size record (see
+``services.scoring.idempotency.record_dtype``): fresh decisions and replays of
+earlier ones take the same path into the response.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -22,11 +28,16 @@ from features import (
     OnlineReader,
     request_features,
 )
+from services.errors import CreditAuthError, ModelError
 from services.models import ModelArtifact
 from services.policy import Policy, PolicyInputs
+from services.policy.decide import POLICY_REASONS
 from services.scoring.batch import OK, RequestBatch, ResponseBatch
+from services.scoring.idempotency import IdempotencyStore, NoStore, fingerprints, record_dtype
 
-DEADLINE_EXCEEDED = 4  # grpc.StatusCode.DEADLINE_EXCEEDED
+log = logging.getLogger(__name__)
+DEADLINE_EXCEEDED = 4  # grpc.StatusCode values
+ALREADY_EXISTS = 6
 TOP_K = 4
 
 
@@ -52,36 +63,104 @@ def _column_plan(model_features: tuple[str, ...]) -> _Columns:
             dr.append(j)
             sr.append(ridx[name])
         else:
-            from services.errors import ModelError
-
             raise ModelError(f"model needs feature {name!r}, which the feature layer does not serve")
     a = np.asarray
     return _Columns(a(df, np.intp), a(sf, np.intp), a(dr, np.intp), a(sr, np.intp))
 
 
 class ScoringEngine:
-    def __init__(self, reader: OnlineReader, model: ModelArtifact, policy: Policy, max_feature_age_s: float) -> None:
+    def __init__(
+        self,
+        reader: OnlineReader,
+        model: ModelArtifact,
+        policy: Policy,
+        max_feature_age_s: float,
+        store: IdempotencyStore | None = None,
+    ) -> None:
         self._reader = reader
         self._model = model
         self._policy = policy
         self._max_age = max_feature_age_s
+        self._store: IdempotencyStore = store or NoStore()
         self._plan = _column_plan(model.feature_names)
         self._rev30 = MATRIX_COLUMNS.index("rev_mean_30d")
         self._apps_1h = MATRIX_COLUMNS.index("apps_1h")
         self._apps_24h = MATRIX_COLUMNS.index("apps_24h")
         self.model_version = model.version
         self.policy_version = policy.version
+        self._reasons = len(POLICY_REASONS) + TOP_K
+        self._dtype = record_dtype(self._reasons)
+        self._store.put_reasons(policy.version, policy.reason_table)
+        # Decision ids: a per-replica prefix and a counter (no UUID per decision).
+        self._id_prefix = f"d{os.urandom(5).hex()}"
+        self._next_id = 0
 
+    # -- the batch path ------------------------------------------------------
     def score(self, batch: RequestBatch, now: float | None = None) -> ResponseBatch:
         now = time.time() if now is None else now
         n = len(batch)
-        live = batch.deadline > now
-        ids = batch.ids()
+        app_ids = batch.app_ids()
+        merchants = batch.ids()
+        fp = fingerprints(
+            merchants,
+            batch.amount_minor,
+            batch.currency,
+            batch.term_months,
+            batch.product,
+            batch.channel,
+            batch.declared_revenue_minor,
+        )
+        status = np.zeros(n, dtype=np.int8)
+        status[batch.deadline <= now] = DEADLINE_EXCEEDED
+        rec = np.zeros(n, dtype=self._dtype)
+        rec["reason"] = -1
+        rec["grade"] = -1
+
+        # Earlier decisions for these application ids, and repeats inside the batch.
+        stored = self._lookup(app_ids)
+        first: dict[str, int] = {}
+        copy_of = np.full(n, -1, dtype=np.intp)
+        replayed = np.zeros(n, dtype=bool)
+        for i, a in enumerate(app_ids):
+            j: int = first.setdefault(a, i)
+            if j != i:
+                copy_of[i] = j
+            elif a in stored:
+                rec[i] = np.frombuffer(stored[a], dtype=self._dtype)[0]
+                replayed[i] = True
+        mismatch = replayed & (rec["fp"] != fp)
+        status[mismatch] = ALREADY_EXISTS
+        fresh = (status == OK) & ~replayed & (copy_of < 0)
+
+        if fresh.any():
+            rows = np.flatnonzero(fresh)
+            sub = rec[rows]
+            self._decide(batch, rows, [merchants[i] for i in rows], now, sub)
+            sub["fp"] = fp[rows]
+            rec[rows] = sub
+            lost = self._save([app_ids[i] for i in rows], sub)
+            for i in rows.tolist():
+                won = lost.get(app_ids[i])
+                if won is not None:  # another replica decided it first: answer with that
+                    rec[i] = np.frombuffer(won, dtype=self._dtype)[0]
+                    replayed[i] = True
+        dup = copy_of >= 0
+        if dup.any():
+            rec[dup] = rec[copy_of[dup]]
+            status[dup] = status[copy_of[dup]]
+        return self._response(rec, status, replayed)
+
+    def _decide(
+        self, batch: RequestBatch, rows: npt.NDArray[np.intp], merchants: list[str], now: float, out: np.ndarray
+    ) -> None:
+        """Fresh decisions for ``rows`` of ``batch``, written into the records ``out``."""
+        n = len(rows)
         degraded = False
         try:
-            feats = self._reader.read(ids)
-        except FeatureError:
+            feats = self._reader.read(merchants)
+        except FeatureError as exc:
             # The online store is down or slow: decide conservatively rather than fail.
+            log.warning("online store unavailable, deciding in degraded mode: %s", exc)
             degraded = True
             feats = FeatureBatch(
                 matrix=np.full((n, len(MATRIX_COLUMNS)), np.nan, dtype=np.float32),
@@ -89,14 +168,15 @@ class ScoringEngine:
                 found=np.zeros(n, dtype=bool),
                 event_ts=np.zeros(n, dtype=np.int64),
             )
+        cur = batch.currency[rows]
         rev30 = feats.matrix[:, self._rev30].astype(np.float64)
         to_base = self._policy.to_base_minor
         req = request_features(
-            amount_minor=np.rint(to_base(batch.amount_minor, batch.currency)).astype(np.int64),
-            declared_revenue_minor=to_base(batch.declared_revenue_minor, batch.currency),
-            term_months=batch.term_months.astype(np.int32),
-            channel_code=batch.channel.astype(np.int32),
-            product_code=batch.product.astype(np.int32),
+            amount_minor=np.rint(to_base(batch.amount_minor[rows], cur)).astype(np.int64),
+            declared_revenue_minor=to_base(batch.declared_revenue_minor[rows], cur),
+            term_months=batch.term_months[rows].astype(np.int32),
+            channel_code=batch.channel[rows].astype(np.int32),
+            product_code=batch.product[rows].astype(np.int32),
             rev_mean_30d=rev30,
         )
         x = np.empty((n, len(self._model.feature_names)), dtype=np.float32)
@@ -105,28 +185,27 @@ class ScoringEngine:
         x[:, p.dst_from_request] = req[:, p.src_request]
 
         pd = np.full(n, np.nan)
-        k = TOP_K
-        rf = np.full((n, k), -1, dtype=np.int32)
-        rc = np.zeros((n, k))
-        scorable = live & feats.found & (not degraded)
+        rf = np.full((n, TOP_K), -1, dtype=np.int32)
+        rc = np.zeros((n, TOP_K))
+        scorable = feats.found & (not degraded)
         if scorable.any():
-            rows = np.flatnonzero(scorable)
-            xs = x if len(rows) == n else np.ascontiguousarray(x[rows])
-            prob, fidx, contrib = self._model.ensemble.predict_with_reasons(xs, k)
-            pd[rows], rf[rows], rc[rows] = prob, fidx, contrib
+            idx = np.flatnonzero(scorable)
+            xs = x if len(idx) == n else np.ascontiguousarray(x[idx])
+            prob, fidx, contrib = self._model.ensemble.predict_with_reasons(xs, TOP_K)
+            pd[idx], rf[idx], rc[idx] = prob, fidx, contrib
 
         age = feats.age_s(now).astype(np.float32)
         stale = ~np.isnan(age) & (age > self._max_age)
-        decided = self._policy.decide(
+        d = self._policy.decide(
             PolicyInputs(
                 pd=pd,
                 known=feats.found,
                 stale=stale,
                 monthly_revenue_base_minor=rev30 * 30.0 * 100.0,
-                amount_minor=batch.amount_minor,
-                currency=batch.currency,
-                term_months=batch.term_months,
-                product=batch.product,
+                amount_minor=batch.amount_minor[rows],
+                currency=cur,
+                term_months=batch.term_months[rows],
+                product=batch.product[rows],
                 apps_1h=feats.matrix[:, self._apps_1h].astype(np.float64),
                 apps_24h=feats.matrix[:, self._apps_24h].astype(np.float64),
                 model_reason_features=rf,
@@ -134,24 +213,96 @@ class ScoringEngine:
                 degraded=degraded,
             )
         )
-        status = np.where(live, OK, DEADLINE_EXCEEDED).astype(np.int8)
+        out["decision"] = d.decision
+        out["approved"] = d.approved_minor
+        out["apr"] = d.apr_bps
+        out["grade"] = d.grade
+        out["pd"] = pd
+        out["reason"] = d.reason
+        out["contrib"] = d.reason_contrib
+        out["age"] = age
+        out["stale"] = stale
+        out["degraded"] = degraded
+        first = self._next_id
+        self._next_id += n
+        out["decision_id"] = [f"{self._id_prefix}-{k:x}".encode() for k in range(first, first + n)]
+        out["model"] = self.model_version.encode()
+        out["policy"] = self.policy_version.encode()
+
+    # -- idempotency store (failures degrade to "no guarantee", never to no answer) --
+    def _lookup(self, app_ids: list[str]) -> dict[str, bytes]:
+        try:
+            return self._store.lookup(app_ids)
+        except CreditAuthError as exc:
+            log.warning("idempotency lookup failed, deciding afresh: %s", exc)
+            return {}
+
+    def _save(self, app_ids: list[str], records: np.ndarray) -> dict[str, bytes]:
+        try:
+            return self._store.save(app_ids, [r.tobytes() for r in records])
+        except CreditAuthError as exc:
+            log.warning("idempotency save failed: %s", exc)
+            return {}
+
+    # -- records -> response -------------------------------------------------
+    def _response(
+        self, rec: np.ndarray, status: npt.NDArray[np.int8], replayed: npt.NDArray[np.bool_]
+    ) -> ResponseBatch:
+        table = list(self._policy.reason_table)
+        reason = rec["reason"].copy()
+        versions: list[tuple[str, str]] = [(self.model_version, self.policy_version)]
+        version = np.zeros(len(rec), dtype=np.int8)
+        if replayed.any():
+            for i in np.flatnonzero(replayed):
+                pair = (rec["model"][i].decode(), rec["policy"][i].decode())
+                if pair[1] != self.policy_version:
+                    reason[i] = self._remap(reason[i], pair[1], table)
+                if pair not in versions:
+                    versions.append(pair)
+                version[i] = versions.index(pair)
+        ok = status == OK
+        ids = np.where(ok, rec["decision_id"], b"").tolist()
+        message = ""
+        if (status == ALREADY_EXISTS).any():
+            message = "application_id was already used for a different request within the idempotency window"
+        elif (status == DEADLINE_EXCEEDED).any():
+            message = "deadline exceeded before scoring"
         return ResponseBatch(
             status=status,
-            decision=decided.decision,
-            approved_minor=decided.approved_minor,
-            apr_bps=decided.apr_bps,
-            grade=decided.grade,
-            pd=pd,
-            reason=decided.reason,
-            reason_contrib=decided.reason_contrib,
-            feature_age_s=age,
-            stale=stale,
-            degraded=np.full(n, degraded),
-            model_version=self.model_version,
-            policy_version=self.policy_version,
+            decision=rec["decision"],
+            approved_minor=rec["approved"],
+            apr_bps=rec["apr"],
+            grade=rec["grade"],
+            pd=rec["pd"],
+            reason=reason,
+            reason_contrib=rec["contrib"],
+            feature_age_s=rec["age"],
+            stale=rec["stale"],
+            degraded=rec["degraded"],
+            version=version,
+            decision_ids=b"\n".join(ids),
+            versions=tuple(versions),
             grade_letters=self._policy.grade_letters,
-            reason_table=self._policy.reason_table,
+            reason_table=tuple(table),
+            message=message,
         )
+
+    def _remap(
+        self, row: npt.NDArray[np.int16], policy_version: str, table: list[tuple[str, str]]
+    ) -> npt.NDArray[np.int16]:
+        """Reason indices of another policy version's table -> indices into ``table`` (extended as needed)."""
+        old = self._store.reasons(policy_version) or ()
+        out = np.full_like(row, -1)
+        codes = [c for c, _ in table]
+        for k, r in enumerate(row):
+            if 0 <= r < len(old):
+                entry = old[r]
+                if entry[0] not in codes:
+                    table.append(entry)
+                    codes.append(entry[0])
+                out[k] = codes.index(entry[0])
+        return out
 
     def close(self) -> None:
         self._reader.close()
+        self._store.close()

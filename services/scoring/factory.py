@@ -6,6 +6,7 @@ from features import open_reader
 from services.models import load_artifact
 from services.policy import Policy, load_policy
 from services.scoring.engine import ScoringEngine
+from services.scoring.idempotency import open_store
 from services.settings import Settings
 
 
@@ -13,4 +14,5 @@ def build_engine(settings: Settings) -> ScoringEngine:
     artifact = load_artifact(settings.data_dir, settings.model_version)
     policy = Policy(load_policy(settings.policy_path), artifact.feature_names)
     reader = open_reader(settings.features)
-    return ScoringEngine(reader, artifact, policy, settings.features.max_feature_age_s)
+    store = open_store(settings.features, settings.serving.idempotency_window_s)
+    return ScoringEngine(reader, artifact, policy, settings.features.max_feature_age_s, store)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -10,10 +13,18 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from creditauth.v1 import authorization_pb2 as pb
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 
+RUN = uuid.uuid4().hex[:8]
+_seq = itertools.count()
+
+
+def fresh_id() -> str:
+    """A new application id: the test world keeps an idempotency store across tests."""
+    return f"e2e-{RUN}-{next(_seq)}"
+
 
 def request(i: int, merchant: str = "M00000001", **over: object) -> pb.AuthorizeRequest:
     req = pb.AuthorizeRequest(
-        application_id=f"e2e-{i}",
+        application_id=fresh_id(),
         merchant_id=merchant,
         term_months=12,
         product=pb.PRODUCT_WORKING_CAPITAL,
@@ -51,7 +62,8 @@ def check_decision(r: pb.AuthorizeResponse, app_id: str) -> None:
 def check_unary(channel: grpc.Channel) -> None:
     stub = pb_grpc.CreditAuthorizationStub(channel)
     for i, m in enumerate(["M00000001", "M00000002", "M00001000"]):
-        check_decision(stub.Authorize(request(i, m), timeout=30), f"e2e-{i}")
+        req = request(i, m)
+        check_decision(stub.Authorize(req, timeout=30), req.application_id)
 
 
 def check_unknown_merchant(channel: grpc.Channel) -> None:
@@ -94,14 +106,14 @@ def check_batch(channel: grpc.Channel) -> None:
     out = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=60)
     assert len(out.responses) == 40
     for i, r in enumerate(out.responses):
-        assert r.application_id == f"e2e-{i}"
+        assert r.application_id == reqs[i].application_id
         if i == 5:
             assert r.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
             assert r.error.field == "requests[5].requested_amount.currency"
         elif i == 17:
             assert r.decision == pb.DECISION_REVIEW and r.reasons[0].code == "NO_HISTORY"
         else:
-            check_decision(r, f"e2e-{i}")
+            check_decision(r, reqs[i].application_id)
     empty = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(), timeout=30)
     assert len(empty.responses) == 0
 
@@ -109,12 +121,9 @@ def check_batch(channel: grpc.Channel) -> None:
 def check_stream(channel: grpc.Channel, n: int = 600) -> None:
     stub = pb_grpc.CreditAuthorizationStub(channel)
 
-    def gen():  # type: ignore[no-untyped-def]
-        for i in range(n):
-            yield request(i, f"M{i % 2000:08d}") if i != 3 else request(i, amount=0)
-
-    answers = list(stub.AuthorizeStream(gen(), timeout=120))
-    assert [a.application_id for a in answers] == [f"e2e-{i}" for i in range(n)]
+    reqs = [request(i, f"M{i % 2000:08d}") if i != 3 else request(i, amount=0) for i in range(n)]
+    answers = list(stub.AuthorizeStream(iter(reqs), timeout=120))
+    assert [a.application_id for a in answers] == [r.application_id for r in reqs]
     assert answers[3].error.field == "requested_amount.amount_minor"
     assert sum(1 for a in answers if a.HasField("error")) == 1
 
@@ -135,5 +144,19 @@ def check_health_and_reflection(channel: grpc.Channel) -> None:
 def check_deadline(channel: grpc.Channel) -> None:
     stub = pb_grpc.CreditAuthorizationStub(channel)
     with pytest.raises(grpc.RpcError) as info:
-        stub.Authorize(request(1), timeout=0.0005)
+        stub.Authorize(request(1), timeout=0.000001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def check_idempotency(channel: grpc.Channel) -> None:
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    req = request(1, "M00000033")
+    first = stub.Authorize(req, timeout=30)
+    again = stub.Authorize(req, timeout=30)
+    assert again.decision_id == first.decision_id and again.decision == first.decision
+    changed = pb.AuthorizeRequest()
+    changed.CopyFrom(req)
+    changed.requested_amount.amount_minor += 1
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Authorize(changed, timeout=30)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import grpc
+import time
 
+import grpc
+import pytest
+
+from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 from services.frontend import FrontEnd
+from tests.conftest import World
 from tests.e2e import api_checks as c
 
 
@@ -34,3 +39,43 @@ def test_health_and_reflection(local_server: tuple[grpc.Channel, FrontEnd]) -> N
 
 def test_expired_deadline(local_server: tuple[grpc.Channel, FrontEnd]) -> None:
     c.check_deadline(local_server[0])
+
+
+def test_idempotency(local_server: tuple[grpc.Channel, FrontEnd]) -> None:
+    c.check_idempotency(local_server[0])
+
+
+def test_late_request_is_refused_not_scored_late(world: World) -> None:
+    """A deadline shorter than the backend's delay: DEADLINE_EXCEEDED, and the engine never decides it."""
+    import asyncio
+
+    from services.runtime import LocalBackend
+    from services.scoring.factory import build_engine
+    from tests.e2e.conftest import LoopThread, settings_for
+
+    settings = settings_for(world)
+    engine = build_engine(settings)
+
+    class Slow(LocalBackend):
+        async def score(self, batch):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.3)
+            return await super().score(batch)
+
+    lt = LoopThread()
+
+    async def up() -> FrontEnd:
+        fe = FrontEnd(Slow(engine), settings.serving)
+        await fe.start()
+        return fe
+
+    fe = lt.run(up())
+    decided_before = engine._next_id
+    with grpc.insecure_channel(f"127.0.0.1:{fe.port}") as ch:
+        stub = pb_grpc.CreditAuthorizationStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Authorize(c.request(1), timeout=0.1)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.5)  # the batch reaches the engine after the deadline ...
+    assert engine._next_id == decided_before  # ... and is not scored
+    lt.run(fe.stop())
+    lt.close()

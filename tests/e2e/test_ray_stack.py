@@ -62,6 +62,7 @@ def test_sqlite_bad_inputs_health_reflection_deadline(sqlite_stack: grpc.Channel
     c.check_bad_inputs(sqlite_stack)
     c.check_health_and_reflection(sqlite_stack)
     c.check_deadline(sqlite_stack)
+    c.check_idempotency(sqlite_stack)
 
 
 def test_redis_all_rpcs(redis_stack: grpc.Channel) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -39,7 +40,8 @@ class SlowBackend:
 
 
 def _item(i: int, merchant: str = "M00000001") -> Item:
-    return Item(f"a{i}", merchant, 100_000, 0, 12, 1, 2, float("nan"), time.time() + 30)
+    # Unique application ids: the session's world keeps an idempotency store.
+    return Item(f"b-{uuid.uuid4().hex[:12]}-{i}", merchant, 100_000, 0, 12, 1, 2, float("nan"), time.time() + 30)
 
 
 @pytest.fixture(scope="module")

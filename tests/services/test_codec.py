@@ -10,7 +10,7 @@ import pytest
 
 from creditauth.v1 import authorization_pb2 as pb
 from services.errors import InvalidRequest
-from services.frontend.codec import MAX_AMOUNT_MINOR, DecisionIds, to_batch, validate
+from services.frontend.codec import MAX_AMOUNT_MINOR, to_batch, validate
 from services.policy import currency_index
 
 
@@ -73,13 +73,8 @@ def test_good_request_and_batch_columns() -> None:
     batch = to_batch([a, b])
     assert len(batch) == 2
     assert batch.ids() == ["M00000001", "M2"]
+    assert batch.app_ids() == ["app-1", "app-1"]
     assert batch.currency.tolist() == [currency_index("CNY"), currency_index("USD")]
     assert batch.amount_minor.dtype == np.int64 and batch.amount_minor.tolist() == [100_000, 5]
     assert batch.deadline.tolist() == [10.0, 20.0]
     assert len(to_batch([])) == 0
-
-
-def test_decision_ids_are_unique_across_instances() -> None:
-    a, b = DecisionIds(), DecisionIds()
-    ids = {a.format(a.take(1)) for _ in range(100)} | {b.format(b.take(1)) for _ in range(100)}
-    assert len(ids) == 200

@@ -123,6 +123,9 @@ class DirectBackend:
         self._ready = asyncio.Event()
         self.retries = 0
 
+    def healthy(self) -> bool:
+        return any(c.alive for c in self._conns.values())
+
     @property
     def replicas(self) -> list[str]:
         return sorted(a for a, c in self._conns.items() if c.alive)

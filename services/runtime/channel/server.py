@@ -42,7 +42,7 @@ class ChannelServer:
         score: Callable[[RequestBatch], ResponseBatch],
         *,
         host: str = "127.0.0.1",
-        port: int = 0,
+        ports: tuple[int, int] | None = None,
         max_inflight: int = 8,
         workers: int = 2,
         inline_max: int = 0,
@@ -50,7 +50,7 @@ class ChannelServer:
         self._inline_max = inline_max
         self._score = score
         self._host = host
-        self._port = port
+        self._ports = ports
         self._max_inflight = max_inflight
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="score")
         self._loop = asyncio.new_event_loop()
@@ -67,18 +67,31 @@ class ChannelServer:
         return self.address
 
     async def _start(self) -> str:
-        self._server = await asyncio.start_server(self._serve_conn, self._host, self._port, backlog=512)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"{self._host}:{port}"
+        candidates = [0] if self._ports is None else list(range(self._ports[0], self._ports[1] + 1))
+        last: OSError | None = None
+        for port in candidates:
+            try:
+                self._server = await asyncio.start_server(self._serve_conn, self._host, port, backlog=512)
+                break
+            except OSError as exc:  # taken: try the next one in the range
+                last = exc
+        else:
+            raise OSError(f"no free channel port in {self._ports}: {last}")
+        bound = self._server.sockets[0].getsockname()[1]
+        return f"{self._host}:{bound}"
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Stop accepting, let batches in flight finish (at most ``drain_s``), then close."""
+
         async def _stop() -> None:
             if self._server is not None:
                 self._server.close()
-                await self._server.wait_closed()
+            deadline = time.monotonic() + drain_s
+            while self.stats.inflight_batches and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
 
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(drain_s + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,127 @@
+"""The scoring engine on the real small world: decisions, deadlines, idempotency."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.frontend.codec import Item, to_batch
+from services.policy.decide import APPROVE, DECLINE, REVIEW
+from services.scoring import ScoringEngine
+from services.scoring.engine import ALREADY_EXISTS, DEADLINE_EXCEEDED
+from services.scoring.factory import build_engine
+from services.scoring.idempotency import RedisStore, SqliteStore
+from services.settings import load_settings
+from tests.conftest import World, feature_settings, requires_redis
+
+
+def _settings(world: World, window: float = 900.0):  # type: ignore[no-untyped-def]
+    return load_settings(
+        None,
+        {"features": feature_settings(world).model_dump(), "serving": {"idempotency_window_s": window}},
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(world: World) -> Iterator[ScoringEngine]:
+    e = build_engine(_settings(world))
+    yield e
+    e.close()
+
+
+def item(merchant: str = "M00000010", app: str | None = None, amount: int = 500_000, deadline: float = 0.0) -> Item:
+    return Item(
+        app or f"t-{uuid.uuid4().hex}", merchant, amount, 0, 12, 1, 1, float("nan"), deadline or time.time() + 60
+    )
+
+
+def test_known_and_unknown_merchants(engine: ScoringEngine) -> None:
+    resp = engine.score(to_batch([item(f"M{i:08d}") for i in range(200)] + [item("NOBODY")]))
+    assert (resp.status == 0).all()
+    assert set(resp.decision[:200].tolist()) <= {APPROVE, DECLINE, REVIEW}
+    assert np.isfinite(resp.pd[:200]).all() and ((resp.pd[:200] > 0) & (resp.pd[:200] < 1)).all()
+    assert np.isnan(resp.pd[200]) and resp.decision[200] == REVIEW
+    first_reason = next(r for r in resp.reason[200] if r >= 0)
+    assert resp.reason_table[first_reason][0] == "NO_HISTORY"
+    ids = resp.decision_id_list()
+    assert len(set(ids)) == 201 and all(ids)
+    assert resp.versions[0] == (engine.model_version, engine.policy_version)
+
+
+def test_expired_items_are_not_scored(engine: ScoringEngine) -> None:
+    past = time.time() - 1
+    resp = engine.score(to_batch([item(deadline=past), item()]))
+    assert resp.status.tolist() == [DEADLINE_EXCEEDED, 0]
+    assert resp.decision_id_list()[0] == ""
+
+
+def test_same_application_same_decision(engine: ScoringEngine) -> None:
+    app = f"idem-{uuid.uuid4().hex}"
+    first = engine.score(to_batch([item("M00000020", app)]))
+    again = engine.score(to_batch([item("M00000020", app)]))
+    assert again.decision_id_list() == first.decision_id_list()
+    assert again.decision.tolist() == first.decision.tolist()
+    assert again.pd.tolist() == first.pd.tolist()
+    assert np.array_equal(again.reason, first.reason)
+
+
+def test_reused_id_with_another_request_is_refused(engine: ScoringEngine) -> None:
+    app = f"idem-{uuid.uuid4().hex}"
+    engine.score(to_batch([item("M00000021", app, amount=100_000)]))
+    other = engine.score(to_batch([item("M00000021", app, amount=999_999)]))
+    assert other.status.tolist() == [ALREADY_EXISTS]
+    assert "already used" in other.message
+
+
+def test_repeat_inside_one_batch(engine: ScoringEngine) -> None:
+    app = f"idem-{uuid.uuid4().hex}"
+    resp = engine.score(to_batch([item("M00000022", app), item("M00000023"), item("M00000022", app)]))
+    ids = resp.decision_id_list()
+    assert ids[0] == ids[2] != ids[1]
+
+
+def test_two_replicas_share_decisions(world: World) -> None:
+    a, b = build_engine(_settings(world)), build_engine(_settings(world))
+    app = f"idem-{uuid.uuid4().hex}"
+    first = a.score(to_batch([item("M00000024", app)]))
+    second = b.score(to_batch([item("M00000024", app)]))
+    assert first.decision_id_list() == second.decision_id_list()
+    a.close()
+    b.close()
+
+
+def test_window_expiry_allows_a_new_decision(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "idem.db", window_s=0.2)
+    assert store.save(["x"], [b"one"]) == {}
+    assert store.save(["x"], [b"two"]) == {"x": b"one"}  # still live: the first wins
+    time.sleep(0.3)
+    assert store.lookup(["x"]) == {}
+    assert store.save(["x"], [b"three"]) == {}
+    assert store.lookup(["x"]) == {"x": b"three"}
+
+
+@requires_redis
+def test_redis_store_first_writer_wins(world: World) -> None:
+    settings = feature_settings(world).model_copy(update={"project": f"idemtest{uuid.uuid4().hex[:6]}"})
+    store = RedisStore(settings, window_s=5)
+    key = f"r-{uuid.uuid4().hex}"
+    assert store.save([key], [b"one"]) == {}
+    assert store.save([key], [b"two"]) == {key: b"one"}
+    assert store.lookup([key, "absent"]) == {key: b"one"}
+    store.put_reasons("p1", (("A", "a"),))
+    assert store.reasons("p1") == (("A", "a"),)
+    store.close()
+
+
+def test_disabled_window_decides_afresh(world: World) -> None:
+    e = build_engine(_settings(world, window=0))
+    app = f"idem-{uuid.uuid4().hex}"
+    one = e.score(to_batch([item("M00000025", app)]))
+    two = e.score(to_batch([item("M00000025", app)]))
+    assert one.decision_id_list() != two.decision_id_list()
+    e.close()
