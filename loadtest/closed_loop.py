@@ -45,7 +45,8 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "decisions_per_s": round(self.decisions / self.seconds, 1) if self.seconds else 0.0,
             "rpcs_per_s": round(self.rpcs / self.seconds, 1) if self.seconds else 0.0,
-            "latency_ms": {k: round(v, 3) for k, v in q.items()} | {"max": h.get_max_value() / 1000.0},
+            "latency_ms": {k: round(v, 3) for k, v in q.items()}
+            | {"max": h.get_max_value() / 1000.0},
             "errors": self.errors,
             "outcomes": self.outcomes,
         }
@@ -57,7 +58,8 @@ class RunResult:
             return
         name = pb.Decision.Name(resp.decision)
         self.outcomes[name] = self.outcomes.get(name, 0) + 1
-        if len(self.samples) < 8 and (len(self.samples) < 3 or resp.decision != pb.DECISION_APPROVE):
+        interesting = len(self.samples) < 3 or resp.decision != pb.DECISION_APPROVE
+        if len(self.samples) < 8 and interesting:
             self.samples.append(MessageToDict(resp))
 
 
@@ -68,7 +70,9 @@ def _code(n: int) -> tuple[int, str]:
     return grpc.StatusCode.UNKNOWN.value  # type: ignore[no-any-return]
 
 
-async def run_unary(stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, requests: int, concurrency: int, timeout_s: float) -> RunResult:
+async def run_unary(
+    stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, requests: int, concurrency: int, timeout_s: float
+) -> RunResult:
     res = RunResult("unary")
     it = iter(range(requests))
 
@@ -91,7 +95,15 @@ async def run_unary(stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, r
     return res
 
 
-async def run_batch(stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, calls: int, size: int, concurrency: int, timeout_s: float) -> RunResult:
+async def run_batch(
+    stub: pb_grpc.CreditAuthorizationStub,
+    mix: RequestMix,
+    *,
+    calls: int,
+    size: int,
+    concurrency: int,
+    timeout_s: float,
+) -> RunResult:
     res = RunResult(f"batch{size}")
     it = iter(range(calls))
     bodies = [mix.batch(size) for _ in range(min(calls, 64))]
@@ -115,7 +127,15 @@ async def run_batch(stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, c
     return res
 
 
-async def run_stream(stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, requests: int, streams: int, window: int, timeout_s: float) -> RunResult:
+async def run_stream(
+    stub: pb_grpc.CreditAuthorizationStub,
+    mix: RequestMix,
+    *,
+    requests: int,
+    streams: int,
+    window: int,
+    timeout_s: float,
+) -> RunResult:
     """Each stream keeps ``window`` requests outstanding; latency is send -> matching answer."""
     res = RunResult("stream")
     per = requests // streams
@@ -133,7 +153,7 @@ async def run_stream(stub: pb_grpc.CreditAuthorizationStub, mix: RequestMix, *, 
         sender = asyncio.ensure_future(send())
         for _ in range(per):
             resp = await call.read()
-            if resp is grpc.aio.EOF:
+            if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
                 res.errors["EOF"] = res.errors.get("EOF", 0) + 1
                 break
             t0 = sent.get_nowait()

@@ -1,0 +1,1 @@
+"""Example campaign files, shipped as package data (see docs/loadtest.md)."""
