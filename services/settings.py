@@ -34,6 +34,8 @@ class ServingSettings(_Strict):
     max_inflight_batches: int = Field(2, ge=1, le=64)
     # Decisions queued per front end before new work is refused (RESOURCE_EXHAUSTED).
     max_queue: int = Field(50_000, ge=1)
+    # Work expected to wait longer than this in the queue is refused (RESOURCE_EXHAUSTED).
+    max_queue_wait_ms: float = Field(250.0, gt=0)
     # Deadline applied when the caller sets none.
     default_deadline_s: float = Field(5.0, gt=0)
     # How front ends reach replicas: "direct" (a socket to each Serve replica,

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", help="also write the rows as JSON here")
     bs.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each target's output goes")
 
+    lt = sub.add_parser("loadtest", help="load-test campaigns (see docs/loadtest.md)", add_help=False)
+    lt.add_argument("args", nargs=argparse.REMAINDER, help="passed to `python -m loadtest`")
+
     demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
     _common(demo)
     demo.add_argument("--merchants", type=int, default=100_000)
@@ -142,6 +145,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:
+        # The load generator is its own program that reaches the system only over
+        # gRPC: hand it the rest of the command line, unparsed.
+        os.execv(sys.executable, [sys.executable, "-m", "loadtest", *argv[1:]])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -10,8 +10,11 @@ backend call whenever a slot is free:
   size grows with load, bounded by ``max_batch`` and, when a slot is free but
   other calls are still out, by a short linger of ``max_wait``.
 
-Everything is bounded: past ``max_queue`` queued decisions, ``submit_*`` raises
-``Overloaded`` at once.
+Overload is shed, never queued: work whose expected wait in the queue (queued
+decisions over the measured drain rate) exceeds ``max_queue_wait`` or its own
+deadline is refused at once with ``Overloaded``, past ``max_queue`` queued
+decisions everything is, and work whose deadline passes while queued is
+dropped with ``DeadlineExceeded`` instead of being scored late.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import collections
 import time
 from dataclasses import dataclass, field
 
-from services.errors import BackendUnavailable, CreditAuthError, Overloaded, ShuttingDown
+from services.errors import BackendUnavailable, CreditAuthError, DeadlineExceeded, Overloaded, ShuttingDown
 from services.frontend.codec import Item, to_batch
 from services.runtime.backend import ScoringBackend
 from services.scoring import RequestBatch, ResponseBatch
@@ -31,6 +34,7 @@ from services.scoring import RequestBatch, ResponseBatch
 class _Unit:
     size: int
     future: asyncio.Future[ResponseBatch]
+    deadline: float
     item: Item | None = None
     batch: RequestBatch | None = None
 
@@ -40,6 +44,8 @@ class BatcherStats:
     calls: int = 0
     decisions: int = 0
     failures: int = 0
+    shed: int = 0
+    expired: int = 0
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -52,12 +58,17 @@ class Batcher:
         max_wait_s: float,
         max_inflight: int,
         max_queue: int,
+        max_queue_wait_s: float = 0.25,
     ) -> None:
         self._backend = backend
         self._max_batch = max_batch
         self._max_wait = max_wait_s
         self._max_inflight = max_inflight
         self._max_queue = max_queue
+        self._max_queue_wait = max_queue_wait_s
+        # Decisions per second the backend drains while saturated (None until measured).
+        self._drain_rate: float | None = None
+        self._last_done = 0.0
         self._pending: collections.deque[_Unit] = collections.deque()
         self._queued = 0
         self._inflight = 0
@@ -78,11 +89,22 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
+    def expected_wait_s(self, extra: int = 0) -> float:
+        """How long ``extra`` more decisions would wait before dispatch, at the measured drain rate."""
+        if self._drain_rate is None or not self._pending:
+            return 0.0
+        return (self._queued + extra) / self._drain_rate
+
     def _enqueue(self, unit: _Unit) -> None:
         if self._closed:
             raise ShuttingDown("front end is draining")
         if self._queued + unit.size > self._max_queue:
+            self.stats.shed += unit.size
             raise Overloaded(f"{self._queued} decisions queued (limit {self._max_queue})")
+        wait = self.expected_wait_s(unit.size)
+        if wait > self._max_queue_wait or wait > unit.deadline - time.time():
+            self.stats.shed += unit.size
+            raise Overloaded(f"about {wait * 1000:.0f} ms of work queued ahead; retry with backoff")
         self._pending.append(unit)
         self._queued += unit.size
         self._wake.set()
@@ -90,12 +112,12 @@ class Batcher:
     async def submit_one(self, item: Item) -> ResponseBatch:
         """Score one item; the result is a 1-row ``ResponseBatch``."""
         fut: asyncio.Future[ResponseBatch] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Unit(1, fut, item=item))
+        self._enqueue(_Unit(1, fut, item.deadline, item=item))
         return await fut
 
     async def submit_batch(self, batch: RequestBatch) -> ResponseBatch:
         fut: asyncio.Future[ResponseBatch] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Unit(len(batch), fut, batch=batch))
+        self._enqueue(_Unit(len(batch), fut, float(batch.deadline.max(initial=0.0)), batch=batch))
         return await fut
 
     async def _run(self) -> None:
@@ -115,20 +137,39 @@ class Batcher:
     def _take(self) -> list[_Unit]:
         units: list[_Unit] = []
         size = 0
+        now = time.time()
         while self._pending and (not units or size + self._pending[0].size <= self._max_batch):
             u = self._pending.popleft()
+            self._queued -= u.size
+            if u.deadline <= now:  # expired while queued: answer now, never score late
+                self.stats.expired += u.size
+                if not u.future.done():
+                    u.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
             units.append(u)
             size += u.size
-        self._queued -= size
         return units
 
     def _dispatch(self, units: list[_Unit]) -> None:
+        if not units:
+            return
         self._inflight += 1
-        task = asyncio.get_running_loop().create_task(self._call(units))
+        # Only calls sent with work still waiting measure capacity: idle gaps
+        # between calls would understate it.
+        saturated = bool(self._pending)
+        task = asyncio.get_running_loop().create_task(self._call(units, saturated))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
 
-    async def _call(self, units: list[_Unit]) -> None:
+    def _measure(self, decisions: int, saturated: bool) -> None:
+        now = time.perf_counter()
+        if saturated and self._last_done:
+            gap = max(now - self._last_done, 1e-4)
+            rate = decisions / gap
+            self._drain_rate = rate if self._drain_rate is None else 0.7 * self._drain_rate + 0.3 * rate
+        self._last_done = now
+
+    async def _call(self, units: list[_Unit], saturated: bool = False) -> None:
         try:
             singles = [u.item for u in units if u.item is not None]
             parts: list[RequestBatch] = []
@@ -136,7 +177,6 @@ class Batcher:
                 parts.append(to_batch(singles))
             parts += [u.batch for u in units if u.batch is not None]
             batch = RequestBatch.concat(parts)
-            t0 = time.perf_counter()
             try:
                 resp = await self._backend.score(batch)
             except CreditAuthError as exc:  # unavailable, overloaded, deadline: as they are
@@ -153,7 +193,7 @@ class Batcher:
                     if not u.future.done():
                         u.future.set_exception(err)
                 return
-            _ = time.perf_counter() - t0
+            self._measure(len(batch), saturated)
             self.stats.calls += 1
             self.stats.decisions += len(batch)
             self.stats.sizes[len(batch)] += 1

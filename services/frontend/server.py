@@ -34,6 +34,7 @@ class FrontEnd:
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_inflight=settings.max_inflight_batches,
             max_queue=settings.max_queue,
+            max_queue_wait_s=settings.max_queue_wait_ms / 1000.0,
         )
         self._server = grpc.aio.server(
             options=[
@@ -87,15 +88,19 @@ class FrontEnd:
                 await result
 
     async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new work, finish what is in flight, then stop.
+
+        The server keeps answering health checks while the batcher drains, so
+        probes and load balancers see NOT_SERVING rather than a closed port.
+        """
         self._draining = True
         if self._monitor is not None:
             self._monitor.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         timeout = self._settings.drain_timeout_s
-        # New RPCs are refused from here; running ones get the grace period.
-        stopping = asyncio.ensure_future(self._server.stop(grace=timeout))
         await self.batcher.close(timeout)
-        await stopping
+        # Whatever is still open (streams mid-window) gets a short grace, then stops.
+        await self._server.stop(grace=min(2.0, timeout))
         await self._backend.close()
 
     async def wait(self) -> None:

@@ -202,6 +202,14 @@ def undeploy(settings: Settings) -> None:
     serve.delete(settings.ray.app_name)
 
 
+def cluster_address() -> str:
+    """The GCS address other processes on this host use to join this cluster."""
+    import ray
+
+    address: str = ray.get_runtime_context().gcs_address
+    return address
+
+
 def disconnect() -> None:
     """Leave a cluster this process joined, touching nothing running on it."""
     import ray

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from types import TracebackType
+
+import yaml
 
 from services.frontend import FrontEnd
 from services.runtime import ray_seam
@@ -26,6 +33,8 @@ class Stack:
         self._deploy = deploy
         self._cluster = "existing"
         self.frontend: FrontEnd | None = None
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._settings_file: Path | None = None
 
     @property
     def port(self) -> int:
@@ -43,14 +52,47 @@ class Stack:
             await backend.start()
         self.frontend = FrontEnd(backend, self.settings.serving)
         await self.frontend.start()
+        if self.settings.serving.frontends > 1:
+            await loop.run_in_executor(None, self._spawn_frontends)
         return self
+
+    def _spawn_frontends(self) -> None:
+        """More front-end processes on the same port (SO_REUSEPORT), joining this cluster."""
+        assert self.frontend is not None
+        address = ray_seam.cluster_address()
+        serving = self.settings.serving.model_copy(update={"port": self.frontend.port, "frontends": 1})
+        ray = self.settings.ray.model_copy(update={"address": address})
+        child = self.settings.model_copy(update={"serving": serving, "ray": ray})
+        fd, name = tempfile.mkstemp(prefix="creditauth-frontend-", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(child.model_dump(mode="json"), f)
+        self._settings_file = Path(name)
+        for _ in range(self.settings.serving.frontends - 1):
+            self._children.append(
+                subprocess.Popen([sys.executable, "-m", "services.cli.main", "frontend", "--config", name])
+            )
+
+    def _stop_children(self) -> None:
+        for p in self._children:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self._children:
+            try:
+                p.wait(self.settings.serving.drain_timeout_s + 15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if self._settings_file is not None:
+            self._settings_file.unlink(missing_ok=True)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        loop = asyncio.get_running_loop()
+        # All front ends drain at once: children on SIGTERM, ours right here.
+        stopping = loop.run_in_executor(None, self._stop_children)
         if self.frontend is not None:
             await self.frontend.stop()
-        loop = asyncio.get_running_loop()
+        await stopping
         if self._cluster == "local":
             await loop.run_in_executor(None, ray_seam.shutdown)
             return

@@ -71,3 +71,23 @@ def local_server(world: World) -> Iterator[tuple[grpc.Channel, FrontEnd]]:
 
 
 StubFactory = Callable[[grpc.Channel], pb_grpc.CreditAuthorizationStub]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(world: World) -> Iterator[LoopThread]:
+    """One local Ray cluster for every Ray end-to-end test; each test module deploys its own app."""
+    from services.runtime import ray_seam
+
+    lt = LoopThread()
+    settings = settings_for(world)
+    ray_seam.start_cluster(settings.model_copy(update={"ray": settings.ray.model_copy(update={"num_cpus": 2})}))
+    yield lt
+    ray_seam.shutdown()
+    lt.close()
+
+
+def ray_settings(world: World, app: str, **ray: object) -> Settings:
+    """Settings for an app on the shared cluster; ``ray`` keys are validated like a settings file."""
+    doc = settings_for(world).model_dump()
+    doc["ray"] = {**doc["ray"], "app_name": app, **ray}
+    return Settings.model_validate(doc)

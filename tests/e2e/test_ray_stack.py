@@ -11,29 +11,21 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from services.runtime import ray_seam
 from services.runtime.stack import Stack
 from tests.conftest import World
 from tests.e2e import api_checks as c
-from tests.e2e.conftest import LoopThread, settings_for
+from tests.e2e.conftest import LoopThread, ray_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster(world: World) -> Iterator[LoopThread]:
-    lt = LoopThread()
-    settings = settings_for(world)
-    ray_seam.start_cluster(settings.model_copy(update={"ray": settings.ray.model_copy(update={"num_cpus": 2})}))
-    yield lt
-    ray_seam.shutdown()
-    lt.close()
+def cluster(ray_cluster: LoopThread) -> LoopThread:
+    return ray_cluster
 
 
 def _stack(lt: LoopThread, world: World, app: str) -> Iterator[grpc.Channel]:
-    s = settings_for(world)
-    s = s.model_copy(update={"ray": s.ray.model_copy(update={"app_name": app})})
-    stack = Stack(s)
+    stack = Stack(ray_settings(world, app))
     lt.run(stack.__aenter__())
     channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
     yield channel

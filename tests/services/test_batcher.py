@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from services.errors import BackendUnavailable, Overloaded, ShuttingDown
+from services.errors import BackendUnavailable, DeadlineExceeded, Overloaded, ShuttingDown
 from services.frontend.batcher import Batcher
 from services.frontend.codec import Item, to_batch
 from services.runtime import LocalBackend
@@ -118,5 +118,40 @@ def test_backend_failure_fails_every_caller_never_hangs(local: LocalBackend) -> 
         await b.close(5)
         with pytest.raises(ShuttingDown):
             await b.submit_one(_item(0))
+
+    asyncio.run(run())
+
+
+def test_sheds_work_that_would_wait_too_long_and_drops_expired(local: LocalBackend) -> None:
+    async def run() -> None:
+        backend = SlowBackend(local, 0.05)
+        b = Batcher(backend, max_batch=20, max_wait_s=0, max_inflight=1, max_queue=100_000, max_queue_wait_s=0.2)
+        b.start()
+        # Saturate: keep far more queued than 0.2 s of work, so the drain rate gets measured.
+        accepted: list[asyncio.Future[ResponseBatch]] = []
+        shed = 0
+        for i in range(600):
+            try:
+                accepted.append(asyncio.ensure_future(b.submit_one(_item(i))))
+                await asyncio.sleep(0)
+            except Overloaded:
+                shed += 1
+            if i % 50 == 0:
+                await asyncio.sleep(0.06)
+        results = await asyncio.gather(*accepted, return_exceptions=True)
+        assert shed > 0 or b.stats.shed > 0
+        assert b.expected_wait_s() <= 0.5
+        ok = [r for r in results if isinstance(r, ResponseBatch)]
+        assert len(ok) > 50
+
+        # An item whose deadline passes while queued is answered DEADLINE_EXCEEDED, not scored.
+        blocker = asyncio.ensure_future(b.submit_batch(to_batch([_item(i) for i in range(20)])))
+        await asyncio.sleep(0.01)
+        soon = _item(1)._replace(deadline=time.time() + 0.02)
+        with pytest.raises(DeadlineExceeded):
+            await b.submit_one(soon)
+        await blocker
+        assert b.stats.expired >= 1
+        await b.close(5)
 
     asyncio.run(run())
