@@ -90,10 +90,12 @@ class RaySettings(_Strict):
 
 
 class TelemetrySettings(_Strict):
+    enabled: bool = True
     # OTLP/gRPC endpoint, e.g. "http://127.0.0.1:4317"; None disables export.
     otlp_endpoint: str | None = None
     # Port for the Prometheus scrape endpoint; 0 disables it.
     prometheus_port: int = Field(0, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
     trace_sample_ratio: float = Field(0.01, ge=0, le=1)
 
 

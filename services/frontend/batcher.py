@@ -28,6 +28,8 @@ from services.errors import BackendUnavailable, CreditAuthError, DeadlineExceede
 from services.frontend.codec import Item, to_batch
 from services.runtime.backend import ScoringBackend
 from services.scoring import RequestBatch, ResponseBatch
+from services.scoring.batch import STAGES
+from services.telemetry import NullTelemetry
 
 
 @dataclass
@@ -59,7 +61,9 @@ class Batcher:
         max_inflight: int,
         max_queue: int,
         max_queue_wait_s: float = 0.25,
+        telemetry: NullTelemetry | None = None,
     ) -> None:
+        self._tel = telemetry or NullTelemetry()
         self._backend = backend
         self._max_batch = max_batch
         self._max_wait = max_wait_s
@@ -177,6 +181,7 @@ class Batcher:
                 parts.append(to_batch(singles))
             parts += [u.batch for u in units if u.batch is not None]
             batch = RequestBatch.concat(parts)
+            t0 = time.perf_counter()
             try:
                 resp = await self._backend.score(batch)
             except CreditAuthError as exc:  # unavailable, overloaded, deadline: as they are
@@ -194,6 +199,9 @@ class Batcher:
                         u.future.set_exception(err)
                 return
             self._measure(len(batch), saturated)
+            self._tel.batch(len(batch), time.perf_counter() - t0)
+            for stage, seconds in zip(STAGES, resp.stage_s.tolist(), strict=True):
+                self._tel.stage(stage, seconds)
             self.stats.calls += 1
             self.stats.decisions += len(batch)
             self.stats.sizes[len(batch)] += 1

@@ -39,9 +39,10 @@ class Item(NamedTuple):
     channel: int
     declared_revenue_minor: float  # NaN when absent
     deadline: float
+    trace: str = ""  # traceparent when this request is traced
 
 
-def validate(req: pb.AuthorizeRequest, deadline: float) -> Item:
+def validate(req: pb.AuthorizeRequest, deadline: float, trace: str = "") -> Item:
     """The validated item, or ``InvalidRequest`` naming the first bad field."""
     app_id = req.application_id
     if not app_id:
@@ -77,10 +78,10 @@ def validate(req: pb.AuthorizeRequest, deadline: float) -> Item:
         if d < 0 or d > MAX_AMOUNT_MINOR:
             raise InvalidRequest("declared_monthly_revenue_minor", f"must be 0-{MAX_AMOUNT_MINOR}, got {d}")
         declared = float(d)
-    return Item(app_id, mid, amount, cur, term, req.product, req.channel, declared, deadline)
+    return Item(app_id, mid, amount, cur, term, req.product, req.channel, declared, deadline, trace)
 
 
-def to_batch(items: Sequence[Item]) -> RequestBatch:
+def to_batch(items: Sequence[Item], trace: str = "") -> RequestBatch:
     """One ``RequestBatch`` from validated items (one pass per column, no per-item arrays)."""
     cols = list(zip(*items, strict=True)) if items else [()] * len(Item._fields)
     return RequestBatch(
@@ -93,6 +94,7 @@ def to_batch(items: Sequence[Item]) -> RequestBatch:
         channel=np.array(cols[6], dtype=np.int8),
         declared_revenue_minor=np.array(cols[7], dtype=np.float64),
         deadline=np.array(cols[8], dtype=np.float64),
+        trace="\n".join(t for t in (trace, *cols[9]) if t) if items else trace,
     )
 
 

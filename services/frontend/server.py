@@ -19,15 +19,19 @@ from services.frontend.batcher import Batcher
 from services.frontend.servicer import CreditAuthorizationServicer
 from services.runtime.backend import ScoringBackend
 from services.settings import ServingSettings
+from services.telemetry import NullTelemetry
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CreditAuthorization"].full_name
 
 
 class FrontEnd:
-    def __init__(self, backend: ScoringBackend, settings: ServingSettings) -> None:
+    def __init__(
+        self, backend: ScoringBackend, settings: ServingSettings, telemetry: NullTelemetry | None = None
+    ) -> None:
         self._settings = settings
         self._backend = backend
+        self._tel = telemetry or NullTelemetry()
         self.batcher = Batcher(
             backend,
             max_batch=settings.max_batch_size,
@@ -35,7 +39,9 @@ class FrontEnd:
             max_inflight=settings.max_inflight_batches,
             max_queue=settings.max_queue,
             max_queue_wait_s=settings.max_queue_wait_ms / 1000.0,
+            telemetry=self._tel,
         )
+        self._tel.watch_queue(lambda: self.batcher.queued)
         self._server = grpc.aio.server(
             options=[
                 # Several front-end processes share one port (the kernel balances).
@@ -55,7 +61,7 @@ class FrontEnd:
     async def start(self) -> int:
         self.batcher.start()
         pb_grpc.add_CreditAuthorizationServicer_to_server(
-            CreditAuthorizationServicer(self.batcher, self._settings), self._server
+            CreditAuthorizationServicer(self.batcher, self._settings, self._tel), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

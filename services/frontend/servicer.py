@@ -17,6 +17,7 @@ from services.frontend.batcher import Batcher
 from services.frontend.codec import Item, error_response, to_batch, to_responses, validate
 from services.frontend.status import status_number, status_of
 from services.settings import ServingSettings
+from services.telemetry import NullTelemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
@@ -28,9 +29,10 @@ STREAM_WINDOWS_IN_FLIGHT = 4
 
 
 class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, batcher: Batcher, settings: ServingSettings) -> None:
+    def __init__(self, batcher: Batcher, settings: ServingSettings, telemetry: NullTelemetry | None = None) -> None:
         self._batcher = batcher
         self._settings = settings
+        self._tel = telemetry or NullTelemetry()
 
     def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -39,18 +41,35 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type:
         return time.time() + remaining
 
     async def Authorize(self, request: pb.AuthorizeRequest, context: Context) -> pb.AuthorizeResponse:
+        t0 = time.perf_counter()
+        tel = self._tel
+        if tel.sampled():
+            with tel.span("Authorize") as traceparent:
+                return await self._authorize(request, context, t0, traceparent or "")
+        return await self._authorize(request, context, t0, "")
+
+    async def _authorize(
+        self, request: pb.AuthorizeRequest, context: Context, t0: float, trace: str
+    ) -> pb.AuthorizeResponse:
         deadline = self._deadline(context)
+        tel = self._tel
         try:
-            item = validate(request, deadline)
+            item = validate(request, deadline, trace)
             if deadline <= time.time():
                 raise DeadlineExceeded("deadline already passed")
             resp = await self._batcher.submit_one(item)
         except CreditAuthError as exc:
-            await context.abort(status_of(exc), str(exc))
+            code = status_of(exc)
+            tel.rpc("Authorize", code.name, time.perf_counter() - t0)
+            await context.abort(code, str(exc))
             raise  # unreachable: abort raises
         out = to_responses([item], resp)[0]
+        tel.outcomes(resp.decision, resp.status)
         if out.HasField("error"):
-            await context.abort(_CODES[out.error.code], out.error.message)
+            code = _CODES[out.error.code]
+            tel.rpc("Authorize", code.name, time.perf_counter() - t0)
+            await context.abort(code, out.error.message)
+        tel.rpc("Authorize", "OK", time.perf_counter() - t0)
         return out
 
     async def AuthorizeBatch(
@@ -62,12 +81,18 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"requests: at most {self._settings.max_batch_request} per call, got {n}",
             )
+        t0 = time.perf_counter()
         deadline = self._deadline(context)
-        answers = await self._decide(list(request.requests), deadline, context)
+        if self._tel.sampled():
+            with self._tel.span("AuthorizeBatch", size=n) as trace:
+                answers = await self._decide(list(request.requests), deadline, context, trace or "")
+        else:
+            answers = await self._decide(list(request.requests), deadline, context)
+        self._tel.rpc("AuthorizeBatch", "OK", time.perf_counter() - t0)
         return pb.AuthorizeBatchResponse(responses=answers)
 
     async def _decide(
-        self, requests: list[pb.AuthorizeRequest], deadline: float, context: Context | None
+        self, requests: list[pb.AuthorizeRequest], deadline: float, context: Context | None, trace: str = ""
     ) -> list[pb.AuthorizeResponse]:
         """Answers for ``requests`` in order; a bad item fails only itself."""
         answers: list[pb.AuthorizeResponse | None] = [None] * len(requests)
@@ -85,7 +110,8 @@ class CreditAuthorizationServicer(pb_grpc.CreditAuthorizationServicer):  # type:
             try:
                 if deadline <= time.time():
                     raise DeadlineExceeded("deadline already passed")
-                resp = await self._batcher.submit_batch(to_batch(items))
+                resp = await self._batcher.submit_batch(to_batch(items, trace))
+                self._tel.outcomes(resp.decision, resp.status)
                 for i, r in zip(where, to_responses(items, resp), strict=True):
                     answers[i] = r
             except CreditAuthError as exc:

@@ -21,6 +21,7 @@ import yaml
 from services.frontend import FrontEnd
 from services.runtime import ray_seam
 from services.settings import Settings
+from services.telemetry import NullTelemetry, setup
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class Stack:
         self._cluster = "existing"
         self.frontend: FrontEnd | None = None
         self._children: list[subprocess.Popen[bytes]] = []
-        self._settings_file: Path | None = None
+        self._settings_files: list[Path] = []
+        self.telemetry: NullTelemetry | None = None
 
     @property
     def port(self) -> int:
@@ -50,7 +52,8 @@ class Stack:
         backend = ray_seam.backend(self.settings)
         if hasattr(backend, "start"):
             await backend.start()
-        self.frontend = FrontEnd(backend, self.settings.serving)
+        self.telemetry = setup(self.settings.telemetry, "creditauth-frontend")
+        self.frontend = FrontEnd(backend, self.settings.serving, self.telemetry)
         await self.frontend.start()
         if self.settings.serving.frontends > 1:
             await loop.run_in_executor(None, self._spawn_frontends)
@@ -62,12 +65,17 @@ class Stack:
         address = ray_seam.cluster_address()
         serving = self.settings.serving.model_copy(update={"port": self.frontend.port, "frontends": 1})
         ray = self.settings.ray.model_copy(update={"address": address})
-        child = self.settings.model_copy(update={"serving": serving, "ray": ray})
-        fd, name = tempfile.mkstemp(prefix="creditauth-frontend-", suffix=".yaml")
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(child.model_dump(mode="json"), f)
-        self._settings_file = Path(name)
-        for _ in range(self.settings.serving.frontends - 1):
+        tel = self.settings.telemetry
+        for k in range(1, self.settings.serving.frontends):
+            # Each process needs its own scrape port: base, base+1, ...
+            port = tel.prometheus_port + k if tel.prometheus_port else 0
+            child = self.settings.model_copy(
+                update={"serving": serving, "ray": ray, "telemetry": tel.model_copy(update={"prometheus_port": port})}
+            )
+            fd, name = tempfile.mkstemp(prefix="creditauth-frontend-", suffix=".yaml")
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(child.model_dump(mode="json"), f)
+            self._settings_files.append(Path(name))
             self._children.append(
                 subprocess.Popen([sys.executable, "-m", "services.cli.main", "frontend", "--config", name])
             )
@@ -81,8 +89,8 @@ class Stack:
                 p.wait(self.settings.serving.drain_timeout_s + 15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if self._settings_file is not None:
-            self._settings_file.unlink(missing_ok=True)
+        for path in self._settings_files:
+            path.unlink(missing_ok=True)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -93,6 +101,8 @@ class Stack:
         if self.frontend is not None:
             await self.frontend.stop()
         await stopping
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
         if self._cluster == "local":
             await loop.run_in_executor(None, ray_seam.shutdown)
             return

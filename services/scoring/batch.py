@@ -7,13 +7,14 @@ cost of a hop barely grows with the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 # Per-item status codes are gRPC status codes: 0 = decided.
 OK = 0
+STAGES = ("idempotency_lookup", "feature_read", "kernel", "policy", "idempotency_save")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class RequestBatch:
     channel: npt.NDArray[np.int8]  # proto enum value
     declared_revenue_minor: npt.NDArray[np.float64]  # NaN when not declared
     deadline: npt.NDArray[np.float64]  # absolute Unix time; inf = none
+    trace: str = ""  # "\n"-joined W3C traceparents of the sampled requests inside
 
     def __len__(self) -> int:
         return int(self.amount_minor.shape[0])
@@ -51,6 +53,7 @@ class RequestBatch:
             channel=np.concatenate([b.channel for b in batches]),
             declared_revenue_minor=np.concatenate([b.declared_revenue_minor for b in batches]),
             deadline=np.concatenate([b.deadline for b in batches]),
+            trace="\n".join(b.trace for b in batches if b.trace),
         )
 
 
@@ -73,6 +76,8 @@ class ResponseBatch:
     grade_letters: tuple[str, ...]
     reason_table: tuple[tuple[str, str], ...]
     message: str = ""  # why items with a non-zero status were not decided
+    # Replica seconds per stage for this batch, in STAGES order (recorded by the front end).
+    stage_s: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(len(STAGES), dtype=np.float32))
 
     def __len__(self) -> int:
         return int(self.status.shape[0])
@@ -88,4 +93,5 @@ class ResponseBatch:
             self.grade[s], self.pd[s], self.reason[s], self.reason_contrib[s],
             self.feature_age_s[s], self.stale[s], self.degraded[s], self.version[s],
             "\n".join(ids).encode("ascii"), self.versions, self.grade_letters, self.reason_table, self.message,
+            self.stage_s,
         )

@@ -32,8 +32,9 @@ from services.errors import CreditAuthError, ModelError
 from services.models import ModelArtifact
 from services.policy import Policy, PolicyInputs
 from services.policy.decide import POLICY_REASONS
-from services.scoring.batch import OK, RequestBatch, ResponseBatch
+from services.scoring.batch import OK, STAGES, RequestBatch, ResponseBatch
 from services.scoring.idempotency import IdempotencyStore, NoStore, fingerprints, record_dtype
+from services.telemetry import NullTelemetry
 
 log = logging.getLogger(__name__)
 DEADLINE_EXCEEDED = 4  # grpc.StatusCode values
@@ -75,8 +76,11 @@ class ScoringEngine:
         model: ModelArtifact,
         policy: Policy,
         max_feature_age_s: float,
+        *,
         store: IdempotencyStore | None = None,
+        telemetry: NullTelemetry | None = None,
     ) -> None:
+        self._tel = telemetry or NullTelemetry()
         self._reader = reader
         self._model = model
         self._policy = policy
@@ -97,7 +101,15 @@ class ScoringEngine:
 
     # -- the batch path ------------------------------------------------------
     def score(self, batch: RequestBatch, now: float | None = None) -> ResponseBatch:
+        if batch.trace:
+            # Link this batch's span to every sampled request it carries.
+            with self._tel.span("score_batch", links=batch.trace.split("\n"), size=len(batch)):
+                return self._score(batch, now)
+        return self._score(batch, now)
+
+    def _score(self, batch: RequestBatch, now: float | None) -> ResponseBatch:
         now = time.time() if now is None else now
+        stages = np.zeros(len(STAGES), dtype=np.float32)
         n = len(batch)
         app_ids = batch.app_ids()
         merchants = batch.ids()
@@ -117,7 +129,9 @@ class ScoringEngine:
         rec["grade"] = -1
 
         # Earlier decisions for these application ids, and repeats inside the batch.
+        t = time.perf_counter()
         stored = self._lookup(app_ids)
+        stages[0] = time.perf_counter() - t
         first: dict[str, int] = {}
         copy_of = np.full(n, -1, dtype=np.intp)
         replayed = np.zeros(n, dtype=bool)
@@ -135,10 +149,12 @@ class ScoringEngine:
         if fresh.any():
             rows = np.flatnonzero(fresh)
             sub = rec[rows]
-            self._decide(batch, rows, [merchants[i] for i in rows], now, sub)
+            self._decide(batch, rows, [merchants[i] for i in rows], now, sub, stages)
             sub["fp"] = fp[rows]
             rec[rows] = sub
+            t = time.perf_counter()
             lost = self._save([app_ids[i] for i in rows], sub)
+            stages[4] = time.perf_counter() - t
             for i in rows.tolist():
                 won = lost.get(app_ids[i])
                 if won is not None:  # another replica decided it first: answer with that
@@ -148,14 +164,23 @@ class ScoringEngine:
         if dup.any():
             rec[dup] = rec[copy_of[dup]]
             status[dup] = status[copy_of[dup]]
-        return self._response(rec, status, replayed)
+        resp = self._response(rec, status, replayed)
+        resp.stage_s[:] = stages
+        return resp
 
-    def _decide(
-        self, batch: RequestBatch, rows: npt.NDArray[np.intp], merchants: list[str], now: float, out: np.ndarray
+    def _decide(  # noqa: PLR0917 -- internal, called once
+        self,
+        batch: RequestBatch,
+        rows: npt.NDArray[np.intp],
+        merchants: list[str],
+        now: float,
+        out: np.ndarray,
+        stages: npt.NDArray[np.float32],
     ) -> None:
         """Fresh decisions for ``rows`` of ``batch``, written into the records ``out``."""
         n = len(rows)
         degraded = False
+        t = time.perf_counter()
         try:
             feats = self._reader.read(merchants)
         except FeatureError as exc:
@@ -179,6 +204,8 @@ class ScoringEngine:
             product_code=batch.product[rows].astype(np.int32),
             rev_mean_30d=rev30,
         )
+        stages[1] = time.perf_counter() - t
+        t = time.perf_counter()
         x = np.empty((n, len(self._model.feature_names)), dtype=np.float32)
         p = self._plan
         x[:, p.dst_from_features] = feats.matrix[:, p.src_features]
@@ -194,6 +221,8 @@ class ScoringEngine:
             prob, fidx, contrib = self._model.ensemble.predict_with_reasons(xs, TOP_K)
             pd[idx], rf[idx], rc[idx] = prob, fidx, contrib
 
+        stages[2] = time.perf_counter() - t
+        t = time.perf_counter()
         age = feats.age_s(now).astype(np.float32)
         stale = ~np.isnan(age) & (age > self._max_age)
         d = self._policy.decide(
@@ -228,6 +257,7 @@ class ScoringEngine:
         out["decision_id"] = [f"{self._id_prefix}-{k:x}".encode() for k in range(first, first + n)]
         out["model"] = self.model_version.encode()
         out["policy"] = self.policy_version.encode()
+        stages[3] = time.perf_counter() - t
 
     # -- idempotency store (failures degrade to "no guarantee", never to no answer) --
     def _lookup(self, app_ids: list[str]) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ from services.policy import Policy, load_policy
 from services.scoring.engine import ScoringEngine
 from services.scoring.idempotency import open_store
 from services.settings import Settings
+from services.telemetry import setup
 
 
 def build_engine(settings: Settings) -> ScoringEngine:
@@ -15,4 +16,10 @@ def build_engine(settings: Settings) -> ScoringEngine:
     policy = Policy(load_policy(settings.policy_path), artifact.feature_names)
     reader = open_reader(settings.features)
     store = open_store(settings.features, settings.serving.idempotency_window_s)
-    return ScoringEngine(reader, artifact, policy, settings.features.max_feature_age_s, store)
+    # Replicas export traces over OTLP only; their stage timings travel back with
+    # each batch and are recorded by the front end's metrics (and Prometheus).
+    replica_telemetry = settings.telemetry.model_copy(update={"prometheus_port": 0})
+    telemetry = setup(replica_telemetry, "creditauth-replica") if replica_telemetry.otlp_endpoint else None
+    return ScoringEngine(
+        reader, artifact, policy, settings.features.max_feature_age_s, store=store, telemetry=telemetry
+    )

@@ -1,0 +1,194 @@
+"""Traces and metrics with opentelemetry-sdk: OTLP export when configured, a Prometheus endpoint.
+
+Cost is kept per RPC and per batch, never per decision: outcome counts are
+added once per batch from a ``bincount``, and spans are only recorded for the
+sampled share of RPCs (``telemetry.trace_sample_ratio``, 1% by default). A
+batch that crosses the Ray hop carries the trace contexts of its sampled
+requests; the replica's ``score_batch`` span links to them and holds child
+spans for the feature read, the kernel and the policy.
+
+``NullTelemetry`` is what every component gets when telemetry is disabled: no
+SDK objects are touched at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.settings import TelemetrySettings
+
+log = logging.getLogger(__name__)
+_DECISIONS = ("UNSPECIFIED", "APPROVE", "DECLINE", "REVIEW")
+
+
+class NullTelemetry:
+    enabled = False
+
+    def rpc(self, rpc: str, status: str, seconds: float) -> None:
+        return None
+
+    def outcomes(self, decisions: npt.NDArray[np.int8], status: npt.NDArray[np.int8]) -> None:
+        return None
+
+    def batch(self, size: int, seconds: float) -> None:
+        return None
+
+    def stage(self, stage: str, seconds: float) -> None:
+        return None
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        return None
+
+    def sampled(self) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def span(self, name: str, links: Sequence[str] = (), **attrs: Any) -> Iterator[str | None]:
+        yield None
+
+    def shutdown(self) -> None:
+        return None
+
+
+class Telemetry(NullTelemetry):
+    """The OpenTelemetry-backed implementation."""
+
+    enabled = True
+
+    def __init__(self, settings: TelemetrySettings, service: str, span_processors: Sequence[Any] = ()) -> None:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        resource = Resource.create({"service.name": service})
+        readers: list[MetricReader] = []
+        if settings.prometheus_port:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
+            readers.append(PrometheusMetricReader())
+        tracer_provider = TracerProvider(
+            resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+        )
+        for processor in span_processors:
+            tracer_provider.add_span_processor(processor)
+        if settings.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            tracer_provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
+            )
+            readers.append(
+                PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True))
+            )
+        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self._tracer_provider = tracer_provider
+        self._ratio = settings.trace_sample_ratio
+        self._rng = np.random.default_rng()
+        self._tracer = tracer_provider.get_tracer("creditauth")
+        meter = self._meter_provider.get_meter("creditauth")
+        self._trace = trace
+        self._rpc_seconds = meter.create_histogram("creditauth.rpc.duration", unit="s", description="RPC latency")
+        self._rpc_count = meter.create_counter("creditauth.rpcs", description="RPCs by method and status")
+        self._decisions = meter.create_counter("creditauth.decisions", description="Decisions by outcome")
+        self._errors = meter.create_counter("creditauth.item.errors", description="Items not decided, by status")
+        self._batch_size = meter.create_histogram("creditauth.batch.size", description="Decisions per backend call")
+        self._batch_seconds = meter.create_histogram("creditauth.batch.duration", unit="s")
+        self._stage_seconds = meter.create_histogram(
+            "creditauth.stage.duration", unit="s", description="Replica time per stage"
+        )
+        self._metrics = metrics
+        self._meter = meter
+        self._status_names = {
+            0: "OK", 4: "DEADLINE_EXCEEDED", 6: "ALREADY_EXISTS", 8: "RESOURCE_EXHAUSTED", 14: "UNAVAILABLE"
+        }
+
+    def rpc(self, rpc: str, status: str, seconds: float) -> None:
+        attrs = {"rpc": rpc, "status": status}
+        self._rpc_seconds.record(seconds, attrs)
+        self._rpc_count.add(1, attrs)
+
+    def outcomes(self, decisions: npt.NDArray[np.int8], status: npt.NDArray[np.int8]) -> None:
+        ok = status == 0
+        counts = np.bincount(decisions[ok].astype(np.intp), minlength=4)
+        for code, n in enumerate(counts.tolist()):
+            if n:
+                self._decisions.add(n, {"outcome": _DECISIONS[code]})
+        if not ok.all():
+            for code, n in zip(*np.unique(status[~ok], return_counts=True), strict=True):
+                self._errors.add(int(n), {"status": self._status_names.get(int(code), str(int(code)))})
+
+    def batch(self, size: int, seconds: float) -> None:
+        self._batch_size.record(size)
+        self._batch_seconds.record(seconds)
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self._stage_seconds.record(seconds, {"stage": stage})
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        def observe(_options: Any) -> Iterator[Any]:
+            yield self._metrics.Observation(depth())
+
+        self._meter.create_observable_gauge("creditauth.queue.depth", callbacks=[observe])
+
+    def sampled(self) -> bool:
+        """Whether to trace this RPC: decided here, cheaply, before any SDK object exists."""
+        return self._ratio > 0 and self._rng.random() < self._ratio
+
+    @contextlib.contextmanager
+    def span(self, name: str, links: Sequence[str] = (), **attrs: Any) -> Iterator[str | None]:
+        """A span (linked to ``links``, W3C traceparents); yields its own traceparent."""
+        from opentelemetry.trace import Link
+
+        link_objs = [Link(ctx) for ctx in (_parse(tp) for tp in links) if ctx is not None]
+        with self._tracer.start_as_current_span(name, links=link_objs, attributes=attrs) as span:
+            ctx = span.get_span_context()
+            yield f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+    def shutdown(self) -> None:
+        try:
+            self._tracer_provider.shutdown()
+            self._meter_provider.shutdown()
+        except Exception as exc:  # exporters may be unreachable on the way out
+            log.debug("telemetry shutdown: %s", exc)
+
+
+def _parse(traceparent: str) -> Any:
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    try:
+        _, trace_id, span_id, flags = traceparent.split("-")
+        return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
+    except ValueError:
+        return None
+
+
+def setup(settings: TelemetrySettings, service: str) -> NullTelemetry:
+    if not settings.enabled:
+        return NullTelemetry()
+    return Telemetry(settings, service)
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0

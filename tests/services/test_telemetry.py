@@ -1,0 +1,95 @@
+"""Telemetry: metrics on the Prometheus endpoint, one trace from the front end into the replica."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import urllib.request
+
+import grpc
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from creditauth.v1 import authorization_pb2 as pb
+from creditauth.v1 import authorization_pb2_grpc as pb_grpc
+from services.frontend import FrontEnd
+from services.runtime import LocalBackend
+from services.scoring import ScoringEngine
+from services.scoring.factory import build_engine
+from services.settings import TelemetrySettings
+from services.telemetry import NullTelemetry, Telemetry
+from tests.conftest import World
+from tests.e2e import api_checks as c
+from tests.e2e.conftest import LoopThread, settings_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
+    exporter = InMemorySpanExporter()
+    port = _free_port()
+    tel = Telemetry(
+        TelemetrySettings(prometheus_port=port, trace_sample_ratio=1.0), "test", [SimpleSpanProcessor(exporter)]
+    )
+    settings = settings_for(world)
+    base = build_engine(settings)
+    # The replica side shares the test's telemetry so its spans land in the same exporter.
+    engine = ScoringEngine(
+        base._reader, base._model, base._policy, settings.features.max_feature_age_s, telemetry=tel
+    )
+    lt = LoopThread()
+
+    async def up() -> FrontEnd:
+        fe = FrontEnd(LocalBackend(engine), settings.serving, tel)
+        await fe.start()
+        return fe
+
+    fe = lt.run(up())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{fe.port}") as ch:
+            stub = pb_grpc.CreditAuthorizationStub(ch)
+            for i in range(5):
+                stub.Authorize(c.request(i, f"M{i:08d}"), timeout=30)
+            stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=[c.request(i) for i in range(20)]), timeout=30)
+            with contextlib.suppress(grpc.RpcError):
+                stub.Authorize(c.request(1, currency="BAD"), timeout=30)
+        time.sleep(0.5)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        lines = body.splitlines()
+
+        def series(name: str, *labels: str) -> list[str]:
+            return [ln for ln in lines if ln.startswith(name + "{") and all(lb in ln for lb in labels)]
+
+        ok = series("creditauth_rpcs_total", 'rpc="Authorize"', 'status="OK"')
+        assert ok and float(ok[0].rsplit(" ", 1)[1]) == 5.0
+        assert series("creditauth_rpcs_total", 'status="INVALID_ARGUMENT"')
+        decided = series("creditauth_decisions_total")
+        assert sum(float(ln.rsplit(" ", 1)[1]) for ln in decided) == 25.0
+        for stage in ("feature_read", "kernel", "policy"):
+            assert series("creditauth_stage_duration_seconds_count", f'stage="{stage}"')
+        assert series("creditauth_batch_size_count") and series("creditauth_queue_depth")
+
+        spans = exporter.get_finished_spans()
+        fronts = [s for s in spans if s.name == "Authorize"]
+        batches = [s for s in spans if s.name == "score_batch"]
+        assert fronts and batches
+        front_ids = {s.context.span_id for s in fronts}
+        linked = {link.context.span_id for b in batches for link in b.links}
+        assert front_ids & linked  # the replica's span points back at the RPC's span
+    finally:
+        lt.run(fe.stop())
+        lt.close()
+        tel.shutdown()
+
+
+def test_null_telemetry_is_inert() -> None:
+    t = NullTelemetry()
+    assert not t.sampled()
+    with t.span("x") as tp:
+        assert tp is None
