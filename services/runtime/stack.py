@@ -121,6 +121,10 @@ async def serve_forever(settings: Settings, ready: asyncio.Event | None = None, 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Stack(settings, deploy=deploy) as stack:
+        # Ray's core worker installs its own fatal-signal handlers during start-up,
+        # which would kill the process on SIGTERM without a drain: take them back.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         log.info("creditauth serving on %s:%d", settings.serving.host, stack.port)
         print(f"creditauth: serving on {settings.serving.host}:{stack.port} (Ctrl-C to stop)", flush=True)
         if ready is not None:
