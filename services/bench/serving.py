@@ -142,6 +142,17 @@ def targets(args: argparse.Namespace) -> list[tuple[Target, int]]:
                 port,
             )
         )
+    if args.telemetry_cost:
+        port = _free_port()
+        out.append(
+            (
+                Target(
+                    "creditauth (direct, telemetry off)",
+                    [*exe, "serve", *common, "--port", str(port), "--channel", "direct", "--no-telemetry"],
+                ),
+                port,
+            )
+        )
     if not args.skip_naive:
         port = _free_port()
         out.append((Target("naive stack", [*exe, "baseline", "naive", *common, "--port", str(port)], 0.05), port))

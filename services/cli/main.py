@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", type=Path, help="policy YAML (default: the packaged policy)")
     serve.add_argument("--channel", choices=["direct", "handle"], help="how front ends reach replicas (default direct)")
     serve.add_argument("--frontends", type=int, help="front-end processes sharing the port (default 1)")
+    serve.add_argument("--no-telemetry", action="store_true", help="disable traces and metrics")
+    serve.add_argument("--prometheus-port", type=int, help="serve Prometheus metrics on this port (0: off)")
 
     fe = sub.add_parser("frontend", help="run gRPC front ends only, joining a running cluster's replicas")
     _common(fe)
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--channels", type=lambda s: s.split(","), default=["direct", "handle"],
                     help="front end -> replica channels to measure (comma-separated)")
     bs.add_argument("--skip-naive", action="store_true")
+    bs.add_argument("--telemetry-cost", action="store_true",
+                    help="also run the direct path with telemetry off, to show what telemetry costs")
     bs.add_argument("--json", help="also write the rows as JSON here")
     bs.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each target's output goes")
 
@@ -141,6 +145,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         over["ray"]["address"] = args.ray_address
     if getattr(args, "policy", None):
         over["policy_path"] = args.policy
+    over["telemetry"] = {}
+    if getattr(args, "no_telemetry", False):
+        over["telemetry"]["enabled"] = False
+    if getattr(args, "prometheus_port", None) is not None:
+        over["telemetry"]["prometheus_port"] = args.prometheus_port
     return load_settings(path, over)
 
 
