@@ -39,8 +39,9 @@ class ServingSettings(_Strict):
     # Deadline applied when the caller sets none.
     default_deadline_s: float = Field(5.0, gt=0)
     # How front ends reach replicas: "direct" (a socket to each Serve replica,
-    # least-loaded routing) or "handle" (a Serve DeploymentHandle call per batch).
-    channel: Literal["direct", "handle"] = "direct"
+    # least-loaded routing), "handle" (a Serve DeploymentHandle call per batch),
+    # or "local" (no Ray: the front end scores in process; small setups, benchmarks).
+    channel: Literal["direct", "handle", "local"] = "direct"
     # The same application_id within this window gets the same decision (0 disables).
     idempotency_window_s: float = Field(900.0, ge=0)
     # Longest AuthorizeBatch accepted.

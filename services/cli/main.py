@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, help="scoring replicas (default 1)")
     serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     serve.add_argument("--policy", type=Path, help="policy YAML (default: the packaged policy)")
-    serve.add_argument("--channel", choices=["direct", "handle"], help="how front ends reach replicas (default direct)")
+    serve.add_argument(
+        "--channel", choices=["direct", "handle", "local"],
+        help="how front ends reach replicas (default direct; local: no Ray, score in process)",
+    )
     serve.add_argument("--frontends", type=int, help="front-end processes sharing the port (default 1)")
     serve.add_argument("--no-telemetry", action="store_true", help="disable traces and metrics")
     serve.add_argument("--prometheus-port", type=int, help="serve Prometheus metrics on this port (0: off)")
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--unary", type=int, default=6000, help="unary requests per target")
     bs.add_argument("--batch-calls", type=int, default=400, help="batch RPCs of 100 per target")
     bs.add_argument("--stream", type=int, default=20000, help="stream requests per target")
-    bs.add_argument("--channels", type=lambda s: s.split(","), default=["direct", "handle"],
+    bs.add_argument("--channels", type=lambda s: s.split(","), default=["local", "direct", "handle"],
                     help="front end -> replica channels to measure (comma-separated)")
     bs.add_argument("--skip-naive", action="store_true")
     bs.add_argument("--telemetry-cost", action="store_true",

@@ -20,6 +20,7 @@ import yaml
 
 from services.frontend import FrontEnd
 from services.runtime import ray_seam
+from services.runtime.backend import ScoringBackend
 from services.settings import Settings
 from services.telemetry import NullTelemetry, setup
 
@@ -45,13 +46,21 @@ class Stack:
 
     async def __aenter__(self) -> Stack:
         loop = asyncio.get_running_loop()
-        # Ray start-up and deployment block: keep them off the event loop.
-        self._cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
-        if self._deploy:
-            await loop.run_in_executor(None, ray_seam.deploy, self.settings)
-        backend = ray_seam.backend(self.settings)
-        if hasattr(backend, "start"):
-            await backend.start()
+        backend: ScoringBackend
+        if self.settings.serving.channel == "local":
+            from services.runtime.backend import LocalBackend
+            from services.scoring.factory import build_engine
+
+            self._cluster = "none"
+            backend = LocalBackend(await loop.run_in_executor(None, build_engine, self.settings))
+        else:
+            # Ray start-up and deployment block: keep them off the event loop.
+            self._cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
+            if self._deploy:
+                await loop.run_in_executor(None, ray_seam.deploy, self.settings)
+            backend = ray_seam.backend(self.settings)
+            if hasattr(backend, "start"):
+                await backend.start()
         self.telemetry = setup(self.settings.telemetry, "creditauth-frontend")
         self.frontend = FrontEnd(backend, self.settings.serving, self.telemetry)
         await self.frontend.start()
@@ -62,7 +71,7 @@ class Stack:
     def _spawn_frontends(self) -> None:
         """More front-end processes on the same port (SO_REUSEPORT), joining this cluster."""
         assert self.frontend is not None
-        address = ray_seam.cluster_address()
+        address = ray_seam.cluster_address() if self._cluster != "none" else None
         serving = self.settings.serving.model_copy(update={"port": self.frontend.port, "frontends": 1})
         ray = self.settings.ray.model_copy(update={"address": address})
         tel = self.settings.telemetry
@@ -103,6 +112,8 @@ class Stack:
         await stopping
         if self.telemetry is not None:
             self.telemetry.shutdown()
+        if self._cluster == "none":
+            return
         if self._cluster == "local":
             await loop.run_in_executor(None, ray_seam.shutdown)
             return
