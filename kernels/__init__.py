@@ -16,15 +16,23 @@ from kernels.errors import (
     UnsupportedModelError,
 )
 from kernels.parity import ParityReport, check_parity
+from kernels.rules import Condition, PolicyRules, Rule, pack_tags
+from kernels.scorecard import Characteristic, Scorecard
 
 __all__ = [
+    "Characteristic",
+    "Condition",
     "InputDtypeError",
     "InputShapeError",
     "KernelError",
     "ModelFormatError",
     "ParityReport",
+    "PolicyRules",
+    "Rule",
+    "Scorecard",
     "SpecError",
     "TreeEnsemble",
     "UnsupportedModelError",
     "check_parity",
+    "pack_tags",
 ]

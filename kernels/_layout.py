@@ -60,18 +60,19 @@ def _view_of(missing: int, default_left: bool) -> int:
     raise AssertionError(missing)
 
 
-def _inorder_leaves(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left-to-right leaf order, and each internal node's left-subtree leaf range.
+def _inorder_leaves(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Left-to-right leaf order, and each internal node's subtree leaf ranges.
 
-    Returns (position of each original leaf, lo, hi) with the left subtree of
-    node i covering positions [lo[i], hi[i]).
+    Returns (position of each original leaf, lo, hi, end): the left subtree of
+    node i covers positions [lo[i], hi[i]), the right one [hi[i], end[i]).
     """
     n_int = tree.n_internal
     pos = np.zeros(tree.n_leaves, dtype=np.int64)
     lo = np.zeros(n_int, dtype=np.int64)
     hi = np.zeros(n_int, dtype=np.int64)
+    end = np.zeros(n_int, dtype=np.int64)
     if n_int == 0:
-        return pos, lo, hi
+        return pos, lo, hi, end
     counter = 0
     # Iterative post-order-ish walk: (node, state) with state 0=enter, 1=after left.
     stack: list[tuple[int, int]] = [(0, 0)]
@@ -85,10 +86,13 @@ def _inorder_leaves(tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             lo[node] = counter
             stack.append((node, 1))
             stack.append((int(tree.left[node]), 0))
-        else:
+        elif state == 1:
             hi[node] = counter
+            stack.append((node, 2))
             stack.append((int(tree.right[node]), 0))
-    return pos, lo, hi
+        else:
+            end[node] = counter
+    return pos, lo, hi, end
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,10 @@ class Layout:
     node_rank: np.ndarray  # int32: threshold index within its rank set (0 for cat)
     node_thr: np.ndarray  # float64: threshold (0.5 for categorical)
     node_clear: np.ndarray  # uint64: leaf bits of the left subtree (valid if leaves <= 64)
+    node_rmask: np.ndarray  # uint64: leaf bits of the right subtree
+    node_feature: np.ndarray  # int32: the node's input feature
+    node_dl: np.ndarray  # float64: Saabas delta going left, value(left) - value(node)
+    node_dr: np.ndarray  # float64: going right
     node_left: np.ndarray  # int32: child node (global) or ~leaf (global, left-to-right)
     node_right: np.ndarray  # int32
     tree_node_off: np.ndarray  # int32 (n_trees + 1,)
@@ -131,6 +139,7 @@ class Layout:
     path_delta: np.ndarray  # float64
     max_leaves: int
     finite_thresholds: bool
+    n_features: int
 
 
 def build_layout(forest: ForestIR) -> Layout:
@@ -219,6 +228,10 @@ def build_layout(forest: ForestIR) -> Layout:
     node_rank: list[np.ndarray] = []
     node_thr: list[np.ndarray] = []
     node_clear: list[np.ndarray] = []
+    node_rmask: list[np.ndarray] = []
+    node_feature: list[np.ndarray] = []
+    node_dl: list[np.ndarray] = []
+    node_dr: list[np.ndarray] = []
     node_left: list[np.ndarray] = []
     node_right: list[np.ndarray] = []
     tree_node_off = [0]
@@ -233,7 +246,7 @@ def build_layout(forest: ForestIR) -> Layout:
     for tree in forest.trees:
         n_int = tree.n_internal
         n_leaf = tree.n_leaves
-        pos, lo, hi = _inorder_leaves(tree)
+        pos, lo, hi, end = _inorder_leaves(tree)
         ordered = np.empty(n_leaf)
         ordered[pos] = tree.leaf_value
         leaf_values.append(ordered)
@@ -262,10 +275,26 @@ def build_layout(forest: ForestIR) -> Layout:
                     ranks[i] = int(np.searchsorted(sorted_thr[f], t, side="left"))
                     thr[i] = t
             clear = np.zeros(n_int, dtype=np.uint64)
+            rmask = np.zeros(n_int, dtype=np.uint64)
             if n_leaf <= MAX_BLOCK_LEAVES:
                 for i in range(n_int):
                     width = int(hi[i] - lo[i])
                     clear[i] = np.uint64(((1 << width) - 1) << int(lo[i]))
+                    width = int(end[i] - hi[i])
+                    rmask[i] = np.uint64(((1 << width) - 1) << int(hi[i]))
+
+            def child_value(child: np.ndarray, tr: TreeIR = tree) -> np.ndarray:
+                out: np.ndarray = np.where(
+                    child >= 0,
+                    tr.internal_value[np.maximum(child, 0)],
+                    tr.leaf_value[np.maximum(~child, 0)],
+                )
+                return out
+
+            node_rmask.append(rmask)
+            node_feature.append(tree.split_feature.astype(np.int32))
+            node_dl.append(child_value(tree.left) - tree.internal_value)
+            node_dr.append(child_value(tree.right) - tree.internal_value)
 
             def glob(child: np.ndarray, nb: int = node_base, lb: int = leaf_base,
                      p: np.ndarray = pos) -> np.ndarray:
@@ -315,6 +344,10 @@ def build_layout(forest: ForestIR) -> Layout:
         node_rank=cat(node_rank, np.int32),
         node_thr=cat(node_thr, np.float64),
         node_clear=cat(node_clear, np.uint64),
+        node_rmask=cat(node_rmask, np.uint64),
+        node_feature=cat(node_feature, np.int32),
+        node_dl=cat(node_dl, np.float64),
+        node_dr=cat(node_dr, np.float64),
         node_left=cat(node_left, np.int32),
         node_right=cat(node_right, np.int32),
         tree_node_off=np.array(tree_node_off, dtype=np.int32),
@@ -326,6 +359,7 @@ def build_layout(forest: ForestIR) -> Layout:
         path_delta=np.array(path_delta, dtype=np.float64),
         max_leaves=forest.max_leaves(),
         finite_thresholds=finite,
+        n_features=forest.n_features,
     )
 
 
@@ -338,7 +372,56 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
     for s in range(n_sets):
         set_cols.extend(int(c) for c in np.flatnonzero(cols.col_rankset == s))
         set_col_off.append(len(set_cols))
+    # Saabas paths padded to a fixed width per tree (padding entry j adds 0.0 to
+    # dummy slot n_features + j % 4): the kernels' inner loop then has a trip
+    # count that is constant for a tree, so it does not mispredict once per row
+    # and tree, and consecutive padding adds do not chain through one slot.
+    nf = layout.n_features
+    widths = np.zeros(layout.n_trees, dtype=np.int32)
+    path_offs = np.zeros(layout.n_trees + 1, dtype=np.int32)
+    feat_parts: list[np.ndarray] = []
+    delta_parts: list[np.ndarray] = []
+    lengths = np.diff(layout.path_off)
+    for t in range(layout.n_trees):
+        l0, l1 = int(layout.tree_leaf_off[t]), int(layout.tree_leaf_off[t + 1])
+        w = int(lengths[l0:l1].max()) if l1 > l0 else 0
+        widths[t] = w
+        pf = np.broadcast_to(nf + np.arange(w, dtype=np.int32), (l1 - l0, w)).copy()
+        pdl = np.zeros((l1 - l0, w))
+        for i in range(l1 - l0):
+            a, b = int(layout.path_off[l0 + i]), int(layout.path_off[l0 + i + 1])
+            pf[i, : b - a] = layout.path_feature[a:b]
+            pdl[i, : b - a] = layout.path_delta[a:b]
+        feat_parts.append(pf.ravel())
+        delta_parts.append(pdl.ravel())
+        path_offs[t + 1] = path_offs[t] + (l1 - l0) * w
+    # Single-row QuickScorer: per column, nodes sorted by threshold rank, and
+    # qs_cum[c][b] = number of the column's nodes with rank < b (those go right
+    # for a row of rank b). Categorical columns have ranks 0/1.
+    n_nodes = int(layout.node_col.shape[0])
+    node_tree = np.repeat(
+        np.arange(layout.n_trees, dtype=np.int32), np.diff(layout.tree_node_off)
+    )
+    order = np.lexsort((layout.node_rank, layout.node_col)) if n_nodes else np.zeros(0, int)
+    n_cols = int(cols.col_feature.shape[0])
+    qs_col_off = np.zeros(n_cols + 1, dtype=np.int32)
+    np.add.at(qs_col_off, layout.node_col.astype(np.int64) + 1, 1)
+    qs_col_off = np.cumsum(qs_col_off).astype(np.int32)
+    qs_cum_parts: list[np.ndarray] = []
+    qs_cum_off = np.zeros(n_cols, dtype=np.int32)
+    total = 0
+    sorted_rank = layout.node_rank[order]
+    for c in range(n_cols):
+        ranks_c = sorted_rank[qs_col_off[c] : qs_col_off[c + 1]]
+        is_cat = cols.col_kind[c] == VIEW_CATEGORICAL
+        top = 1 if is_cat else int(cols.rs_count[cols.col_rankset[c]])
+        cum = np.searchsorted(ranks_c, np.arange(top + 1), side="left").astype(np.int32)
+        qs_cum_off[c] = total
+        qs_cum_parts.append(cum)
+        total += top + 1
+    keep64 = ~layout.node_clear
     kids = np.empty(2 * layout.node_col.shape[0], dtype=np.int32)
+
     kids[0::2] = layout.node_left
     kids[1::2] = layout.node_right
     return {
@@ -361,12 +444,27 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         "node_thr": layout.node_thr,
         "clear32": (layout.node_clear & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         "clear64": layout.node_clear,
+        "rmask32": (layout.node_rmask & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        "rmask64": layout.node_rmask,
+        "node_feature": layout.node_feature,
+        "node_dl": layout.node_dl,
+        "node_dr": layout.node_dr,
         "kids": kids,
         "tree_node_off": layout.tree_node_off,
         "tree_root": layout.tree_root,
         "tree_leaf_off": layout.tree_leaf_off,
         "leaf": layout.leaf_value,
-        "path_off": layout.path_off,
-        "path_feature": layout.path_feature,
-        "path_delta": layout.path_delta,
+        "qs_col_off": qs_col_off,
+        "qs_cum_off": qs_cum_off,
+        "qs_cum": (np.concatenate(qs_cum_parts) if qs_cum_parts else np.zeros(0, np.int32)),
+        "qs_tree": node_tree[order],
+        "qs_keep32": (keep64[order] & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        "qs_keep64": keep64[order],
+        "qs_pack": (node_tree[order].astype(np.uint64)
+                    | ((keep64[order] & np.uint64(0xFFFFFFFF)) << np.uint64(32))),
+        "tree_path_off": path_offs,
+        "tree_path_width": widths,
+        "path_feature": (np.concatenate(feat_parts) if feat_parts else np.zeros(0, np.int32)),
+        "path_delta": (np.concatenate(delta_parts) if delta_parts else np.zeros(0)),
     }
+

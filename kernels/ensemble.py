@@ -13,7 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from kernels import _compile
+from kernels._fast import FastKernel
 from kernels._ir import ForestIR
+from kernels._layout import MAX_BLOCK_LEAVES, build_layout, fast_kernel_arrays
 from kernels._lightgbm import parse_lightgbm
 from kernels._traverse import TraversalKernel
 from kernels._validate import check_matrix, check_row, check_top_k
@@ -33,15 +35,13 @@ class TreeEnsemble:
     calls and release the GIL).
     """
 
-    __slots__ = ("_bias", "_forest", "_n_features", "_traverse")
+    __slots__ = ("_bias", "_fast", "_forest", "_kernel", "_n_features", "_traverse")
 
     def __init__(self, forest: ForestIR) -> None:
         self._forest = forest
         self._n_features = forest.n_features
-        arrays = _compile.flatten_for_traversal(forest)
         self._bias = _compile.saabas_bias(forest)
-        self._traverse = TraversalKernel(
-            arrays,
+        common = (
             forest.n_features,
             _compile.input_mode(forest),
             _compile.LINK_CODES[forest.link],
@@ -49,8 +49,25 @@ class TreeEnsemble:
             forest.sigmoid_scale,
             forest.base_margin,
             float(len(forest.trees)) if forest.average_output else 0.0,
-            self._bias,
         )
+        # Reference traversal: full contribution matrices, and the kernel of last
+        # resort for models the fast kernels cannot take.
+        self._traverse = TraversalKernel(
+            _compile.flatten_for_traversal(forest), *common, self._bias
+        )
+        layout = build_layout(forest)
+        block_ok = layout.max_leaves <= MAX_BLOCK_LEAVES
+        self._fast: FastKernel | None = None
+        if block_ok or layout.finite_thresholds:
+            self._fast = FastKernel(
+                fast_kernel_arrays(layout),
+                *common,
+                layout.max_leaves > 32,
+                block_ok,
+                layout.finite_thresholds,
+            )
+        # The object single rows go to: bound once so predict_one stays cheap.
+        self._kernel: FastKernel | TraversalKernel = self._fast or self._traverse
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -114,15 +131,16 @@ class TreeEnsemble:
         x = check_matrix(X, self._n_features)
         out = np.empty(x.shape[0], dtype=np.float64)
         if x.shape[0] == 1:
-            out[0] = self._traverse.predict_one(x[0], raw_score)
+            out[0] = self._kernel.predict_one(x[0], raw_score)
         elif x.shape[0]:
-            self._traverse.predict(x, out, raw_score)
+            self._kernel.predict(x, out, raw_score)
         return out
 
     def predict_one(self, row: npt.NDArray[Any], raw_score: bool = False) -> float:
         """Score one 1-D float32/float64 row without batch set-up."""
-        r = check_row(row, self._n_features)
-        return self._traverse.predict_one(r, raw_score)
+        if self._fast is not None:
+            return self._fast.predict_one(row, raw_score)  # validates in C
+        return self._traverse.predict_one(check_row(row, self._n_features), raw_score)
 
     def predict_with_reasons(
         self, X: npt.NDArray[Any], top_k: int, raw_score: bool = False
@@ -134,6 +152,13 @@ class TreeEnsemble:
         k features pushed the raw score up; ``contribution`` float64 (n, k) in
         raw-score (log-odds) units, 0.0 in unused slots. Ties go to the lower
         feature index.
+
+        Attribution is Saabas (path-dependent): each split on the row's path
+        credits its feature with the change in node value (LightGBM
+        ``internal_value``; XGBoost hessian-weighted node means, as its
+        ``approx_contribs``). Batches of >= 16 rows accumulate per-tree
+        contributions in float32 before summing in float64, so values are exact
+        to ~1e-7 relative; :meth:`contributions` gives the exact float64 matrix.
         """
         x = check_matrix(X, self._n_features)
         k = check_top_k(top_k, self._n_features)
@@ -141,7 +166,9 @@ class TreeEnsemble:
         out = np.empty(n, dtype=np.float64)
         idx = np.empty((n, k), dtype=np.int32)
         val = np.empty((n, k), dtype=np.float64)
-        if n:
+        if n and self._fast is not None:
+            self._fast.predict_reasons(x, k, out, idx, val, raw_score)
+        elif n:
             self._traverse.predict_reasons(x, k, out, idx, val, raw_score)
         return out, idx, val
 
@@ -154,6 +181,29 @@ class TreeEnsemble:
         out = np.empty((x.shape[0], self._n_features + 1), dtype=np.float64)
         if x.shape[0]:
             self._traverse.contributions(x, out)
+        return out
+
+    @property
+    def kernel_name(self) -> str:
+        """Which kernel serves batches: ``block``, ``row-traverse`` or ``reference``."""
+        if self._fast is None:
+            return "reference"
+        return "block" if self._fast.block_ok else "row-traverse"
+
+    def _predict_kernel(self, X: npt.NDArray[Any], kernel: str, raw_score: bool = False) -> F64Array:
+        """Score with a named kernel (tests/benchmarks): block, row or reference."""
+        x = check_matrix(X, self._n_features)
+        out = np.empty(x.shape[0], dtype=np.float64)
+        if kernel == "reference":
+            self._traverse.predict(x, out, raw_score)
+        elif self._fast is None:
+            raise ValueError(f"no fast kernel for this model (kernel={kernel!r})")
+        elif kernel == "block" and self._fast.block_ok:
+            self._fast.predict_path(x, out, raw_score, 1)
+        elif kernel == "row":
+            self._fast.predict_path(x, out, raw_score, 2)
+        else:
+            raise ValueError(f"kernel {kernel!r} not available for this model")
         return out
 
     def reason_names(self, feature_idx: npt.NDArray[np.int32]) -> list[list[str]]:

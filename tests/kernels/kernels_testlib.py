@@ -267,3 +267,29 @@ def xgb_thresholds(model_json: bytes) -> tuple[np.ndarray, np.ndarray]:
                 th.append(float(cond))
                 ft.append(int(idx))
     return np.array(th), np.array(ft, dtype=np.int64)
+
+
+def assert_reasons_match(idx: np.ndarray, val: np.ndarray, contrib: np.ndarray, k: int,
+                         rtol: float = 1e-6) -> None:
+    """Top-k reasons agree with an exact (n, n_features) contribution matrix.
+
+    The block kernel accumulates per-node contributions in float32 for a few
+    trees at a time, so values are compared with a tolerance relative to the
+    matrix's largest contribution. Checked: reported values match the exact
+    top-k values; each reported index carries its reported value in the exact
+    matrix (robust to near-ties that rounding may order either way); unused
+    slots are -1 / 0.0 and agree with the reference except for contributions
+    within the tolerance of zero; values are descending.
+    """
+    atol = rtol * max(1.0, float(np.max(np.abs(contrib), initial=0.0)))
+    ref_idx, ref_val = reference_top_k(contrib, k)
+    np.testing.assert_allclose(val, ref_val, atol=atol, rtol=0)
+    used = idx >= 0
+    clear = ref_val > atol
+    np.testing.assert_array_equal(used[clear], (ref_idx >= 0)[clear])
+    assert not np.any(used & (ref_val == 0.0) & (val > atol))
+    rows = np.nonzero(used)[0]
+    np.testing.assert_allclose(contrib[rows, idx[used]], val[used], atol=atol, rtol=0)
+    assert np.all(val[~used] == 0.0)
+    assert np.all(val[used] > 0.0)
+    assert np.all(np.diff(val, axis=1) <= 0)

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernels_testlib import (
     adversarial,
+    assert_reasons_match,
     lgb_booster,
     lgb_model,
     lgb_reference,
-    reference_top_k,
     xgb_booster,
     xgb_model,
 )
@@ -44,27 +44,20 @@ def test_lightgbm_reasons_match_python_reference(cfg: dict[str, object]) -> None
     for k in (1, 3, ens.n_features):
         prob, idx, val = ens.predict_with_reasons(X, top_k=k)
         np.testing.assert_array_equal(prob, ens.predict(X))
-        ref_idx, ref_val = reference_top_k(ref_contrib[:, :-1], k)
-        np.testing.assert_allclose(val, ref_val, atol=1e-12)
-        # Each reported index must carry the reported contribution in the reference
-        # (robust to near-ties whose order float rounding may flip).
-        used = idx >= 0
-        rows = np.nonzero(used)[0]
-        np.testing.assert_allclose(ref_contrib[rows, idx[used]], val[used], atol=1e-12)
-        np.testing.assert_array_equal(used, ref_idx >= 0)
-        assert np.all((idx == -1) == (val == 0.0))
-        assert np.all(np.diff(val, axis=1) <= 0)
+        assert_reasons_match(idx, val, ref_contrib[:, :-1], k)
+    # Row path (single rows) sums exact float64 paths.
+    _, idx1, val1 = ens.predict_with_reasons(X[:1], top_k=3)
+    assert_reasons_match(idx1, val1, ref_contrib[:1, :-1], 3, rtol=1e-12)
 
 
 def test_reasons_float32_input_and_raw_score() -> None:
     text = lgb_model()
     ens = TreeEnsemble.from_lightgbm(text)
     X = adversarial(80, ens.n_features, seed=12).astype(np.float32)
-    raw, _idx, val = ens.predict_with_reasons(X, top_k=2, raw_score=True)
+    raw, idx, val = ens.predict_with_reasons(X, top_k=2, raw_score=True)
     np.testing.assert_array_equal(raw, lgb_booster(text).predict(X, raw_score=True))
     _, ref = lgb_reference(text, X)
-    _ref_idx, ref_val = reference_top_k(ref[:, :-1], 2)
-    np.testing.assert_allclose(val, ref_val, atol=1e-12)
+    assert_reasons_match(idx, val, ref[:, :-1], 2)
 
 
 @pytest.mark.parametrize("max_depth", [3, 6, 8])
@@ -80,9 +73,7 @@ def test_xgboost_contributions_match_xgboost_approx_contribs(max_depth: int) -> 
     # XGBoost computes node means in float32; we use float64.
     np.testing.assert_allclose(got, expected, atol=2e-5)
     _prob, idx, val = ens.predict_with_reasons(X, top_k=3)
-    ref_idx, ref_val = reference_top_k(got[:, :-1], 3)
-    np.testing.assert_array_equal(idx, ref_idx)
-    np.testing.assert_array_equal(val, ref_val)
+    assert_reasons_match(idx, val, got[:, :-1], 3)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
@@ -93,9 +84,7 @@ def test_property_top_k_is_top_of_contributions(seed: int, k: int, leaves: int) 
     X = adversarial(60, 6, seed=seed)
     contrib = ens.contributions(X)
     _, idx, val = ens.predict_with_reasons(X, top_k=k)
-    ref_idx, ref_val = reference_top_k(contrib[:, :-1], k)
-    np.testing.assert_array_equal(idx, ref_idx)
-    np.testing.assert_array_equal(val, ref_val)
+    assert_reasons_match(idx, val, contrib[:, :-1], k)
 
 
 def test_reason_names_helper() -> None:

@@ -1,0 +1,38 @@
+"""Type stub for kernels/_fast.pyx (block + single-row QuickScorer kernels)."""
+
+import numpy as np
+import numpy.typing as npt
+
+class FastKernel:
+    @property
+    def block_ok(self) -> bool: ...
+    @property
+    def row_ok(self) -> bool: ...
+    def __init__(
+        self,
+        a: dict[str, np.ndarray],
+        n_features: int,
+        input_mode: int,
+        link: int,
+        sum_f32: bool,
+        scale: float,
+        base: float,
+        avg_div: float,
+        wide: bool,
+        block_ok: bool,
+        row_ok: bool,
+    ) -> None: ...
+    def predict(self, X: np.ndarray, out: npt.NDArray[np.float64], raw: bool) -> None: ...
+    def predict_reasons(
+        self,
+        X: np.ndarray,
+        top_k: int,
+        out: npt.NDArray[np.float64],
+        idx: npt.NDArray[np.int32],
+        val: npt.NDArray[np.float64],
+        raw: bool,
+    ) -> None: ...
+    def predict_path(
+        self, X: np.ndarray, out: npt.NDArray[np.float64], raw: bool, path: int
+    ) -> None: ...
+    def predict_one(self, row: np.ndarray, raw: bool) -> float: ...
