@@ -1,6 +1,6 @@
 """Build steps that pyproject.toml cannot express: Cython extensions and gRPC stubs.
 
-Every ``*.pyx`` under ``kernels/`` and ``features/`` becomes an extension module of
+Every ``*.pyx`` under ``kernels/``, ``features/`` and ``services/`` becomes an extension module of
 the same dotted name, so adding a kernel needs no edit here. The gRPC stubs are
 generated from ``proto/`` on every build (regular or editable) into the
 ``creditauth`` package that ``proto/creditauth`` provides, so they are never stale
@@ -63,7 +63,8 @@ def extensions() -> list[Extension]:
     # (handy while iterating on one kernel with build_ext --inplace).
     only = os.environ.get("CREDITAUTH_EXT_ONLY", "")
     exts = []
-    for pyx in sorted([*ROOT.glob("kernels/**/*.pyx"), *ROOT.glob("features/**/*.pyx")]):
+    sources = [*ROOT.glob("kernels/**/*.pyx"), *ROOT.glob("features/**/*.pyx"), *ROOT.glob("services/**/*.pyx")]
+    for pyx in sorted(sources):
         if only and not str(pyx.relative_to(ROOT)).startswith(only):
             continue
         rel = pyx.relative_to(ROOT).with_suffix("")

@@ -1,8 +1,11 @@
 """Traces and metrics with opentelemetry-sdk: OTLP export when configured, a Prometheus endpoint.
 
-Cost is kept per RPC and per batch, never per decision: outcome counts are
-added once per batch from a ``bincount``, and spans are only recorded for the
-sampled share of RPCs (``telemetry.trace_sample_ratio``, 1% by default). A
+Cost is kept per RPC and per batch, never per decision, and small: counts
+(RPCs by status, decisions by outcome, item errors) are plain integers read by
+observable counters when metrics are collected, so the request path pays a
+dict increment, not an SDK call; latency histograms reuse one attribute
+mapping per series; spans are only recorded for the sampled share of RPCs
+(``telemetry.trace_sample_ratio``, 1% by default). A
 batch that crosses the Ray hop carries the trace contexts of its sampled
 requests; the replica's ``score_batch`` span links to them and holds child
 spans for the feature read, the kernel and the policy.
@@ -13,6 +16,7 @@ SDK objects are touched at all.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -102,41 +106,78 @@ class Telemetry(NullTelemetry):
         meter = self._meter_provider.get_meter("creditauth")
         self._trace = trace
         self._rpc_seconds = meter.create_histogram("creditauth.rpc.duration", unit="s", description="RPC latency")
-        self._rpc_count = meter.create_counter("creditauth.rpcs", description="RPCs by method and status")
-        self._decisions = meter.create_counter("creditauth.decisions", description="Decisions by outcome")
-        self._errors = meter.create_counter("creditauth.item.errors", description="Items not decided, by status")
         self._batch_size = meter.create_histogram("creditauth.batch.size", description="Decisions per backend call")
         self._batch_seconds = meter.create_histogram("creditauth.batch.duration", unit="s")
         self._stage_seconds = meter.create_histogram(
             "creditauth.stage.duration", unit="s", description="Replica time per stage"
         )
+        # Counts live in plain dicts; observable counters report them at collection.
+        self._rpc_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._outcome_counts = [0, 0, 0, 0]
+        self._error_counts: collections.Counter[str] = collections.Counter()
+        self._attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._stage_attrs: dict[str, dict[str, str]] = {}
         self._metrics = metrics
         self._meter = meter
+        meter.create_observable_counter(
+            "creditauth.rpcs", callbacks=[self._observe_rpcs], description="RPCs by method and status"
+        )
+        meter.create_observable_counter(
+            "creditauth.decisions", callbacks=[self._observe_outcomes], description="Decisions by outcome"
+        )
+        meter.create_observable_counter(
+            "creditauth.item.errors", callbacks=[self._observe_errors], description="Items not decided, by status"
+        )
         self._status_names = {
             0: "OK", 4: "DEADLINE_EXCEEDED", 6: "ALREADY_EXISTS", 8: "RESOURCE_EXHAUSTED", 14: "UNAVAILABLE"
         }
 
+    def _observe_rpcs(self, _options: Any) -> Iterator[Any]:
+        for (rpc, status), n in list(self._rpc_counts.items()):
+            yield self._metrics.Observation(n, {"rpc": rpc, "status": status})
+
+    def _observe_outcomes(self, _options: Any) -> Iterator[Any]:
+        for code, n in enumerate(self._outcome_counts):
+            if n:
+                yield self._metrics.Observation(n, {"outcome": _DECISIONS[code]})
+
+    def _observe_errors(self, _options: Any) -> Iterator[Any]:
+        for status, n in list(self._error_counts.items()):
+            yield self._metrics.Observation(n, {"status": status})
+
     def rpc(self, rpc: str, status: str, seconds: float) -> None:
-        attrs = {"rpc": rpc, "status": status}
+        key = (rpc, status)
+        self._rpc_counts[key] += 1
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs[key] = {"rpc": rpc, "status": status}
         self._rpc_seconds.record(seconds, attrs)
-        self._rpc_count.add(1, attrs)
 
     def outcomes(self, decisions: npt.NDArray[np.int8], status: npt.NDArray[np.int8]) -> None:
+        if len(status) == 1:  # unary: no numpy on the hot path
+            s = int(status[0])
+            if s == 0:
+                self._outcome_counts[int(decisions[0])] += 1
+            else:
+                self._error_counts[self._status_names.get(s, str(s))] += 1
+            return
         ok = status == 0
-        counts = np.bincount(decisions[ok].astype(np.intp), minlength=4)
-        for code, n in enumerate(counts.tolist()):
-            if n:
-                self._decisions.add(n, {"outcome": _DECISIONS[code]})
+        counts = np.bincount(decisions[ok].astype(np.intp), minlength=4).tolist()
+        for code in range(4):
+            self._outcome_counts[code] += counts[code]
         if not ok.all():
             for code, n in zip(*np.unique(status[~ok], return_counts=True), strict=True):
-                self._errors.add(int(n), {"status": self._status_names.get(int(code), str(int(code)))})
+                self._error_counts[self._status_names.get(int(code), str(int(code)))] += int(n)
 
     def batch(self, size: int, seconds: float) -> None:
         self._batch_size.record(size)
         self._batch_seconds.record(seconds)
 
     def stage(self, stage: str, seconds: float) -> None:
-        self._stage_seconds.record(seconds, {"stage": stage})
+        attrs = self._stage_attrs.get(stage)
+        if attrs is None:
+            attrs = self._stage_attrs[stage] = {"stage": stage}
+        self._stage_seconds.record(seconds, attrs)
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         def observe(_options: Any) -> Iterator[Any]:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.errors import BackendUnavailable, CreditAuthError, DeadlineExceeded, Overloaded, ShuttingDown
 from services.frontend.codec import Item, to_batch
@@ -32,10 +34,27 @@ from services.scoring.batch import STAGES
 from services.telemetry import NullTelemetry
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A unit's share of a backend call: rows ``start .. start + size`` of ``batch``.
+
+    ``prepared`` is the batcher's ``prepare(batch)``, computed once per backend
+    call (the front end's response encoder), shared by every unit in it.
+    """
+
+    batch: ResponseBatch
+    prepared: Any
+    start: int
+    size: int
+
+    def rows(self) -> ResponseBatch:
+        return self.batch.slice(self.start, self.start + self.size)
+
+
 @dataclass
 class _Unit:
     size: int
-    future: asyncio.Future[ResponseBatch]
+    future: asyncio.Future[Answer]
     deadline: float
     item: Item | None = None
     batch: RequestBatch | None = None
@@ -62,8 +81,10 @@ class Batcher:
         max_queue: int,
         max_queue_wait_s: float = 0.25,
         telemetry: NullTelemetry | None = None,
+        prepare: Callable[[ResponseBatch], Any] | None = None,
     ) -> None:
         self._tel = telemetry or NullTelemetry()
+        self._prepare = prepare
         self._backend = backend
         self._max_batch = max_batch
         self._max_wait = max_wait_s
@@ -113,14 +134,14 @@ class Batcher:
         self._queued += unit.size
         self._wake.set()
 
-    async def submit_one(self, item: Item) -> ResponseBatch:
-        """Score one item; the result is a 1-row ``ResponseBatch``."""
-        fut: asyncio.Future[ResponseBatch] = asyncio.get_running_loop().create_future()
+    async def submit_one(self, item: Item) -> Answer:
+        """Score one item; its answer is row ``answer.start`` of ``answer.batch``."""
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._enqueue(_Unit(1, fut, item.deadline, item=item))
         return await fut
 
-    async def submit_batch(self, batch: RequestBatch) -> ResponseBatch:
-        fut: asyncio.Future[ResponseBatch] = asyncio.get_running_loop().create_future()
+    async def submit_batch(self, batch: RequestBatch) -> Answer:
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._enqueue(_Unit(len(batch), fut, float(batch.deadline.max(initial=0.0)), batch=batch))
         return await fut
 
@@ -205,17 +226,18 @@ class Batcher:
             self.stats.calls += 1
             self.stats.decisions += len(batch)
             self.stats.sizes[len(batch)] += 1
+            prepared = self._prepare(resp) if self._prepare is not None else None
             # Results come back in the order the batch was built: singles first.
             pos = 0
             for u in units:
                 if u.item is not None:
                     if not u.future.done():
-                        u.future.set_result(resp.slice(pos, pos + 1))
+                        u.future.set_result(Answer(resp, prepared, pos, 1))
                     pos += 1
             for u in units:
                 if u.batch is not None:
                     if not u.future.done():
-                        u.future.set_result(resp.slice(pos, pos + u.size))
+                        u.future.set_result(Answer(resp, prepared, pos, u.size))
                     pos += u.size
         finally:
             self._inflight -= 1

@@ -14,9 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from creditauth.v1 import authorization_pb2 as pb
-from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 from services.frontend.batcher import Batcher
-from services.frontend.servicer import CreditAuthorizationServicer
+from services.frontend.servicer import CreditAuthorizationServicer, prepare
 from services.runtime.backend import ScoringBackend
 from services.settings import ServingSettings
 from services.telemetry import NullTelemetry
@@ -40,6 +39,7 @@ class FrontEnd:
             max_queue=settings.max_queue,
             max_queue_wait_s=settings.max_queue_wait_ms / 1000.0,
             telemetry=self._tel,
+            prepare=prepare,
         )
         self._tel.watch_queue(lambda: self.batcher.queued)
         self._server = grpc.aio.server(
@@ -60,9 +60,8 @@ class FrontEnd:
 
     async def start(self) -> int:
         self.batcher.start()
-        pb_grpc.add_CreditAuthorizationServicer_to_server(
-            CreditAuthorizationServicer(self.batcher, self._settings, self._tel), self._server
-        )
+        servicer = CreditAuthorizationServicer(self.batcher, self._settings, self._tel)
+        self._server.add_generic_rpc_handlers((servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"{self._settings.host}:{self._settings.port}"

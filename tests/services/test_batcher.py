@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.errors import BackendUnavailable, DeadlineExceeded, Overloaded, ShuttingDown
-from services.frontend.batcher import Batcher
+from services.frontend.batcher import Answer, Batcher
 from services.frontend.codec import Item, to_batch
 from services.runtime import LocalBackend
 from services.scoring import RequestBatch, ResponseBatch
@@ -56,11 +56,11 @@ def test_idle_dispatches_at_once_and_load_gathers(local: LocalBackend) -> None:
         b = Batcher(backend, max_batch=1000, max_wait_s=0.0, max_inflight=1, max_queue=10_000)
         b.start()
         t0 = time.perf_counter()
-        first = await b.submit_one(_item(0))
+        first = (await b.submit_one(_item(0))).rows()
         assert time.perf_counter() - t0 < 0.5 and len(first) == 1
         # 200 concurrent arrivals while one call is out: they gather into few calls.
         results = await asyncio.gather(*(b.submit_one(_item(i)) for i in range(200)))
-        assert all(len(r) == 1 for r in results)
+        assert all(len(r.rows()) == 1 for r in results)
         await b.close(5)
         return backend
 
@@ -78,9 +78,9 @@ def test_batches_never_exceed_max_and_results_go_to_their_callers(local: LocalBa
         known = [b.submit_one(_item(i, "M00000005")) for i in range(50)]
         unknown = [b.submit_one(_item(i, "NO-SUCH")) for i in range(50)]
         batch = b.submit_batch(to_batch([_item(i, "NO-SUCH") for i in range(30)]))
-        out = await asyncio.gather(*known, *unknown, batch)
+        out = [a.rows() for a in await asyncio.gather(*known, *unknown, batch)]
         await b.close(5)
-        return backend, list(out[:50]), list(out[50:])
+        return backend, out[:50], out[50:]
 
     backend, known, rest = asyncio.run(run())
     assert max(backend.sizes) <= 64 and sum(backend.sizes) == 130
@@ -128,7 +128,7 @@ def test_sheds_work_that_would_wait_too_long_and_drops_expired(local: LocalBacke
         b = Batcher(backend, max_batch=20, max_wait_s=0, max_inflight=1, max_queue=100_000, max_queue_wait_s=0.2)
         b.start()
         # Saturate: keep far more queued than 0.2 s of work, so the drain rate gets measured.
-        accepted: list[asyncio.Future[ResponseBatch]] = []
+        accepted: list[asyncio.Future[Answer]] = []
         shed = 0
         for i in range(600):
             try:
@@ -141,7 +141,7 @@ def test_sheds_work_that_would_wait_too_long_and_drops_expired(local: LocalBacke
         results = await asyncio.gather(*accepted, return_exceptions=True)
         assert shed > 0 or b.stats.shed > 0
         assert b.expected_wait_s() <= 0.5
-        ok = [r for r in results if isinstance(r, ResponseBatch)]
+        ok = [r for r in results if isinstance(r, Answer)]
         assert len(ok) > 50
 
         # An item whose deadline passes while queued is answered DEADLINE_EXCEEDED, not scored.
