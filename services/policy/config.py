@@ -41,6 +41,44 @@ class ReasonMapping(_Strict):
     description: str
 
 
+class RuleCondition(_Strict):
+    """One condition of a rule: a tag test (``tag``/``tags``) or a feature threshold (``feature``)."""
+
+    tag: str | None = None
+    tags: tuple[str, ...] | None = None
+    feature: str | None = None
+    op: Literal["has", "lacks", "any", "all", "none", "<", "<=", ">", ">=", "==", "!=", "is_missing", "not_missing"] = (
+        "has"
+    )
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> RuleCondition:
+        kinds = [k for k in ("tag", "tags", "feature") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a condition names exactly one of 'tag', 'tags' or 'feature'")
+        if self.tag is not None and self.op not in ("has", "lacks"):
+            raise ValueError("'tag' takes op 'has' or 'lacks'")
+        if self.tags is not None and (self.op not in ("any", "all", "none") or not self.tags):
+            raise ValueError("'tags' takes a non-empty list and op 'any', 'all' or 'none'")
+        if self.feature is not None:
+            if self.op in ("has", "lacks", "any", "all", "none"):
+                raise ValueError("'feature' takes a comparison op or 'is_missing'/'not_missing'")
+            if (self.value is None) != (self.op in ("is_missing", "not_missing")):
+                raise ValueError(f"op {self.op!r} {'takes no' if self.value is not None else 'needs a'} 'value'")
+        return self
+
+
+class PolicyRule(_Strict):
+    """Refer or decline when every condition holds (early warnings, hard stops)."""
+
+    name: str = Field(min_length=1)
+    action: Literal["review", "decline"]
+    code: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    description: str
+    when: tuple[RuleCondition, ...] = Field(min_length=1)
+
+
 class VelocityLimits(_Strict):
     review_apps_1h: int = Field(5, ge=1)
     review_apps_24h: int = Field(20, ge=1)
@@ -61,6 +99,7 @@ class PolicyConfig(_Strict):
     on_stale_features: Literal["review", "ignore"] = "review"
     max_model_reasons: int = Field(4, ge=0, le=16)
     reasons: tuple[ReasonMapping, ...]
+    rules: tuple[PolicyRule, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:
@@ -85,6 +124,9 @@ class PolicyConfig(_Strict):
             raise ValueError(f"fx_to_base names currencies the service does not book: {sorted(unknown)}")
         if set(self.product_caps_base_minor) != set(PRODUCTS):
             raise ValueError(f"product_caps_base_minor must name exactly {list(PRODUCTS)}")
+        names = [r.name for r in self.rules]
+        if len(names) != len(set(names)):
+            raise ValueError("rule names must be unique")
         return self
 
     def reason_for(self, feature: str) -> ReasonMapping | None:

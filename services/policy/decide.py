@@ -7,12 +7,14 @@ is then a handful of numpy operations over the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from kernels import KernelError, PolicyRules
+from services.errors import ConfigError
 from services.policy.config import PRODUCTS, PolicyConfig
 from services.policy.currency import CURRENCIES
 
@@ -49,6 +51,7 @@ class PolicyInputs:
     model_reason_features: npt.NDArray[np.int32]  # (n, k) model feature index, -1 none
     model_reason_contrib: F64  # (n, k)
     degraded: bool = False
+    rules_fired: npt.NDArray[np.bool_] | None = None  # (n, len(config.rules)) from Policy.fire_rules
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,48 @@ class Decisions:
     reason_contrib: npt.NDArray[np.float32]  # (n, R)
 
 
+def _compile_rules(
+    config: PolicyConfig, columns: Sequence[str], tag_index: Mapping[str, int], n_tags: int
+) -> PolicyRules | None:
+    """The policy's named rules as a compiled kernel rule set (names resolved once, here)."""
+    if not config.rules:
+        return None
+    col = {c: i for i, c in enumerate(columns)}
+    specs = []
+    for rule in config.rules:
+        conds: list[dict[str, object]] = []
+        for c in rule.when:
+            if c.feature is not None:
+                if c.feature not in col:
+                    raise ConfigError(f"policy rule {rule.name!r}: unknown feature {c.feature!r}")
+                cond: dict[str, object] = {"feature": col[c.feature], "op": c.op}
+                if c.value is not None:
+                    cond["value"] = c.value
+            else:
+                names = (c.tag,) if c.tag is not None else tuple(c.tags or ())
+                unknown = [t for t in names if t not in tag_index]
+                if unknown:
+                    raise ConfigError(f"policy rule {rule.name!r}: unknown tag(s) {unknown}")
+                ids = [tag_index[t] for t in names]
+                cond = {"tag": ids[0], "op": c.op} if c.tag is not None else {"tags": ids, "op": c.op}
+            conds.append(cond)
+        specs.append({"name": rule.name, "all": conds})
+    try:
+        return PolicyRules.from_dict({"n_features": len(columns), "n_tags": n_tags, "rules": specs})
+    except KernelError as exc:
+        raise ConfigError(f"policy rules: {exc}") from exc
+
+
 class Policy:
-    def __init__(self, config: PolicyConfig, model_features: Sequence[str]) -> None:
+    def __init__(
+        self,
+        config: PolicyConfig,
+        model_features: Sequence[str],
+        *,
+        feature_columns: Sequence[str] = (),
+        tag_index: Mapping[str, int] | None = None,
+        n_tags: int = 0,
+    ) -> None:
         self.config = config
         self.version = config.version
         self.grade_letters: tuple[str, ...] = tuple(g.grade for g in config.grades)
@@ -90,7 +133,31 @@ class Policy:
             feature_reason[i] = index[mapping.code]
         # The last slot answers feature index -1 ("no reason").
         self._feature_reason = feature_reason
+        self._rules = _compile_rules(config, feature_columns, tag_index or {}, n_tags)
+        self._rule_decline = np.array([r.action == "decline" for r in config.rules], dtype=bool)
+        rule_reason = []
+        for r in config.rules:
+            if r.code not in index:
+                index[r.code] = len(table)
+                table.append((r.code, r.description))
+            rule_reason.append(index[r.code])
+        self._rule_reason = np.array(rule_reason, dtype=np.int16)
         self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
+
+    def reason_columns(self, top_k: int) -> int:
+        """Width of ``Decisions.reason``: policy reasons, one per rule, then model reasons."""
+        return len(POLICY_REASONS) + len(self.config.rules) + min(self.config.max_model_reasons, top_k)
+
+    def fire_rules(
+        self, matrix: npt.NDArray[np.float32], tag_words: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.bool_] | None:
+        """Which of the policy's rules fire for each row of the feature matrix and tags."""
+        if self._rules is None:
+            return None
+        tags = tag_words if self._rules.n_tags else None
+        if tags is not None and tags.shape[1] != self._rules.n_tag_words:
+            tags = np.zeros((matrix.shape[0], self._rules.n_tag_words), dtype=np.uint64)
+        return self._rules.evaluate(matrix if self._rules.n_features else None, tags)
 
     def to_base_minor(self, amount_minor: npt.NDArray[np.int64] | F64, currency: npt.NDArray[np.int8]) -> F64:
         """Amounts in request-currency minor units -> base-currency minor units (NaN stays NaN)."""
@@ -112,7 +179,13 @@ class Policy:
             x.apps_24h >= self.config.velocity.review_apps_24h
         )
         stale = x.stale if self.config.on_stale_features == "review" else np.zeros(n, dtype=bool)
-        soft = ~x.known | stale | velocity
+        n_rules = len(self.config.rules)
+        fired = x.rules_fired if x.rules_fired is not None else np.zeros((n, n_rules), dtype=bool)
+        fired = fired & x.known[:, None]  # rules read features: unknown merchants have none
+        rule_review = fired[:, ~self._rule_decline].any(axis=1)
+        rule_decline = fired[:, self._rule_decline].any(axis=1)
+        decision[rule_decline] = DECLINE
+        soft = ~x.known | stale | velocity | rule_review
         decision[(decision == APPROVE) & soft] = REVIEW
         if x.degraded:
             decision[:] = REVIEW
@@ -149,6 +222,7 @@ class Policy:
             axis=1,
         )
         policy_reason = np.where(flags, np.arange(len(POLICY_REASONS), dtype=np.int16), -1)
+        rule_reason = np.where(fired, self._rule_reason, -1).astype(np.int16)
         k = min(self.config.max_model_reasons, x.model_reason_features.shape[1])
         model_reason = self._feature_reason[x.model_reason_features[:, :k]]
         contrib = x.model_reason_contrib[:, :k].astype(np.float32)
@@ -157,8 +231,9 @@ class Policy:
             dup = (model_reason[:, :j] == model_reason[:, j : j + 1]).any(axis=1)
             model_reason[dup, j] = -1
         model_reason[(contrib <= 0) | ~scored[:, None]] = -1
-        reason = np.concatenate([policy_reason, model_reason], axis=1).astype(np.int16)
-        reason_contrib = np.concatenate([np.zeros((n, len(POLICY_REASONS)), np.float32), contrib], axis=1)
+        reason = np.concatenate([policy_reason, rule_reason, model_reason], axis=1).astype(np.int16)
+        fixed = np.zeros((n, len(POLICY_REASONS) + n_rules), np.float32)
+        reason_contrib = np.concatenate([fixed, contrib], axis=1)
         return Decisions(
             decision=decision,
             approved_minor=approved.astype(np.int64),

@@ -31,7 +31,6 @@ from features import (
 from services.errors import CreditAuthError, ModelError
 from services.models import ModelArtifact
 from services.policy import Policy, PolicyInputs
-from services.policy.decide import POLICY_REASONS
 from services.scoring.batch import OK, STAGES, RequestBatch, ResponseBatch
 from services.scoring.idempotency import IdempotencyStore, NoStore, fingerprints, record_dtype
 from services.telemetry import NullTelemetry
@@ -92,7 +91,7 @@ class ScoringEngine:
         self._apps_24h = MATRIX_COLUMNS.index("apps_24h")
         self.model_version = model.version
         self.policy_version = policy.version
-        self._reasons = len(POLICY_REASONS) + TOP_K
+        self._reasons = policy.reason_columns(TOP_K)
         self._dtype = record_dtype(self._reasons)
         self._store.put_reasons(policy.version, policy.reason_table)
         # Decision ids: a per-replica prefix and a counter (no UUID per decision).
@@ -225,6 +224,7 @@ class ScoringEngine:
         t = time.perf_counter()
         age = feats.age_s(now).astype(np.float32)
         stale = ~np.isnan(age) & (age > self._max_age)
+        fired = None if degraded else self._policy.fire_rules(feats.matrix, feats.tag_words())
         d = self._policy.decide(
             PolicyInputs(
                 pd=pd,
@@ -240,6 +240,7 @@ class ScoringEngine:
                 model_reason_features=rf,
                 model_reason_contrib=rc,
                 degraded=degraded,
+                rules_fired=fired,
             )
         )
         out["decision"] = d.decision

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from features import open_reader
+import json
+
+from features import MATRIX_COLUMNS, open_reader
+from services.errors import ConfigError
 from services.models import load_artifact
 from services.policy import Policy, load_policy
 from services.scoring.engine import ScoringEngine
@@ -11,9 +14,25 @@ from services.settings import Settings
 from services.telemetry import setup
 
 
+def _tag_index(settings: Settings) -> dict[str, int]:
+    """Tag name -> bit id, from the catalogue written with the offline tables."""
+    path = settings.features.tag_catalog_path
+    try:
+        return {t["name"]: int(t["id"]) for t in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"tag catalogue {path} unreadable: {exc}") from exc
+
+
 def build_engine(settings: Settings) -> ScoringEngine:
     artifact = load_artifact(settings.data_dir, settings.model_version)
-    policy = Policy(load_policy(settings.policy_path), artifact.feature_names)
+    tags = _tag_index(settings)
+    policy = Policy(
+        load_policy(settings.policy_path),
+        artifact.feature_names,
+        feature_columns=MATRIX_COLUMNS,
+        tag_index=tags,
+        n_tags=len(tags),
+    )
     reader = open_reader(settings.features)
     store = open_store(settings.features, settings.serving.idempotency_window_s)
     # Replicas export traces over OTLP only; their stage timings travel back with

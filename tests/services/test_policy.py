@@ -35,7 +35,8 @@ def _inputs(n: int, **over: object) -> PolicyInputs:
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    return Policy(load_policy(), FEATURES)
+    # The rules of the default policy read named features and tags: covered below.
+    return Policy(load_policy().model_copy(update={"rules": ()}), FEATURES)
 
 
 def _reference_grade(cfg_grades: list[tuple[str, float]], pd: float) -> str:
@@ -171,3 +172,57 @@ def test_policy_file_errors_name_file_and_key(tmp_path: Path) -> None:
     bad.write_text("version: x\n  grades: [\n")
     with pytest.raises(ConfigError, match=r"p\.yaml:\d+: invalid YAML"):
         load_policy(bad)
+
+
+COLUMNS = ("rev_growth_30d", "active_days_90d", "apps_1h")
+TAGS = {
+    "behaviour.flag.sudden_drop_7d": 0,
+    "behaviour.flag.dormant_7d": 1,
+    "behaviour.flag.no_history": 2,
+    "behaviour.flag.very_high_refunds": 70,
+    "behaviour.flag.night_trader": 3,
+    "behaviour.flag.high_refunds": 4,
+}
+
+
+def _tag_words(rows: list[set[int]]) -> np.ndarray:
+    out = np.zeros((len(rows), 2), dtype=np.uint64)
+    for i, ids in enumerate(rows):
+        for t in ids:
+            out[i, t // 64] |= np.uint64(1) << np.uint64(t % 64)
+    return out
+
+
+def test_named_rules_review_decline_and_explain() -> None:
+    policy = Policy(load_policy(), FEATURES, feature_columns=COLUMNS, tag_index=TAGS, n_tags=128)
+    matrix = np.array(
+        [
+            [0.1, 80, 0],  # nothing fires
+            [-0.6, 80, 0],  # regional_downturn (feature rule) -> review
+            [-0.6, 10, 0],  # too few active days: no rule
+            [0.1, 80, 0],  # sudden drop tag -> review
+            [0.1, 80, 0],  # very high refunds -> decline
+            [0.1, 80, 0],  # night trader + high refunds (all) -> review
+            [0.1, 80, 0],  # only night trader: no rule
+        ],
+        dtype=np.float32,
+    )
+    tags = _tag_words([set(), set(), set(), {0}, {70}, {3, 4}, {3}])
+    fired = policy.fire_rules(matrix, tags)
+    assert fired is not None
+    names = [r.name for r in policy.config.rules]
+    got = [[names[j] for j in np.flatnonzero(row)] for row in fired]
+    assert got == [[], ["regional_downturn"], [], ["sudden_revenue_drop"], ["refund_abuse"], ["night_refunds"], []]
+    out = policy.decide(_inputs(7, rules_fired=fired))
+    assert out.decision.tolist() == [APPROVE, REVIEW, APPROVE, REVIEW, DECLINE, REVIEW, APPROVE]
+    assert out.reason.shape[1] == policy.reason_columns(4)
+    codes = [[policy.reason_table[r][0] for r in row if r >= 0] for row in out.reason]
+    assert "EW_BUSINESS_SHOCK" in codes[1] and "HS_REFUND_ABUSE" in codes[4] and "EW_REVENUE_DROP" in codes[3]
+    assert out.approved_minor[4] == 0
+
+
+def test_rules_naming_unknown_things_fail_at_load() -> None:
+    with pytest.raises(ConfigError, match="unknown tag"):
+        Policy(load_policy(), FEATURES, feature_columns=COLUMNS, tag_index={}, n_tags=128)
+    with pytest.raises(ConfigError, match="unknown feature"):
+        Policy(load_policy(), FEATURES, feature_columns=("x",), tag_index=TAGS, n_tags=128)
