@@ -1,0 +1,178 @@
+"""A two-node Ray cluster on one machine, in network namespaces, under load.
+
+Checks the scaling path the capacity plan relies on without a Kubernetes
+cluster: two Ray nodes that can only reach each other over a (virtual)
+network, one Serve replica on each, a front end on the head node routing over
+the direct channel to both, and a bounded load run from the head node's own
+loopback. It reports which replicas answered and the throughput seen.
+
+    sudo python -m deploy.multinode.run --data-dir .creditauth   # needs root: ip netns
+
+Everything it creates (namespaces, veth pair, Ray processes) is removed on
+exit; it never runs ``ray stop`` (that would stop every Ray cluster on the
+machine) but kills the processes it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+NS = ("ca-node1", "ca-node2")
+ADDR = ("10.77.0.1", "10.77.0.2")
+GCS_PORT = 6390
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+def in_ns(ns: str, *args: str) -> list[str]:
+    # A throwaway cluster in private namespaces: no token auth (production uses it,
+    # see deploy/k8s), so every process here can join without a shared secret.
+    return ["ip", "netns", "exec", ns, "env", "RAY_AUTH_MODE=disabled", *args]
+
+
+def network_up() -> None:
+    for ns in NS:
+        sh("ip", "netns", "add", ns)
+        sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
+    sh("ip", "link", "add", "ca-veth1", "type", "veth", "peer", "name", "ca-veth2")
+    for ns, dev, addr in zip(NS, ("ca-veth1", "ca-veth2"), ADDR, strict=True):
+        sh("ip", "link", "set", dev, "netns", ns)
+        sh(*in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev))
+        sh(*in_ns(ns, "ip", "link", "set", dev, "up"))
+
+
+def network_down() -> None:
+    for ns in NS:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def ray_node(ns: str, addr: str, head: bool, cpus: int, log: Path) -> subprocess.Popen[bytes]:
+    ray = str(Path(sys.executable).parent / "ray")
+    args = [ray, "start", "--block", f"--node-ip-address={addr}", f"--num-cpus={cpus}", "--disable-usage-stats"]
+    if head:
+        args += ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"]
+    else:
+        args += [f"--address={ADDR[0]}:{GCS_PORT}"]
+    return subprocess.Popen(in_ns(ns, *args), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=Path(".creditauth"))
+    p.add_argument("--requests", type=int, default=4000)
+    p.add_argument("--batch-calls", type=int, default=300)
+    p.add_argument("--work-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        print("multinode: needs root and iproute2 (ip netns)", file=sys.stderr)
+        return 2
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="creditauth-multinode-"))
+    work.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    network_down()
+    try:
+        network_up()
+        procs.append(ray_node(NS[0], ADDR[0], True, 1, work / "head.log"))
+        time.sleep(8)
+        procs.append(ray_node(NS[1], ADDR[1], False, 1, work / "worker.log"))
+        time.sleep(8)
+        settings = {
+            "features": {"data_dir": str(args.data_dir.resolve())},
+            "serving": {"host": "127.0.0.1", "port": 50051},
+            "ray": {
+                "address": f"{ADDR[0]}:{GCS_PORT}",
+                "replicas": 2,
+                "replica_num_cpus": 1.0,  # one replica per node
+                "channel_bind_host": "0.0.0.0",
+                "channel_advertise_host": "node",
+            },
+        }
+        cfg = work / "settings.yaml"
+        cfg.write_text(yaml.safe_dump(settings))
+        exe = str(Path(sys.executable).parent / "creditauth")
+        serve = subprocess.Popen(
+            in_ns(NS[0], exe, "serve", "--config", str(cfg)),
+            stdout=(work / "serve.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        procs.append(serve)
+        deadline = time.monotonic() + 240
+        while b"serving on" not in (work / "serve.log").read_bytes():
+            if serve.poll() is not None or time.monotonic() > deadline:
+                print((work / "serve.log").read_text()[-3000:], file=sys.stderr)
+                return 3
+            time.sleep(1)
+        load = subprocess.run(
+            in_ns(NS[0], sys.executable, "-m", "loadtest", "quick", "--target", "127.0.0.1:50051",
+                  "--data-dir", str(args.data_dir), "--requests", str(args.requests),
+                  "--batch-calls", str(args.batch_calls), "--stream-requests", "2000"),
+            capture_output=True, text=True, timeout=900,
+        )
+        if load.returncode != 0:
+            print(load.stderr[-3000:], file=sys.stderr)
+            return 4
+        result = json.loads(load.stdout)
+        replicas = _replicas_answering(work)
+        report = {"runs": result["runs"], "replica_nodes": replicas}
+        print(json.dumps(report, indent=1))
+        return 0 if len(replicas) == 2 else 5
+    finally:
+        for proc in reversed(procs):
+            kill_group(proc)
+        network_down()
+
+
+_PROBE = """
+import concurrent.futures, sys, time, grpc
+from creditauth.v1 import authorization_pb2 as pb, authorization_pb2_grpc as g
+
+def call(k):
+    reqs = []
+    for i in range(200):
+        r = pb.AuthorizeRequest(application_id=f"mn-{time.time_ns()}-{k}-{i}",
+                                merchant_id=f"M{(k * 200 + i) % 3000:08d}", term_months=6, product=1, channel=1)
+        r.requested_amount.amount_minor = 100_000
+        r.requested_amount.currency = "CNY"
+        reqs.append(r)
+    with grpc.insecure_channel("127.0.0.1:50051") as ch:
+        out = g.CreditAuthorizationStub(ch).AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=60)
+    return [r.decision_id.split("-")[0] for r in out.responses if r.decision_id]
+
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    for ids in pool.map(call, range(40)):
+        print(" ".join(ids))
+"""
+
+
+def _replicas_answering(work: Path) -> dict[str, int]:
+    """Decisions per replica (decision-id prefix) for 40 concurrent batch calls from the head node."""
+    del work
+    res = subprocess.run(in_ns(NS[0], sys.executable, "-c", _PROBE), capture_output=True, text=True, timeout=300)
+    return dict(Counter(res.stdout.split()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
