@@ -15,7 +15,9 @@ from features.online.batch import FeatureBatch
 from features.online.reader import OnlineReader, open_reader
 from features.request import request_features
 from features.settings import FeatureSettings
+from features.tags import Tag, TagCatalog
 from features.training import MODEL_COLUMNS, training_frame
+from features.velocity import VelocityCounts, VelocityRecorder
 
 __all__ = [
     "FEATURE_SERVICE",
@@ -29,6 +31,10 @@ __all__ = [
     "FeatureSettings",
     "OnlineReader",
     "OnlineStoreUnavailable",
+    "Tag",
+    "TagCatalog",
+    "VelocityCounts",
+    "VelocityRecorder",
     "open_reader",
     "request_features",
     "training_frame",

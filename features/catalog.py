@@ -29,6 +29,11 @@ class FeatureView:
     def field_names(self) -> tuple[str, ...]:
         return tuple(f for f, _ in self.fields)
 
+    @property
+    def numeric_names(self) -> tuple[str, ...]:
+        """Fields that go into the dense float32 matrix (everything but ``bytes``)."""
+        return tuple(f for f, k in self.fields if k != "bytes")
+
 
 FLOWS = FeatureView(
     "merchant_flows",
@@ -58,8 +63,10 @@ TAGS = FeatureView(
 )
 VELOCITY = FeatureView(
     "merchant_velocity",
-    (("apps_1h", "int64"), ("apps_24h", "int64")),
-    "Credit applications per merchant in the last hour and day, pushed on every authorization",
+    (("apps_1h", "int64"), ("apps_24h", "int64"), ("window_state", "bytes")),
+    "Credit applications per merchant in the last hour and day, pushed on every authorization; "
+    "window_state holds the minute and quarter-hour counters the windows slide over "
+    "(see features.velocity)",
     "risk-platform",
 )
 
@@ -67,7 +74,7 @@ BATCH_VIEWS: tuple[FeatureView, ...] = (FLOWS, PROFILE, BUREAU, TAGS)
 ALL_VIEWS: tuple[FeatureView, ...] = (*BATCH_VIEWS, VELOCITY)
 # Views whose float/int fields form the dense feature matrix, in this order.
 MATRIX_VIEWS: tuple[FeatureView, ...] = (FLOWS, PROFILE, BUREAU, VELOCITY)
-MATRIX_COLUMNS: tuple[str, ...] = tuple(f for v in MATRIX_VIEWS for f in v.field_names)
+MATRIX_COLUMNS: tuple[str, ...] = tuple(f for v in MATRIX_VIEWS for f in v.numeric_names)
 
 # Request-time features, computed per batch from the request (see features.request).
 REQUEST_COLUMNS: tuple[str, ...] = (

@@ -99,7 +99,7 @@ def build_objects(data_dir: Path) -> list[Any]:
         ],
     )
 
-    @on_demand_feature_view(  # type: ignore[misc]
+    @on_demand_feature_view(  # type: ignore[untyped-decorator]
         name="request_features",
         sources=[views[catalog.FLOWS.name][["rev_mean_30d"]], request],
         schema=[Field(name=c, dtype=Float64) for c in catalog.REQUEST_COLUMNS],
@@ -111,7 +111,7 @@ def build_objects(data_dir: Path) -> list[Any]:
 
         return _rows(inputs)
 
-    assert request_features_rows  # the UDF imports it lazily so Feast can pickle the UDF
+    assert callable(request_features_rows)  # the UDF imports it lazily so Feast can pickle the UDF
     objects += [request, request_features]
     objects.append(
         FeatureService(

@@ -1,31 +1,42 @@
 """Bulk materialization: offline parquet -> Feast's online-store layout, fast.
 
-``feast materialize`` turns every value into a protobuf object and writes row
-by row (67 s for 100k merchants here). This writes byte-for-byte the layout
-Feast writes, so the Feast SDK reads it back identically, but encodes whole
-columns in C and streams them in large batches. It then records the
-materialized interval in the Feast registry exactly as ``feast materialize``
-does, so ``feast materialize-incremental`` carries on from there.
+``feast materialize`` turns every value into a protobuf object and writes row by row.
+This writes the layout Feast writes, byte for byte (so the Feast SDK reads it back
+identically), but streams the offline table in chunks and encodes whole columns in C
+(``features.online.writers``). It then records the materialized interval in the Feast
+registry exactly as ``feast materialize`` does, so ``feast materialize-incremental``
+carries on from there.
+
+Semantics kept from Feast: per view, the latest row per entity with
+``start <= event_timestamp < end`` (ties broken by ``created_timestamp``); on Redis,
+by default, a row is written only if it is newer than the stored one (``dedup``,
+Feast's default; pass ``dedup=False`` for Feast's ``skip_dedup`` behaviour).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import sqlite3
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
-import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from features import catalog
-from features.errors import FeatureConfigError, OnlineStoreUnavailable
+from features.errors import FeatureConfigError
 from features.feast_repo import open_store
 from features.online import _codec
-from features.online.redis_reader import field_hash
+from features.online.writers import RedisWriter, open_writer
 from features.settings import FeatureSettings
 
 _CHUNK = 50_000
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -36,49 +47,160 @@ class MaterializeReport:
     seconds: float
 
 
-def _latest_rows(settings: FeatureSettings, view: catalog.FeatureView, start: dt.datetime, end: dt.datetime) -> pl.LazyFrame:
+def _window(lf: pl.LazyFrame, start: dt.datetime, end: dt.datetime) -> pl.LazyFrame:
+    return lf.filter((pl.col("event_timestamp") >= start) & (pl.col("event_timestamp") < end))
+
+
+def latest_rows(
+    settings: FeatureSettings, view: catalog.FeatureView, start: dt.datetime, end: dt.datetime
+) -> Iterator[pl.DataFrame]:
+    """The latest offline row per entity in ``[start, end)``, in chunks of ``_CHUNK``.
+
+    Offline tables written by ``features.population`` hold one row per merchant, so the
+    common case streams the file row group by row group with bounded memory; a table
+    with several rows per entity in the window goes through a group-by first.
+    """
     path = settings.offline_dir / f"{view.name}.parquet"
     if not path.exists():
         raise FeatureConfigError(f"offline table {path} missing: run `creditauth data generate`")
-    # Feast semantics: the latest row per entity with start <= event_timestamp < end,
-    # ties broken by created_timestamp.
-    return (
-        pl.scan_parquet(path)
-        .filter((pl.col("event_timestamp") >= start) & (pl.col("event_timestamp") < end))
-        .sort(["event_timestamp", "created_timestamp"])
+    windowed = _window(pl.scan_parquet(path), start, end)
+    counts = windowed.select(pl.len().alias("rows"), pl.col(catalog.JOIN_KEY).n_unique().alias("keys"))
+    stats = counts.collect(engine="streaming")
+    if stats["rows"][0] == stats["keys"][0]:
+        pending: list[pl.DataFrame] = []
+        size = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_CHUNK):
+            frame = _window(pl.from_arrow(batch).lazy(), start, end).collect()  # type: ignore[union-attr]
+            if frame.height:
+                pending.append(frame)
+                size += frame.height
+            if size >= _CHUNK:
+                yield pl.concat(pending)
+                pending, size = [], 0
+        if pending:
+            yield pl.concat(pending)
+        return
+    latest = (
+        windowed.sort(["event_timestamp", "created_timestamp"])
         .group_by(catalog.JOIN_KEY, maintain_order=True)
         .last()
         .sort(catalog.JOIN_KEY)
+        .collect(engine="streaming")
     )
+    for offset in range(0, latest.height, _CHUNK):
+        yield latest.slice(offset, _CHUNK)
 
 
-def _encode(frame: pl.DataFrame, field: str, kind: catalog.ValueKind) -> list[bytes]:
-    col = frame[field]
-    valid = col.is_not_null().to_numpy().astype(np.uint8)
-    if kind == "float32":
-        return _codec.encode_float32(np.ascontiguousarray(col.fill_null(0.0).to_numpy(), dtype=np.float32), valid)
-    if kind == "int64":
-        return _codec.encode_int64(np.ascontiguousarray(col.fill_null(0).to_numpy(), dtype=np.int64), valid)
-    return _codec.encode_bytes(col.to_list())
+def _sorted_bounds(path: Path) -> list[str] | None:
+    """Upper merchant ids of ~``_CHUNK``-row ranges, from the row groups' statistics, if the
+    file is sorted by merchant (row groups in order, not overlapping); otherwise None."""
+    meta = pq.ParquetFile(path).metadata
+    col = meta.schema.to_arrow_schema().get_field_index(catalog.JOIN_KEY)
+    bounds: list[str] = []
+    rows = 0
+    prev_max: str | None = None
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        stats = rg.column(col).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        lo, hi = str(stats.min), str(stats.max)
+        if prev_max is not None and lo <= prev_max:
+            return None
+        prev_max = hi
+        rows += rg.num_rows
+        if rows >= _CHUNK:
+            bounds.append(hi)
+            rows = 0
+    if prev_max is not None and (not bounds or bounds[-1] != prev_max):
+        bounds.append(prev_max)
+    return bounds
 
 
-def _value_text(frame: pl.DataFrame, field: str, kind: catalog.ValueKind) -> list[str | None]:
-    """Feast's ``value_text`` column: ``str()`` of the Python value, NULL for bytes and nulls."""
-    if kind == "bytes":
-        return [None] * frame.height
-    values = frame[field].cast(pl.Float64 if kind == "float32" else pl.Int64).to_list()
-    return [None if v is None else str(v) for v in values]
+def aligned_chunks(
+    settings: FeatureSettings, views: tuple[catalog.FeatureView, ...], start: dt.datetime, end: dt.datetime
+) -> Iterator[tuple[list[str], dict[str, pl.DataFrame]]] | None:
+    """Every view's rows for the same merchants, chunk by chunk, aligned row for row.
+
+    Possible when each offline table has one row per merchant in the window and is sorted
+    by merchant (as ``features.population`` writes them): then key ranges taken from the
+    largest table's row-group statistics split every table the same way, and each range is
+    read with row-group pruning. Returns None when that does not hold.
+    """
+    paths = {v.name: settings.offline_dir / f"{v.name}.parquet" for v in views}
+    for path in paths.values():
+        if not path.exists():
+            raise FeatureConfigError(f"offline table {path} missing: run `creditauth data generate`")
+    for v in views:
+        stats = _window(pl.scan_parquet(paths[v.name]), start, end).select(
+            pl.len().alias("rows"), pl.col(catalog.JOIN_KEY).n_unique().alias("keys")
+        ).collect(engine="streaming")
+        if stats["rows"][0] != stats["keys"][0]:
+            return None
+    biggest = max(paths.values(), key=lambda p: pq.ParquetFile(p).metadata.num_rows)
+    bounds = _sorted_bounds(biggest)
+    if bounds is None:
+        return None
+
+    def chunks() -> Iterator[tuple[list[str], dict[str, pl.DataFrame]]]:
+        key = pl.col(catalog.JOIN_KEY)
+        lows: list[str | None] = [None, *bounds]
+        highs: list[str | None] = [*bounds, None]  # the last range is open: nothing is missed
+        for lo, hi in zip(lows, highs, strict=True):
+            cond = pl.lit(True)
+            if lo is not None:
+                cond = cond & (key > lo)
+            if hi is not None:
+                cond = cond & (key <= hi)
+            frames = {
+                name: _window(pl.scan_parquet(path), start, end).filter(cond).collect()
+                for name, path in paths.items()
+            }
+            ids = pl.concat([f.select(catalog.JOIN_KEY) for f in frames.values()]).unique().sort(catalog.JOIN_KEY)
+            if ids.height == 0:
+                continue
+            aligned = {name: ids.join(f, on=catalog.JOIN_KEY, how="left", maintain_order="left")
+                       for name, f in frames.items()}
+            yield ids[catalog.JOIN_KEY].to_list(), aligned
+
+    return chunks()
 
 
-def _epoch_s(col: pl.Series) -> list[int]:
-    # Feast's SQLite adapter stores int(datetime.timestamp()): whole seconds, truncated.
-    return (col.dt.epoch("us") // 1_000_000).to_list()
+def _prefetched(items: Iterator[_T]) -> Iterator[_T]:
+    """Produce the next item in a thread while the caller consumes this one.
 
+    Reading and aligning a chunk (parquet, joins: polars releases the GIL) then overlaps
+    with writing the previous one, so the online store never waits for the offline side.
+    """
+    q: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
 
-def _chunks(lf: pl.LazyFrame) -> Iterator[pl.DataFrame]:
-    frame = lf.collect(engine="streaming")
-    for start in range(0, frame.height, _CHUNK):
-        yield frame.slice(start, _CHUNK)
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put((False, exc))
+
+    worker = threading.Thread(target=produce, name="materialize-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+            worker.join(timeout=0.05)
 
 
 def materialize(
@@ -88,119 +210,53 @@ def materialize(
     *,
     views: tuple[catalog.FeatureView, ...] = catalog.ALL_VIEWS,
     progress: Callable[[int], None] | None = None,
+    dedup: bool = True,
 ) -> MaterializeReport:
-    """Write the latest offline row per merchant of every view into the online store."""
-    import time
+    """Write the latest offline row per merchant of every view into the online store.
 
+    ``progress`` is called with the number of entity rows after each chunk.
+    """
     t0 = time.perf_counter()
     store = open_store(settings)
-    writer = _SqliteWriter(settings) if settings.online_store == "sqlite" else _RedisWriter(settings)
+    writer = open_writer(settings, dedup=dedup)
     entities = values = 0
+    # The tag bitset first: its value is over Redis's listpack limit (64 bytes), so the
+    # entity's hash becomes a real hash table at once and every later field is an O(1)
+    # insert instead of a scan of a growing listpack (~35% less Redis time measured).
+    ordered = sorted(views, key=lambda v: v is not catalog.TAGS)
     try:
-        for view in views:
-            for frame in _chunks(_latest_rows(settings, view, start, end)):
-                keys = _codec.entity_keys(catalog.JOIN_KEY, frame[catalog.JOIN_KEY].to_list())
-                values += writer.write(view, frame, keys)
-                entities += frame.height
+        chunks = aligned_chunks(settings, tuple(ordered), start, end) if isinstance(writer, RedisWriter) else None
+        if chunks is not None and isinstance(writer, RedisWriter):
+            # Redis, one HSET per merchant for all views (a fifth of the commands).
+            for ids, frames in _prefetched(chunks):
+                keys = _codec.entity_keys(catalog.JOIN_KEY, ids)
+                values += writer.write_entities([(v, frames[v.name]) for v in ordered], keys)
+                rows = sum(int(f["event_timestamp"].is_not_null().sum()) for f in frames.values())
+                entities += rows
                 if progress is not None:
-                    progress(frame.height)
-            store.registry.apply_materialization(
-                store.get_feature_view(view.name), settings.project, start, end, commit=True
-            )
+                    progress(rows)
+            for view in ordered:
+                store.registry.apply_materialization(
+                    store.get_feature_view(view.name), settings.project, start, end, commit=True
+                )
+        else:
+            for view in ordered:
+                for frame in _prefetched(latest_rows(settings, view, start, end)):
+                    keys = _codec.entity_keys(catalog.JOIN_KEY, frame[catalog.JOIN_KEY].to_list())
+                    values += writer.write(view, frame, keys)
+                    entities += frame.height
+                    if progress is not None:
+                        progress(frame.height)
+                store.registry.apply_materialization(
+                    store.get_feature_view(view.name), settings.project, start, end, commit=True
+                )
     finally:
         writer.close()
     return MaterializeReport(len(views), entities, values, time.perf_counter() - t0)
 
 
-class _SqliteWriter:
-    def __init__(self, settings: FeatureSettings) -> None:
-        path = settings.sqlite_path
-        if not path.exists():
-            raise FeatureConfigError(f"{path} missing: run `creditauth features apply` first")
-        self._conn = sqlite3.connect(path, timeout=30)
-        # WAL lets scoring replicas keep reading while a materialization writes.
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._project = settings.project
-
-    def write(self, view: catalog.FeatureView, frame: pl.DataFrame, keys: list[bytes]) -> int:
-        table = f"{self._project}_{view.name}"
-        sql = (
-            f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-            "value = excluded.value, value_text = excluded.value_text, "
-            "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
-        )
-        event = _epoch_s(frame["event_timestamp"])
-        created = (
-            _epoch_s(frame["created_timestamp"])
-            if "created_timestamp" in frame.columns
-            else [None] * frame.height
-        )
-        # Row-major in primary-key order (entity_key, feature_name): consecutive
-        # inserts land on the same B-tree pages, several times faster than
-        # writing one feature column after another.
-        fields = sorted(view.fields)
-        encoded = [_encode(frame, f, k) for f, k in fields]
-        text = [_value_text(frame, f, k) for f, k in fields]
-        names = [f for f, _ in fields]
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-
-        def rows() -> Iterator[tuple[object, ...]]:
-            for i in order:
-                k, e, c = keys[i], event[i], created[i]
-                for j, name in enumerate(names):
-                    yield (k, name, encoded[j][i], text[j][i], e, c)
-
-        with self._conn:
-            self._conn.executemany(sql, rows())
-        return len(keys) * len(names)
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class _RedisWriter:
-    def __init__(self, settings: FeatureSettings) -> None:
-        import redis
-
-        host, port, db = settings.redis_host_port_db()
-        self._client = redis.Redis(host=host, port=port, db=db, socket_timeout=max(settings.timeout_s, 5.0))
-        self._suffix = settings.project.encode()
-        self._error = redis.RedisError
-
-    def write(self, view: catalog.FeatureView, frame: pl.DataFrame, keys: list[bytes]) -> int:
-        fields = [field_hash(view.name, f) for f, _ in view.fields]
-        columns = [_encode(frame, f, k) for f, k in view.fields]
-        ts_field = f"_ts:{view.name}".encode()
-        secs = frame["event_timestamp"].dt.epoch("us").to_numpy()
-        ts_cache: dict[int, bytes] = {}
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for i, key in enumerate(keys):
-                us = int(secs[i])
-                ts = ts_cache.get(us)
-                if ts is None:
-                    ts = ts_cache[us] = _codec.encode_timestamp(us // 1_000_000, (us % 1_000_000) * 1000)
-                mapping = {ts_field: ts}
-                for f, col in zip(fields, columns, strict=True):
-                    mapping[f] = col[i]
-                pipe.hset(key + self._suffix, mapping=mapping)
-                if len(pipe) >= 2000:
-                    pipe.execute()
-            pipe.execute()
-        except self._error as exc:
-            raise OnlineStoreUnavailable(f"Redis write failed: {exc}") from exc
-        return len(keys) * len(fields)
-
-    def close(self) -> None:
-        self._client.close()
-
-
 def materialize_with_feast(settings: FeatureSettings, start: dt.datetime, end: dt.datetime) -> float:
     """``feast materialize`` itself, for comparison; returns seconds taken."""
-    import time
-
     store = open_store(settings)
     t0 = time.perf_counter()
     store.materialize(start, end)

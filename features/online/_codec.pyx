@@ -3,17 +3,9 @@
 
 Feast stores every feature value as a serialized ``feast.types.Value``
 protobuf. Only a handful of wire shapes occur for the types this project
-uses, so they are encoded and decoded here directly instead of through
-protobuf objects (one Python object per value is what made the naive path
-slow):
-
-    float_val   field 6, fixed32   0x35 + 4 bytes LE
-    double_val  field 5, fixed64   0x29 + 8 bytes LE
-    int64_val   field 4, varint    0x20 + varint (two's complement, 10 bytes if negative)
-    int32_val   field 3, varint    0x18 + varint
-    bool_val    field 7, varint    0x38 + varint
-    bytes_val   field 1, len-delim 0x0a + varint length + bytes
-    null        empty message      b""
+uses (listed in ``_wire.pxd``), so they are encoded and decoded here directly
+instead of through protobuf objects (one Python object per value is what made
+the naive path slow).
 
 Entity keys use Feast's serialization version 3 for one string join key:
 ``<I 1><I STRING=2><I len(name)> name <I STRING=2><I len(value)> value``.
@@ -23,28 +15,18 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from features.online._wire cimport (
+    bytes_payload,
+    decode_number,
+    decode_timestamp as _decode_ts,
+    encode_timestamp as _encode_ts,
+    put_varint as _put_varint,
+)
+
 import numpy as np
 
 cdef extern from "math.h":
     float NAN
-
-
-cdef inline int _varint_len(uint64_t v) noexcept nogil:
-    cdef int n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline int _put_varint(uint8_t* p, uint64_t v) noexcept nogil:
-    cdef int n = 0
-    while v >= 0x80:
-        p[n] = <uint8_t>((v & 0x7F) | 0x80)
-        v >>= 7
-        n += 1
-    p[n] = <uint8_t>v
-    return n + 1
 
 
 def encode_float32(const float[::1] values, const uint8_t[::1] valid):
@@ -127,39 +109,6 @@ def entity_keys(str join_key, list ids):
     return out
 
 
-cdef inline int _decode_number(const uint8_t* p, Py_ssize_t n, double* out) noexcept nogil:
-    """Decode one Value holding a number into ``out``; 0 = ok, 1 = null, -1 = not a number."""
-    cdef uint64_t v = 0
-    cdef int shift = 0
-    cdef Py_ssize_t i
-    cdef float f
-    cdef double d
-    if n == 0:
-        return 1
-    if p[0] == 0x35 and n == 5:
-        memcpy(&f, p + 1, 4)
-        out[0] = f
-        return 0
-    if p[0] == 0x29 and n == 9:
-        memcpy(&d, p + 1, 8)
-        out[0] = d
-        return 0
-    if p[0] == 0x20 or p[0] == 0x18 or p[0] == 0x38:
-        for i in range(1, n):
-            v |= (<uint64_t>(p[i] & 0x7F)) << shift
-            shift += 7
-            if (p[i] & 0x80) == 0:
-                break
-        if p[0] == 0x18:
-            out[0] = <double><int32_t><uint32_t>v
-        elif p[0] == 0x20:
-            out[0] = <double><int64_t>v
-        else:
-            out[0] = 1.0 if v else 0.0
-        return 0
-    return -1
-
-
 def decode_numbers(list values, const int32_t[::1] rows, const int32_t[::1] cols, float[:, ::1] out):
     """Decode ``values[i]`` into ``out[rows[i], cols[i]]`` (null -> NaN).
 
@@ -176,7 +125,7 @@ def decode_numbers(list values, const int32_t[::1] rows, const int32_t[::1] cols
             out[rows[i], cols[i]] = NAN
             continue
         v = o
-        rc = _decode_number(<const uint8_t*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &d)
+        rc = decode_number(<const uint8_t*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &d)
         if rc == 0:
             out[rows[i], cols[i]] = <float>d
         elif rc == 1:
@@ -188,23 +137,13 @@ def decode_numbers(list values, const int32_t[::1] rows, const int32_t[::1] cols
 
 def decode_bytes_value(bytes v):
     """Payload of a ``bytes_val`` Value, or None for null. Raises ValueError otherwise."""
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(v)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(v), i = 1
-    cdef uint64_t m = 0
-    cdef int shift = 0
-    if n == 0:
+    cdef Py_ssize_t m = 0
+    cdef Py_ssize_t off = bytes_payload(<const uint8_t*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &m)
+    if off == -2:
         return None
-    if p[0] != 0x0A:
+    if off < 0:
         raise ValueError("not a bytes_val Value")
-    while i < n:
-        m |= (<uint64_t>(p[i] & 0x7F)) << shift
-        shift += 7
-        i += 1
-        if (p[i - 1] & 0x80) == 0:
-            break
-    if <uint64_t>(n - i) != m:
-        raise ValueError("truncated bytes_val Value")
-    return v[i:]
+    return v[off:]
 
 
 def decode_timestamp(object v):
@@ -212,29 +151,14 @@ def decode_timestamp(object v):
     if v is None:
         return 0
     cdef bytes b = v
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b), i = 1
-    cdef uint64_t s = 0
-    cdef int shift = 0
-    if n == 0 or p[0] != 0x08:
+    cdef int64_t s = 0, ns = 0
+    if _decode_ts(<const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), &s, &ns) < 0:
         return 0
-    while i < n:
-        s |= (<uint64_t>(p[i] & 0x7F)) << shift
-        shift += 7
-        i += 1
-        if (p[i - 1] & 0x80) == 0:
-            break
-    return <int64_t>s
+    return s
 
 
-def encode_timestamp(int64_t seconds, int32_t nanos=0):
+def encode_timestamp(int64_t seconds, int64_t nanos=0):
     """Serialized ``google.protobuf.Timestamp``."""
     cdef uint8_t buf[24]
-    cdef int k = 0
-    if seconds != 0:
-        buf[0] = 0x08
-        k = 1 + _put_varint(&buf[1], <uint64_t>seconds)
-    if nanos != 0:
-        buf[k] = 0x10
-        k += 1 + _put_varint(&buf[k + 1], <uint64_t><int64_t>nanos)
+    cdef int k = _encode_ts(buf, seconds, nanos)
     return PyBytes_FromStringAndSize(<char*>buf, k)

@@ -1,8 +1,11 @@
-"""Redis online reads: one pipeline of HMGETs per batch over Feast's hash layout.
+"""Redis online reads: one round trip per batch over Feast's hash layout.
 
-Feast keeps one hash per entity, keyed by the serialized entity key followed by
-the project name; each field is the 4-byte little-endian murmur3 of
-``"view:feature"`` and ``_ts:view`` holds the view's event time.
+Feast keeps one hash per entity, keyed by the serialized entity key followed by the
+project name; each field is the 4-byte little-endian murmur3 of ``"view:feature"``
+and ``_ts:view`` holds the view's event time. A batch is one buffer of HMGETs (one
+per distinct merchant, every field the matrix needs, the tag bitset and each view's
+timestamp) sent with one ``sendall``; replies are decoded in C straight into the
+matrix (``_resp.HmgetDecoder``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ from collections.abc import Sequence
 
 import mmh3
 import numpy as np
-import redis
 
 from features import catalog
-from features.errors import FeatureDataError, OnlineStoreUnavailable
-from features.online import _codec
-from features.online.batch import FeatureBatch
+from features.online import _codec, _resp, _resp_build
+from features.online.batch import FeatureBatch, assemble, unique_ids
+from features.online.resp import RespConnection
 from features.settings import FeatureSettings
 
 
@@ -26,64 +28,50 @@ def field_hash(view: str, feature: str) -> bytes:
     return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
 
 
+def ts_field(view: str) -> bytes:
+    """Feast's Redis field holding a view's event timestamp."""
+    return f"_ts:{view}".encode()
+
+
 class RedisReader:
     def __init__(self, settings: FeatureSettings, tag_bytes: int) -> None:
-        host, port, db = settings.redis_host_port_db()
-        self._client = redis.Redis(
-            host=host, port=port, db=db,
-            socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s,
-        )
+        self._conn = RespConnection(settings)
         self._suffix = settings.project.encode()
         self._tag_bytes = tag_bytes
+        self._max_age = settings.max_feature_age_s
         col = {name: i for i, name in enumerate(catalog.MATRIX_COLUMNS)}
         fields: list[bytes] = []
+        kinds: list[int] = []
         cols: list[int] = []
         for v in catalog.ALL_VIEWS:
-            for f in v.field_names:
-                if f in col:
-                    fields.append(field_hash(v.name, f))
-                    cols.append(col[f])
-        self._n_numeric = len(fields)
-        self._cols = np.asarray(cols, dtype=np.int32)
+            for f in v.numeric_names:
+                fields.append(field_hash(v.name, f))
+                kinds.append(_resp.KIND_NUMBER)
+                cols.append(col[f])
         fields.append(field_hash(catalog.TAGS.name, "tags"))
-        self._ts_fields = [f"_ts:{v.name}".encode() for v in catalog.ALL_VIEWS]
-        self._fields = fields + self._ts_fields
-        # Which _ts fields make a merchant "known": every view but velocity.
-        self._known_ts = len(catalog.BATCH_VIEWS)
+        kinds.append(_resp.KIND_TAGS)
+        cols.append(0)
+        for i, v in enumerate(catalog.ALL_VIEWS):
+            fields.append(ts_field(v.name))
+            kinds.append(_resp.KIND_TS_SECONDS)
+            cols.append(i)
+        self._kinds = np.asarray(kinds, dtype=np.int32)
+        self._cols = np.asarray(cols, dtype=np.int32)
+        self._n_fields = len(fields)
+        self._tail = _resp_build.encode_fields(fields)
 
     def read(self, merchant_ids: Sequence[str]) -> FeatureBatch:
-        n = len(merchant_ids)
-        keys = _codec.entity_keys(catalog.JOIN_KEY, list(merchant_ids))
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for k in keys:
-                pipe.hmget(k + self._suffix, self._fields)
-            replies = pipe.execute()
-        except redis.RedisError as exc:
-            raise OnlineStoreUnavailable(f"Redis online read failed: {exc}") from exc
-        nn = self._n_numeric
-        matrix = np.empty((n, len(catalog.MATRIX_COLUMNS)), dtype=np.float32)
-        values = [v for reply in replies for v in reply[:nn]]
-        rows = np.repeat(np.arange(n, dtype=np.int32), nn)
-        cols = np.tile(self._cols, n)
-        bad = _codec.decode_numbers(values, rows, cols, matrix)
-        if bad >= 0:
-            raise FeatureDataError(f"undecodable Redis value {values[bad]!r}")
+        uniq, inverse = unique_ids(merchant_ids)
+        n = len(uniq)
+        matrix = np.full((n, len(catalog.MATRIX_COLUMNS)), np.nan, dtype=np.float32)
         tags = np.zeros((n, self._tag_bytes), dtype=np.uint8)
-        found = np.zeros(n, dtype=bool)
-        oldest = np.zeros(n, dtype=np.int64)
-        for r, reply in enumerate(replies):
-            raw = reply[nn]
-            if raw is not None:
-                payload = _codec.decode_bytes_value(raw)
-                if payload is not None:
-                    k = min(len(payload), self._tag_bytes)
-                    tags[r, :k] = np.frombuffer(payload, dtype=np.uint8, count=k)
-            ts = [_codec.decode_timestamp(t) for t in reply[nn + 1 :]]
-            present = [t for t in ts if t > 0]
-            found[r] = any(t > 0 for t in ts[: self._known_ts])
-            oldest[r] = min(present) if present else 0
-        return FeatureBatch(matrix, tags, found, oldest)
+        view_ts = np.zeros((n, len(catalog.ALL_VIEWS)), dtype=np.int64)
+        if n:
+            keys = _codec.entity_keys(catalog.JOIN_KEY, uniq)
+            payload = _resp_build.encode_hmget(keys, self._suffix, self._tail, self._n_fields)
+            decoder = _resp.HmgetDecoder(self._kinds, self._cols, matrix, tags, view_ts)
+            self._conn.call(payload, decoder)
+        return assemble(matrix, tags, view_ts, inverse, self._max_age)
 
     def close(self) -> None:
-        self._client.close()
+        self._conn.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.population import world
+from features.population import transactions, world
 from features.population.world import HISTORY_DAYS, INDUSTRIES
 
 CHUNK = 20_000
@@ -36,6 +36,7 @@ class GenerationReport:
     flow_rows: int
     default_rate: float
     raw_dir: Path
+    transaction_rows: int = 0
 
 
 def raw_dir(data_dir: Path) -> Path:
@@ -49,31 +50,49 @@ def generate_population(
     seed: int = 7,
     as_of: dt.date,
     progress: Callable[[int], None] | None = None,
+    journal_sample: float = 0.001,
 ) -> GenerationReport:
-    """Write ``raw/{merchants,flows,bureau,applications}/part-*.parquet`` under ``data_dir``.
+    """Write ``raw/{merchants,flows,bureau,applications,transactions}/part-*.parquet``.
 
-    ``progress`` is called with the number of merchants finished after each chunk.
+    ``flows`` holds each merchant's daily register totals; ``transactions`` holds the
+    individual sales and refunds behind them for a seeded ``journal_sample`` fraction of
+    merchants (see ``features.population.transactions``). ``progress`` is called with
+    the number of merchants finished after each chunk.
     """
+    if not 0.0 <= journal_sample <= 1.0:
+        raise ValueError(f"journal_sample must be in [0, 1], got {journal_sample}")
     if merchants <= 0:
         raise ValueError(f"merchants must be positive, got {merchants}")
     out = raw_dir(data_dir)
     if out.exists():
         shutil.rmtree(out)
-    for sub in ("merchants", "flows", "bureau", "applications"):
+    for sub in ("merchants", "flows", "bureau", "applications", "transactions"):
         (out / sub).mkdir(parents=True)
     regions = world.region_effects(seed)
-    flow_rows = 0
+    flow_rows = txn_rows = 0
     defaults = 0
     for chunk, start in enumerate(range(0, merchants, CHUNK)):
         n = min(CHUNK, merchants - start)
-        tables = _generate_chunk(seed, chunk, start, n, as_of, regions)
+        tables = _generate_chunk(seed, chunk, start, n, as_of=as_of, regions=regions)
+        tables["transactions"] = _journal_chunk(seed, chunk, tables, journal_sample)
         for name, frame in tables.items():
             frame.write_parquet(out / name / f"part-{chunk:05d}.parquet", compression="zstd")
         flow_rows += tables["flows"].height
+        txn_rows += tables["transactions"].height
         defaults += int(tables["applications"]["defaulted"].sum())
         if progress is not None:
             progress(n)
-    return GenerationReport(merchants, flow_rows, defaults / merchants, out)
+    return GenerationReport(merchants, flow_rows, defaults / merchants, out, txn_rows)
+
+
+def _journal_chunk(seed: int, chunk: int, tables: dict[str, pl.DataFrame], fraction: float) -> pl.DataFrame:
+    # Its own random stream: sampling journals never changes the rest of the population.
+    rng = np.random.default_rng([seed, chunk, 0x7A11])
+    merchants = tables["merchants"]
+    picked = merchants.filter(pl.Series(rng.random(merchants.height) < fraction))
+    flows = tables["flows"].filter(pl.col("merchant_id").is_in(picked["merchant_id"].implode()))
+    base = dict(zip(picked["merchant_id"].to_list(), picked["customer_base"].to_list(), strict=True))
+    return transactions.journal(flows, base, rng)
 
 
 def merchant_ids(start: int, n: int) -> list[str]:
@@ -85,6 +104,7 @@ def _generate_chunk(
     chunk: int,
     start: int,
     n: int,
+    *,
     as_of: dt.date,
     regions: world.RegionEffects,
 ) -> dict[str, pl.DataFrame]:
@@ -99,7 +119,11 @@ def _generate_chunk(
     reg_w = 1.0 / np.arange(1, world.N_REGIONS + 1) ** 0.7
     region = rng.choice(world.N_REGIONS, size=n, p=reg_w / reg_w.sum())
     age_days = np.clip(rng.lognormal(np.log(3.0 * 365), 0.9, n), 20, 12_000).astype(np.int64)
-    prop = {f: np.array([getattr(i, f) for i in INDUSTRIES]) for f in INDUSTRIES[0].__dataclass_fields__ if f not in ("name", "segment")}
+    prop = {
+        f: np.array([getattr(i, f) for i in INDUSTRIES])
+        for f in INDUSTRIES[0].__dataclass_fields__
+        if f not in ("name", "segment")
+    }
     lam0 = prop["daily_txn"][ind] * rng.lognormal(0.0, 0.6, n)
     ticket = prop["ticket"][ind] * rng.lognormal(0.0, 0.35, n)
     cv = prop["volatility"][ind] * rng.lognormal(0.0, 0.35, n)

@@ -5,6 +5,14 @@ expression over the joined merchant row; thresholds that depend on the
 population (ventiles of a flow statistic) are computed once from the data and
 written into the catalogue, so a tag means the same thing wherever it is read.
 
+Derivation is two passes so memory stays bounded at any population size: the
+thresholds come from the flow table one column at a time (``thresholds``), then
+every chunk of merchants is evaluated and packed on its own (``pack``).
+
+Bit ids are positions in the rule list, so rules are only ever appended: a new
+rule never moves an existing tag. ``features.tags.TagCatalog`` is the public way
+to read the catalogue and resolve names to bit ids.
+
 Bit layout: tag ``t`` is bit ``t % 8`` of byte ``t // 8`` (little-endian bit
 order), so as little-endian uint64 words tag ``t`` is bit ``t % 64`` of word
 ``t // 64``. The bitset is padded to whole 64-bit words.
@@ -13,16 +21,25 @@ order), so as little-endian uint64 words tag ``t`` is bit ``t % 64`` of word
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from features.population import world
-from features.population.aggregate import FLOW_FEATURES
 
 VENTILES = 20
+# The flow statistics that get ventile tags: the original 36 (nine statistics over four
+# windows). Fixed by name, not derived from FLOW_FEATURES, so adding a flow statistic
+# does not renumber every tag after it.
+TAGGED_FLOW_FEATURES: tuple[str, ...] = tuple(
+    f"{s}_{w}d"
+    for w in (7, 30, 90, 180)
+    for s in ("rev_mean", "rev_cv", "rev_trend", "rev_growth", "active_days", "refund_ratio",
+              "distinct_customers", "ticket_mean", "night_share")
+)
 _AGE_EDGES = (90, 180, 365, 730, 1095, 1825, 3650)
 
 
@@ -52,7 +69,32 @@ def _age_bucket() -> pl.Expr:
     return e
 
 
-def _rules(frame: pl.DataFrame) -> list[_Rule]:
+@dataclass(frozen=True)
+class Thresholds:
+    """Population-dependent rule thresholds, computed once from the flow table."""
+
+    ventiles: dict[str, list[float]] = field(default_factory=dict)  # 19 inner edges per feature
+    rev30_quartiles: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+
+def thresholds(column: Callable[[str], pl.Series]) -> Thresholds:
+    """Thresholds from ``column(name)``, which returns one flow column for the whole population.
+
+    One column at a time: memory is one float column, never the table.
+    """
+    qs = np.linspace(0.0, 1.0, VENTILES + 1)[1:-1]
+    ventiles = {}
+    for feat in TAGGED_FLOW_FEATURES:
+        col = column(feat).drop_nulls().drop_nans()
+        ventiles[feat] = (
+            [float(col.quantile(float(q), "linear") or 0.0) for q in qs] if col.len() else [0.0] * len(qs)
+        )
+    rev = column("rev_mean_30d").drop_nulls()
+    quartiles = [float(rev.quantile(q, "linear") or 0.0) for q in (0.25, 0.5, 0.75)] if rev.len() else [0.0] * 3
+    return Thresholds(ventiles, quartiles)
+
+
+def _rules(th: Thresholds) -> list[_Rule]:
     rules: list[_Rule] = []
 
     def add(name: str, description: str, owner: str, rule: str, expr: pl.Expr) -> None:
@@ -68,17 +110,15 @@ def _rules(frame: pl.DataFrame) -> list[_Rule]:
         add(f"identity.segment.{seg}", f"Business segment is {seg}", "kyc",
             f"segment_code == {k}", pl.col("segment_code") == k)
     for k in range(len(_AGE_EDGES) + 1):
-        lo = 0 if k == 0 else _AGE_EDGES[k - 1]
-        hi = _AGE_EDGES[k] if k < len(_AGE_EDGES) else None
-        span = f"{lo} <= business_age_days" + (f" < {hi}" if hi else "")
+        age_lo = 0 if k == 0 else _AGE_EDGES[k - 1]
+        age_hi = _AGE_EDGES[k] if k < len(_AGE_EDGES) else None
+        span = f"{age_lo} <= business_age_days" + (f" < {age_hi}" if age_hi else "")
         add(f"identity.age_bucket.{k}", f"Business age bucket {k} ({span})", "kyc", span,
             _age_bucket() == k)
 
-    # Population ventiles of every flow statistic.
-    qs = np.linspace(0.0, 1.0, VENTILES + 1)[1:-1]
-    for feat in FLOW_FEATURES:
-        col = frame[feat].drop_nulls().drop_nans()
-        edges = [float(col.quantile(float(q), "linear") or 0.0) for q in qs] if col.len() else [0.0] * len(qs)
+    # Population ventiles of the tagged flow statistics.
+    for feat in TAGGED_FLOW_FEATURES:
+        edges = th.ventiles[feat]
         for v in range(VENTILES):
             lo = -np.inf if v == 0 else edges[v - 1]
             hi = np.inf if v == VENTILES - 1 else edges[v]
@@ -152,9 +192,7 @@ def _rules(frame: pl.DataFrame) -> list[_Rule]:
             add(f"identity.industry_age.{ind.name}.{k}", f"{ind.name}, age bucket {k}", "kyc",
                 f"industry_code == {i} and age_bucket == {k}",
                 (pl.col("industry_code") == i) & (_age_bucket() == k))
-    rev = frame["rev_mean_30d"].drop_nulls()
-    quartiles = [float(rev.quantile(q, "linear") or 0.0) for q in (0.25, 0.5, 0.75)] if rev.len() else [0.0] * 3
-    bounds = [-np.inf, *quartiles, np.inf]
+    bounds = [-np.inf, *th.rev30_quartiles, np.inf]
     for i, ind in enumerate(world.INDUSTRIES):
         for q in range(4):
             lo, hi = bounds[q], bounds[q + 1]
@@ -163,32 +201,71 @@ def _rules(frame: pl.DataFrame) -> list[_Rule]:
                 f"industry_code == {i} and {lo!r} <= rev_mean_30d < {hi!r}",
                 (pl.col("industry_code") == i) & (pl.col("rev_mean_30d") >= lo)
                 & (pl.col("rev_mean_30d") < hi))
+
+    # --- appended with the wider flow statistics (ids after the original 1,046) ----
+    later = [
+        ("long_gap_30d", "A week or more without trade inside the last 30 days",
+         "max_gap_days_30d >= 7", pl.col("max_gap_days_30d") >= 7),
+        ("weekend_heavy_30d", "Over half of the revenue on weekends (30d)",
+         "weekend_share_30d > 0.5", pl.col("weekend_share_30d") > 0.5),
+        ("frequent_refund_days_30d", "Refunds on more than half of the trading days (30d)",
+         "refund_day_share_30d > 0.5", pl.col("refund_day_share_30d") > 0.5),
+        ("spiky_revenue_30d", "Best day over five times the average day (30d)",
+         "rev_max_ratio_30d > 5", pl.col("rev_max_ratio_30d") > 5.0),
+        ("right_skewed_90d", "Daily revenue strongly right-skewed (90d)", "rev_skew_90d > 2",
+         pl.col("rev_skew_90d") > 2.0),
+        ("recently_inactive", "No trade in the last 14 days", "days_since_last_trade > 14",
+         pl.col("days_since_last_trade") > 14),
+        ("short_history", "First trade under 90 days ago", "trading_history_days < 90",
+         pl.col("trading_history_days") < 90),
+    ]
+    for name, desc, rule, expr in later:
+        add(f"behaviour.flag.{name}", desc, "risk-analytics", rule, expr)
     return rules
 
 
-def derive_tags(frame: pl.DataFrame, catalog_path: Path, chunk: int = 100_000) -> pl.DataFrame:
-    """Compute the tag catalogue from ``frame`` (one joined row per merchant) and pack bitsets.
+class TagRules:
+    """The compiled rules for one set of thresholds: the catalogue and a chunk packer."""
 
-    Returns ``merchant_id, tags`` with ``tags`` a Binary column of ``8 * ceil(n_tags / 64)``
-    bytes; writes the catalogue as JSON to ``catalog_path``.
-    """
-    rules = _rules(frame)
-    catalog = [Tag(i, r.name, r.description, r.owner, r.rule) for i, r in enumerate(rules)]
-    catalog_path.write_text(json.dumps([asdict(t) for t in catalog], indent=1))
-    n_bytes = 8 * ((len(rules) + 63) // 64)
-    parts = []
-    for start in range(0, frame.height, chunk):
-        part = frame.slice(start, chunk)
-        bits = part.select([r.expr.alias(str(i)) for i, r in enumerate(rules)]).to_numpy()
+    def __init__(self, th: Thresholds) -> None:
+        self._rules = _rules(th)
+        self.n_bytes = 8 * ((len(self._rules) + 63) // 64)
+        self._select = [r.expr.alias(str(i)) for i, r in enumerate(self._rules)]
+
+    def catalog(self) -> list[Tag]:
+        return [Tag(i, r.name, r.description, r.owner, r.rule) for i, r in enumerate(self._rules)]
+
+    def write_catalog(self, path: Path) -> None:
+        path.write_text(json.dumps([asdict(t) for t in self.catalog()], indent=1))
+
+    def pack(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``merchant_id, tags`` for one chunk of joined merchant rows.
+
+        ``tags`` is a Binary column of ``n_bytes`` (whole 64-bit words); tag ``t`` is bit
+        ``t % 8`` of byte ``t // 8``.
+        """
+        bits = frame.select(self._select).to_numpy()
         packed = np.packbits(bits.astype(bool), axis=1, bitorder="little")
-        padded = np.zeros((part.height, n_bytes), dtype=np.uint8)
+        padded = np.zeros((frame.height, self.n_bytes), dtype=np.uint8)
         padded[:, : packed.shape[1]] = packed
-        parts.append(
-            pl.DataFrame(
-                {"merchant_id": part["merchant_id"], "tags": [row.tobytes() for row in padded]},
-                schema={"merchant_id": pl.String, "tags": pl.Binary},
-            )
+        flat = padded.reshape(-1)
+        # One Binary column straight from the packed rows: offsets are multiples of n_bytes.
+        import pyarrow as pa
+
+        arr = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(),
+            frame.height,
+            [None, pa.py_buffer(np.arange(0, flat.size + 1, self.n_bytes, dtype=np.int64)),
+             pa.py_buffer(flat)],
         )
+        return pl.DataFrame({"merchant_id": frame["merchant_id"], "tags": pl.Series(arr)})
+
+
+def derive_tags(frame: pl.DataFrame, catalog_path: Path, chunk: int = 100_000) -> pl.DataFrame:
+    """One-shot derivation over an in-memory frame (small populations and tests)."""
+    rules = TagRules(thresholds(lambda c: frame[c]))
+    rules.write_catalog(catalog_path)
+    parts = [rules.pack(frame.slice(s, chunk)) for s in range(0, frame.height, chunk)]
     return pl.concat(parts) if parts else pl.DataFrame(schema={"merchant_id": pl.String, "tags": pl.Binary})
 
 

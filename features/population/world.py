@@ -89,7 +89,7 @@ def default_logit(
     noise: np.ndarray,
 ) -> np.ndarray:
     """The hidden default process: log-odds of default within the term."""
-    return (
+    logit: np.ndarray = (
         -4.1
         + 1.6 * volatility_excess
         - 900.0 * growth
@@ -104,3 +104,4 @@ def default_logit(
         + 0.015 * term_months
         + noise
     )
+    return logit

@@ -5,67 +5,127 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 
 from features import MATRIX_COLUMNS
 from features.catalog import ALL_VIEWS, JOIN_KEY, TAGS
 from features.feast_repo import open_store
-from features.online.reader import open_reader
+from features.online import _sqlite
+from features.online.batch import VIEW_NAMES
+from features.online.reader import PySqliteReader, SqliteReader, open_reader, tag_bytes_of
+from features.velocity import VelocityRecorder
 from tests.conftest import World, feature_settings
+
+REFS = [f"{v.name}:{f}" for v in ALL_VIEWS for f in v.field_names]
 
 
 def _sdk(world: World, ids: list[str]) -> dict[str, list[object]]:
     store = open_store(feature_settings(world))
-    refs = [f"{v.name}:{f}" for v in ALL_VIEWS for f in v.field_names]
-    return store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: m} for m in ids]).to_dict()
+    return store.get_online_features(features=REFS, entity_rows=[{JOIN_KEY: m} for m in ids]).to_dict()
 
 
-def _ids(world: World) -> list[str]:
-    # Known merchants, an unknown one, and a repeat (a batch may name a merchant twice).
-    return ["M00000000", "M00000017", "M00002999", "NOT-A-MERCHANT", "M00000017", "M00001234"]
+def _special_ids(world: World) -> dict[str, list[str]]:
+    """Merchants that exercise every way a value can be missing."""
+    off = world.data_dir / "offline"
+    flows = pl.read_parquet(off / "merchant_flows.parquet")
+    bureau = set(pl.read_parquet(off / "merchant_bureau.parquet")["merchant_id"].to_list())
+    with_null = flows.filter(pl.any_horizontal(pl.all().exclude(JOIN_KEY).is_null()))[JOIN_KEY]
+    no_bureau = [m for m in flows[JOIN_KEY].to_list() if m not in bureau]
+    assert len(with_null) and no_bureau, "the test world should have null values and absent views"
+    return {"null_value": with_null.head(3).to_list(), "no_bureau": no_bureau[:3]}
 
 
-def _check(world: World) -> None:
-    ids = _ids(world)
+def _check_against_sdk(world: World, ids: list[str], reader: object | None = None) -> None:
     want = _sdk(world, ids)
-    reader = open_reader(feature_settings(world))
-    got = reader.read(ids)
+    reader = reader or open_reader(feature_settings(world))
+    got = reader.read(ids)  # type: ignore[attr-defined]
     assert got.matrix.shape == (len(ids), len(MATRIX_COLUMNS))
     assert got.matrix.dtype == np.float32 and got.matrix.flags.c_contiguous
     for j, col in enumerate(MATRIX_COLUMNS):
-        for i in range(len(ids)):
-            w = want[col][i]
-            g = float(got.matrix[i, j])
-            if w is None:
-                assert math.isnan(g), (ids[i], col, g)
-            else:
-                assert g == float(np.float32(w)), (ids[i], col, w, g)
-    for i in range(len(ids)):
-        w = want["tags"][i]
+        expected = np.array([np.nan if w is None else np.float32(w) for w in want[col]], dtype=np.float32)
+        # Exact: same bits, NaN exactly where the SDK has None.
+        assert np.array_equal(got.matrix[:, j], expected, equal_nan=True), col
+    for i, w in enumerate(want["tags"]):
         if w is None:
             assert not got.tags[i].any()
         else:
             assert got.tags[i].tobytes() == w
-    assert got.found.tolist() == [True, True, True, False, True, True]
-    assert (got.event_ts[got.found] > 0).all() and got.event_ts[3] == 0
-    reader.close()
+    # Rows are found iff the SDK has any batch-view value for them.
+    batch_cols = [f for v in ALL_VIEWS[:-1] for f in v.field_names]
+    known = [any(want[c][i] is not None for c in batch_cols) for i in range(len(ids))]
+    assert got.found.tolist() == known
+    assert (got.event_ts[got.found] > 0).all()
+    reader.close()  # type: ignore[attr-defined]
 
 
-def test_sqlite_reader_matches_feast_sdk(world: World) -> None:
-    _check(world)
+def _ids(world: World) -> list[str]:
+    special = _special_ids(world)
+    # Known merchants, unknown ones, a repeat, merchants without a bureau record and
+    # merchants with null values, and one that only has velocity (recorded, unknown).
+    return [
+        "M00000000", "M00000017", "M00002999", "NOT-A-MERCHANT", "M00000017", "M00001234",
+        *special["no_bureau"], *special["null_value"], "VELOCITY-ONLY", "",
+    ]
 
 
-def test_redis_reader_matches_feast_sdk(redis_world: World) -> None:
-    _check(redis_world)
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_reader_matches_feast_sdk(store: str, world: World, request: pytest.FixtureRequest) -> None:
+    w = world if store == "sqlite" else request.getfixturevalue("redis_world")
+    VelocityRecorder(feature_settings(w)).record(["VELOCITY-ONLY"])  # an unknown merchant: no side effects
+    ids = _ids(w)
+    _check_against_sdk(w, ids)
+    got = open_reader(feature_settings(w)).read(ids)
+    assert not got.found[ids.index("VELOCITY-ONLY")] and not got.found[ids.index("NOT-A-MERCHANT")]
+    # Velocity-only rows still carry their values and time.
+    v = ids.index("VELOCITY-ONLY")
+    assert got.matrix[v, MATRIX_COLUMNS.index("apps_1h")] >= 1
+    assert got.view_ts is not None and got.view_ts[v, VIEW_NAMES.index("merchant_velocity")] > 0
+    # Absent views read as time 0; present ones as the snapshot.
+    nb = ids.index(_special_ids(w)["no_bureau"][0])
+    assert got.view_ts[nb, VIEW_NAMES.index("merchant_bureau")] == 0
+    assert got.view_ts[nb, VIEW_NAMES.index("merchant_flows")] > 0
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_random_batch_matches_feast_sdk(store: str, world: World, request: pytest.FixtureRequest) -> None:
+    w = world if store == "sqlite" else request.getfixturevalue("redis_world")
+    rng = np.random.default_rng(11)
+    ids = [f"M{i:08d}" for i in rng.integers(0, 3200, 250)]  # includes ids past the population
+    _check_against_sdk(w, ids)
+
+
+@pytest.mark.skipif(not _sqlite.AVAILABLE, reason="sqlite3 C API not resolvable here")
+def test_sqlite_c_reader_equals_python_fallback(world: World) -> None:
+    s = feature_settings(world)
+    ids = _ids(world) + [f"M{i:08d}" for i in range(0, 3000, 7)]
+    a = SqliteReader(s, tag_bytes_of(s)).read(ids)
+    b = PySqliteReader(s, tag_bytes_of(s)).read(ids)
+    assert np.array_equal(a.matrix, b.matrix, equal_nan=True)
+    assert np.array_equal(a.tags, b.tags)
+    assert np.array_equal(a.found, b.found) and np.array_equal(a.event_ts, b.event_ts)
+    assert a.view_ts is not None and b.view_ts is not None
+    assert np.array_equal(a.view_ts, b.view_ts)
+
+
+def test_empty_batch(world: World) -> None:
+    got = open_reader(feature_settings(world)).read([])
+    assert got.matrix.shape == (0, len(MATRIX_COLUMNS)) and len(got) == 0
 
 
 def test_tag_view_is_one_bytes_feature() -> None:
     assert TAGS.fields == (("tags", "bytes"),)
+    assert "window_state" not in MATRIX_COLUMNS and "tags" not in MATRIX_COLUMNS
 
 
 def test_stale_rows_are_flagged(world: World) -> None:
-    reader = open_reader(feature_settings(world))
-    batch = reader.read(["M00000001", "NOPE"])
-    age = batch.age_s(now_s=float(batch.event_ts[0]) + 100.0)
-    assert age[0] == pytest.approx(100.0)
-    assert math.isnan(age[1])
+    reader = open_reader(feature_settings(world, max_feature_age_s=3600.0))
+    batch = reader.read(["M00000001", "NOPE", "M00000002"])
+    t = float(batch.event_ts[0])
+    age = batch.age_s(now_s=t + 100.0)
+    assert age[0] == pytest.approx(100.0) and math.isnan(age[1])
+    # The configured limit (1 h) is the default; an explicit one overrides it.
+    assert batch.stale(t + 3599.0).tolist() == [False, False, False]
+    assert batch.stale(t + 3601.0).tolist() == [True, False, True]
+    assert batch.stale(t + 3601.0, max_age_s=7200.0).tolist() == [False, False, False]
+    reader.close()

@@ -27,7 +27,7 @@ def test_matches_feast_on_demand_view(world: World) -> None:
     ours = request_features(
         amount_minor=np.array([r["amount_minor"] for r in rows], dtype=np.int64),
         declared_revenue_minor=np.array(
-            [np.nan if r["declared_monthly_revenue_minor"] is None else r["declared_monthly_revenue_minor"] for r in rows]
+            [np.nan if (d := r["declared_monthly_revenue_minor"]) is None else d for r in rows]
         ),
         term_months=np.array([r["term_months"] for r in rows]),
         channel_code=np.array([r["channel_code"] for r in rows]),
