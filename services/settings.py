@@ -42,6 +42,8 @@ class ServingSettings(_Strict):
     # least-loaded routing), "handle" (a Serve DeploymentHandle call per batch),
     # or "local" (no Ray: the front end scores in process; small setups, benchmarks).
     channel: Literal["direct", "handle", "local"] = "direct"
+    # Count every decided application in the velocity feature view (Feast push layout).
+    record_velocity: bool = True
     # The same application_id within this window gets the same decision (0 disables).
     idempotency_window_s: float = Field(900.0, ge=0)
     # Longest AuthorizeBatch accepted.

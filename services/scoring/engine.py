@@ -26,6 +26,7 @@ from features import (
     FeatureBatch,
     FeatureError,
     OnlineReader,
+    VelocityRecorder,
     request_features,
 )
 from services.errors import CreditAuthError, ModelError
@@ -78,8 +79,10 @@ class ScoringEngine:
         *,
         store: IdempotencyStore | None = None,
         telemetry: NullTelemetry | None = None,
+        velocity: VelocityRecorder | None = None,
     ) -> None:
         self._tel = telemetry or NullTelemetry()
+        self._velocity = velocity
         self._reader = reader
         self._model = model
         self._policy = policy
@@ -180,6 +183,14 @@ class ScoringEngine:
         n = len(rows)
         degraded = False
         t = time.perf_counter()
+        if self._velocity is not None:
+            # Count this application (one round trip for the batch) before reading,
+            # so the read's apps_1h/apps_24h include it: the velocity rule fires on
+            # the n-th application in the window, across every replica.
+            try:
+                self._velocity.record(merchants, now)
+            except FeatureError as exc:
+                log.warning("velocity update failed: %s", exc)
         try:
             feats = self._reader.read(merchants)
         except FeatureError as exc:
@@ -337,3 +348,5 @@ class ScoringEngine:
     def close(self) -> None:
         self._reader.close()
         self._store.close()
+        if self._velocity is not None:
+            self._velocity.close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from features import MATRIX_COLUMNS, open_reader
+from features import MATRIX_COLUMNS, FeatureError, TagCatalog, VelocityRecorder, open_reader
 from services.errors import ConfigError
 from services.models import load_artifact
 from services.policy import Policy, load_policy
@@ -16,11 +14,11 @@ from services.telemetry import setup
 
 def _tag_index(settings: Settings) -> dict[str, int]:
     """Tag name -> bit id, from the catalogue written with the offline tables."""
-    path = settings.features.tag_catalog_path
     try:
-        return {t["name"]: int(t["id"]) for t in json.loads(path.read_text())}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"tag catalogue {path} unreadable: {exc}") from exc
+        catalog = TagCatalog.load(settings.features)
+    except FeatureError as exc:
+        raise ConfigError(str(exc)) from exc
+    return {t.name: t.id for t in catalog}
 
 
 def build_engine(settings: Settings) -> ScoringEngine:
@@ -39,6 +37,13 @@ def build_engine(settings: Settings) -> ScoringEngine:
     # each batch and are recorded by the front end's metrics (and Prometheus).
     replica_telemetry = settings.telemetry.model_copy(update={"prometheus_port": 0})
     telemetry = setup(replica_telemetry, "creditauth-replica") if replica_telemetry.otlp_endpoint else None
+    velocity = VelocityRecorder(settings.features) if settings.serving.record_velocity else None
     return ScoringEngine(
-        reader, artifact, policy, settings.features.max_feature_age_s, store=store, telemetry=telemetry
+        reader,
+        artifact,
+        policy,
+        settings.features.max_feature_age_s,
+        store=store,
+        telemetry=telemetry,
+        velocity=velocity,
     )
