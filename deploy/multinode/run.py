@@ -60,9 +60,12 @@ def network_down() -> None:
         sh("ip", "netns", "del", ns, check=False)
 
 
-def ray_node(ns: str, addr: str, head: bool, cpus: int, log: Path) -> subprocess.Popen[bytes]:
+def ray_node(ns: str, addr: str, *, head: bool, cpus: int, log: Path, temp: Path) -> subprocess.Popen[bytes]:
     ray = str(Path(sys.executable).parent / "ray")
-    args = [ray, "start", "--block", f"--node-ip-address={addr}", f"--num-cpus={cpus}", "--disable-usage-stats"]
+    # A private temp dir: `ray start` records its address there, not in /tmp/ray
+    # where every later `ray.init()` on the machine would find a dead cluster.
+    args = [ray, "start", "--block", f"--node-ip-address={addr}", f"--num-cpus={cpus}",
+            "--disable-usage-stats", f"--temp-dir={temp}"]
     if head:
         args += ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"]
     else:
@@ -93,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="creditauth-multinode-"))
     work.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths are limited
     network_down()
     try:
         network_up()
-        procs.append(ray_node(NS[0], ADDR[0], True, 1, work / "head.log"))
+        procs.append(ray_node(NS[0], ADDR[0], head=True, cpus=1, log=work / "head.log", temp=temp))
         time.sleep(8)
-        procs.append(ray_node(NS[1], ADDR[1], False, 1, work / "worker.log"))
+        procs.append(ray_node(NS[1], ADDR[1], head=False, cpus=1, log=work / "worker.log", temp=temp))
         time.sleep(8)
         settings = {
             "features": {"data_dir": str(args.data_dir.resolve())},
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(procs):
             kill_group(proc)
         network_down()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 _PROBE = """

@@ -139,9 +139,10 @@ def start_cluster(settings: Settings) -> str:
     if settings.ray.address:
         ray.init(address=settings.ray.address, **kwargs)
         return "remote"
-    # A local head picks free ports itself (GCS port 0); only `ray start --head`
-    # defaults to 6379, which Redis holds here.
-    ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+    # address="local" always starts a new head, even where a `ray start` cluster
+    # left its address behind; it picks free ports itself (GCS port 0), while only
+    # `ray start --head` defaults to 6379, which Redis holds here.
+    ray.init(address="local", num_cpus=settings.ray.num_cpus, **kwargs)
     return "local"
 
 
