@@ -56,6 +56,7 @@ class ChannelServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="channel", daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.stats = ChannelStats()
         self.address = ""
 
@@ -89,6 +90,10 @@ class ChannelServer:
             deadline = time.monotonic() + drain_s
             while self.stats.inflight_batches and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            # Close every connection so front ends see this replica go (and retry
+            # whatever was still in flight elsewhere) instead of waiting on it.
+            for w in list(self._writers):
+                w.transport.abort()
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(drain_s + 5)
@@ -102,6 +107,7 @@ class ChannelServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readexactly(codec.FRAME.size)
@@ -117,6 +123,7 @@ class ChannelServer:
         finally:
             for t in tasks:
                 t.cancel()
+            self._writers.discard(writer)
             writer.close()
 
     async def _handle(self, call_id: int, payload: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
