@@ -82,7 +82,8 @@ def run_naive(data_dir: Path, online_store: str, port: int, replicas: int = 1) -
         grpc_options={"port": port, "grpc_servicer_functions": [SERVICER]},
     )
     app: Any = serve.deployment(NaiveScorer, name="NaiveScorer", num_replicas=replicas, max_ongoing_requests=16)
-    serve.run(app.bind(str(data_dir.resolve()), online_store), name="naive", route_prefix=None)
+    # A route prefix exposes the app through the proxy; as the only app it needs no metadata.
+    serve.run(app.bind(str(data_dir.resolve()), online_store), name="naive", route_prefix="/")
 
 
 async def serve_naive(data_dir: Path, online_store: str, port: int) -> None:

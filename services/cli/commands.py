@@ -143,3 +143,10 @@ def bench_serving(settings: Settings, args: argparse.Namespace) -> None:
 
     args.data_dir = settings.data_dir
     bench_main(args)
+
+
+def bench_capacity(settings: Settings, args: argparse.Namespace) -> None:
+    from services.bench.capacity import main as capacity_main
+
+    args.data_dir = settings.data_dir
+    capacity_main(args)

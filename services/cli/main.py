@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     naive.add_argument("--port", type=int, default=50053)
 
     bench = sub.add_parser("bench", help="benchmarks (print figures; not tests)")
-    bs = bench.add_subparsers(dest="cmd", required=True).add_parser(
+    bench_sub = bench.add_subparsers(dest="cmd", required=True)
+    bs = bench_sub.add_parser(
         "serving", help="ceiling vs creditauth vs naive stack, same load, one run"
     )
     _common(bs)
@@ -117,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     lt = sub.add_parser("loadtest", help="load-test campaigns (see docs/loadtest.md)", add_help=False)
     lt.add_argument("args", nargs=argparse.REMAINDER, help="passed to `python -m loadtest`")
+
+    bc = bench_sub.add_parser("capacity", help="CPU per decision per tier (front end, replica, Ray), for the plan")
+    _common(bc)
+    bc.add_argument("--unary", type=int, default=6000, help="unary requests per measurement")
+    bc.add_argument("--batch-calls", type=int, default=600, help="batch RPCs of 100 per measurement")
+    bc.add_argument("--json", help="also write the rows as JSON here")
+    bc.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each stack's output goes")
 
     demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
     _common(demo)
