@@ -12,6 +12,7 @@ from features.errors import (
     OnlineStoreUnavailable,
 )
 from features.online.batch import FeatureBatch
+from features.online.cache import CachedReader
 from features.online.reader import OnlineReader, open_reader
 from features.request import request_features
 from features.settings import FeatureSettings
@@ -24,6 +25,7 @@ __all__ = [
     "MATRIX_COLUMNS",
     "MODEL_COLUMNS",
     "REQUEST_COLUMNS",
+    "CachedReader",
     "FeatureBatch",
     "FeatureConfigError",
     "FeatureDataError",

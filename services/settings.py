@@ -44,6 +44,11 @@ class ServingSettings(_Strict):
     channel: Literal["direct", "handle", "local"] = "direct"
     # Count every decided application in the velocity feature view (Feast push layout).
     record_velocity: bool = True
+    # Replica-local cache of batch features (they change on materialization, not per
+    # request): seconds a row may be served from memory, and how many merchants to keep.
+    # Used with record_velocity (velocity then comes fresh from each record); 0 disables.
+    feature_cache_ttl_s: float = Field(60.0, ge=0)
+    feature_cache_entries: int = Field(200_000, ge=1)
     # The same application_id within this window gets the same decision (0 disables).
     idempotency_window_s: float = Field(900.0, ge=0)
     # Longest AuthorizeBatch accepted.

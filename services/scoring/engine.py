@@ -183,12 +183,13 @@ class ScoringEngine:
         n = len(rows)
         degraded = False
         t = time.perf_counter()
+        counts = None
         if self._velocity is not None:
-            # Count this application (one round trip for the batch) before reading,
-            # so the read's apps_1h/apps_24h include it: the velocity rule fires on
-            # the n-th application in the window, across every replica.
+            # Count this application (one round trip for the batch); the counts that
+            # come back include it, so the velocity rule fires on the n-th application
+            # in the window, across every replica, whatever the reader cached.
             try:
-                self._velocity.record(merchants, now)
+                counts = self._velocity.record(merchants, now)
             except FeatureError as exc:
                 log.warning("velocity update failed: %s", exc)
         try:
@@ -214,6 +215,9 @@ class ScoringEngine:
             product_code=batch.product[rows].astype(np.int32),
             rev_mean_30d=rev30,
         )
+        if counts is not None and not degraded:
+            feats.matrix[:, self._apps_1h] = counts.apps_1h
+            feats.matrix[:, self._apps_24h] = counts.apps_24h
         stages[1] = time.perf_counter() - t
         t = time.perf_counter()
         x = np.empty((n, len(self._model.feature_names)), dtype=np.float32)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from features import MATRIX_COLUMNS, FeatureError, TagCatalog, VelocityRecorder, open_reader
+from features import (
+    MATRIX_COLUMNS,
+    CachedReader,
+    FeatureError,
+    OnlineReader,
+    TagCatalog,
+    VelocityRecorder,
+    open_reader,
+)
 from services.errors import ConfigError
 from services.models import load_artifact
 from services.policy import Policy, load_policy
@@ -31,7 +39,10 @@ def build_engine(settings: Settings) -> ScoringEngine:
         tag_index=tags,
         n_tags=len(tags),
     )
-    reader = open_reader(settings.features)
+    reader: OnlineReader = open_reader(settings.features)
+    serving = settings.serving
+    if serving.record_velocity and serving.feature_cache_ttl_s > 0:
+        reader = CachedReader(reader, ttl_s=serving.feature_cache_ttl_s, max_entries=serving.feature_cache_entries)
     store = open_store(settings.features, settings.serving.idempotency_window_s)
     # Replicas export traces over OTLP only; their stage timings travel back with
     # each batch and are recorded by the front end's metrics (and Prometheus).
