@@ -111,6 +111,10 @@ class NoStore:
         return None
 
 
+# Rows per INSERT statement (3 parameters each, under SQLite's 32,766-parameter cap).
+_ROWS_PER_STATEMENT = 2000
+
+
 class SqliteStore:
     """A WAL-mode SQLite file shared by every replica on the host."""
 
@@ -146,16 +150,27 @@ class SqliteStore:
             return {}
         now = time.time()
         expires = now + self._window
+        written: set[str] = set()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                # An expired record may be replaced; a live one never is.
-                self._conn.executemany(
-                    "INSERT INTO decisions (app_id, record, expires) VALUES (?, ?, ?) "
-                    "ON CONFLICT(app_id) DO UPDATE SET record = excluded.record, expires = excluded.expires "
-                    "WHERE decisions.expires <= ?",
-                    [(a, r, expires, now) for a, r in zip(app_ids, records, strict=True)],
-                )
+                # One multi-row statement per chunk; RETURNING names the rows this call
+                # wrote (new ids, or expired records replaced), so no second read is
+                # needed to find the ids another replica decided first.
+                for start in range(0, len(app_ids), _ROWS_PER_STATEMENT):
+                    ids = app_ids[start : start + _ROWS_PER_STATEMENT]
+                    recs = records[start : start + _ROWS_PER_STATEMENT]
+                    params: list[object] = []
+                    for a, r in zip(ids, recs, strict=True):
+                        params += (a, r, expires)
+                    rows = self._conn.execute(
+                        "INSERT INTO decisions (app_id, record, expires) VALUES "
+                        + ",".join(["(?, ?, ?)"] * len(ids))
+                        + " ON CONFLICT(app_id) DO UPDATE SET record = excluded.record, "
+                        "expires = excluded.expires WHERE decisions.expires <= ? RETURNING app_id",
+                        [*params, now],
+                    ).fetchall()
+                    written.update(r[0] for r in rows)
                 self._writes += 1
                 if self._writes % 1000 == 0:
                     self._conn.execute("DELETE FROM decisions WHERE expires <= ?", (now,))
@@ -163,9 +178,8 @@ class SqliteStore:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        stored = self.lookup(app_ids)
-        mine = dict(zip(app_ids, records, strict=True))
-        return {a: r for a, r in stored.items() if r != mine.get(a)}
+        lost = [a for a in app_ids if a not in written]
+        return self.lookup(lost) if lost else {}
 
     def put_reasons(self, policy_version: str, table: tuple[tuple[str, str], ...]) -> None:
         with self._lock:
