@@ -128,6 +128,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def targets(args: argparse.Namespace) -> list[tuple[Target, int]]:
     exe = [sys.executable, "-m", "services.cli.main"]
     common = ["--data-dir", str(args.data_dir)]
+    if getattr(args, "online_store", None):
+        common += ["--online-store", args.online_store]
     out = []
     port = _free_port()
     out.append((Target("ceiling (echo)", [*exe, "baseline", "echo", "--port", str(port)]), port))

@@ -196,6 +196,17 @@ class SqliteStore:
         self._conn.close()
 
 
+_SAVE_LUA = """
+local lost = {}
+for i = 1, #KEYS do
+  if not redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'EX', ARGV[1]) then
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+
 class RedisStore:
     """SET NX EX per decision, in one pipeline per batch."""
 
@@ -209,6 +220,7 @@ class RedisStore:
         self._prefix = f"{settings.project}:idem:".encode()
         self._window = max(1, int(window_s))
         self._error = redis.RedisError
+        self._save_script = self._client.register_script(_SAVE_LUA)
 
     def _key(self, app_id: str) -> bytes:
         return self._prefix + app_id.encode()
@@ -226,13 +238,14 @@ class RedisStore:
         if not app_ids:
             return {}
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for a, r in zip(app_ids, records, strict=True):
-                pipe.set(self._key(a), r, nx=True, ex=self._window)
-            done = pipe.execute()
-            lost = [a for a, ok in zip(app_ids, done, strict=True) if not ok]
+            # One EVAL per batch: SET NX EX for every id server-side, returning the
+            # positions another replica had already decided.
+            lost_at: Any = self._save_script(
+                keys=[self._key(a) for a in app_ids], args=[self._window, *records]
+            )
         except self._error as exc:
             raise BackendUnavailable(f"idempotency store unreachable: {exc}") from exc
+        lost = [app_ids[int(i) - 1] for i in lost_at]
         return self.lookup(lost) if lost else {}
 
     def put_reasons(self, policy_version: str, table: tuple[tuple[str, str], ...]) -> None:
