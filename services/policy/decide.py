@@ -168,7 +168,8 @@ class Policy:
     def decide(self, x: PolicyInputs) -> Decisions:
         n = x.pd.shape[0]
         scored = ~np.isnan(x.pd) & (not x.degraded)
-        grade = np.where(scored, np.searchsorted(self._max_pd, np.nan_to_num(x.pd), side="left"), -1)
+        pd0 = np.where(scored, x.pd, 0.0)  # (np.nan_to_num is several times slower on small batches)
+        grade = np.where(scored, np.searchsorted(self._max_pd, pd0, side="left"), -1)
         grade = np.minimum(grade, len(self._max_pd) - 1)
         g = np.maximum(grade, 0)
 
@@ -195,7 +196,8 @@ class Policy:
         fx = self._fx[x.currency]
         scale = self._scale[x.currency]
         requested_base = self.to_base_minor(x.amount_minor, x.currency)
-        revenue = np.nan_to_num(x.monthly_revenue_base_minor)
+        rev = x.monthly_revenue_base_minor
+        revenue = np.where(np.isnan(rev), 0.0, rev)
         cap = np.minimum(self._multiple[g] * revenue, self._caps[x.product])
         cap = np.where(scored & x.known, cap, 0.0)
         offer_base = np.minimum(requested_base, cap)
