@@ -36,3 +36,16 @@ class FastKernel:
         self, X: np.ndarray, out: npt.NDArray[np.float64], raw: bool, path: int
     ) -> None: ...
     def predict_one(self, row: np.ndarray, raw: bool) -> float: ...
+
+class EnsembleBase:
+    def _bind_kernels(
+        self, fast: FastKernel | None, reference: object, n_features: int
+    ) -> None: ...
+    def predict(self, X: np.ndarray, raw_score: bool = False) -> npt.NDArray[np.float64]:
+        """Score a (n_rows, n_features) float32/float64 C-contiguous matrix.
+
+        Returns float64 (n_rows,): probabilities for binary objectives (the
+        library's transformed output in general), raw margins if ``raw_score``.
+        """
+    def predict_one(self, row: np.ndarray, raw_score: bool = False) -> float:
+        """Score one 1-D float32/float64 row without batch set-up."""

@@ -13,3 +13,4 @@ cdef struct BlockScratch:
 cdef void block_run(const FModel* m, const void* data, int is_f32, Py_ssize_t n, bint raw,
                     double* out, int top_k, int32_t* out_idx, double* out_val,
                     int32_t* bins, BlockScratch* sc, double* contrib) noexcept nogil
+cdef Py_ssize_t block_reason_doubles(const FModel* m) noexcept nogil

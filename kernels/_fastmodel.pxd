@@ -35,6 +35,7 @@ cdef struct FModel:
     int wide               # 1: 64-bit leaf masks
     int lanes              # == BLOCK, kept as a runtime value (see _fastblock.pyx)
     int contrib_stride     # doubles per row of contribution scratch (features + dummies)
+    int pack_shift         # always 32: the tree index's position in qs_pack/qm_pack entries
     double scale
     double base
     double avg_div
@@ -65,6 +66,14 @@ cdef struct FModel:
     const int32_t* node_feature    # input feature of each node (Saabas)
     const double* node_dl          # value(left child) - value(node)
     const double* node_dr          # value(right child) - value(node)
+    const float* node_dl32         # the same, rounded to float32 (block kernel)
+    const float* node_dr32
+    const int32_t* node_foff       # node_feature * BLOCK (block kernel's contribution rows)
+    # Leaf-vector reason codes (block kernel): per global leaf, its Saabas path
+    # summed per feature, float32, lc_nv * 8 floats per leaf (features padded
+    # with zeros). lc_nv == 0: not built (too many features), use the nodes.
+    const float* leaf_contrib
+    int lc_nv
     const int32_t* kids            # 2 per node: [left, right]; leaf = ~global leaf
     const int32_t* tree_node_off
     const int32_t* tree_root
@@ -77,7 +86,17 @@ cdef struct FModel:
     const int32_t* qs_tree
     const uint32_t* qs_keep32      # ~clear (bits kept when the node goes right)
     const uint64_t* qs_keep64
-    const uint64_t* qs_pack        # narrow models: tree | (keep32 << 32)
+    # Narrow models (<= 32 leaves): packed entries keep32 | (tree << 32). First,
+    # per rank set, the nodes of all its numerical views merged into one
+    # rank-sorted list (used when no view substitutes the value); then the
+    # per-column lists of qs_col_off, from index qs_base; then PACK_PAD
+    # neutral entries.
+    const uint64_t* q_pack
+    int qs_base
+    const int32_t* qm_off          # merged list of set s: q_pack[qm_off[s] : qm_off[s + 1]]
+    const int32_t* qm_cum_off      # set s, rank b: qm_cum[qm_cum_off[s] + b] entries < b
+    const int32_t* qm_cum
+    const int32_t* set_zero        # 1 if the set has zero-as-missing views
     # Saabas paths padded per tree: tree t, local leaf i starts at
     # tree_path_off[t] + i * tree_path_width[t]; padding entry j targets the dummy
     # slot n_features + j % 4.
@@ -143,8 +162,12 @@ cdef inline double fm_finish(const FModel* m, double acc, float facc, bint raw) 
 cdef inline void fm_add_path(const FModel* m, int t, int32_t local_leaf,
                              double* cr) noexcept nogil:
     """Add the Saabas path of tree t's leaf to one row's contributions ``cr``."""
-    cdef int32_t w = m.tree_path_width[t]
-    cdef int32_t p0 = m.tree_path_off[t] + local_leaf * w
-    cdef int32_t j
+    # Local pointers: cr could alias *m as far as the compiler knows, so
+    # indexing through m reloaded both array pointers on every entry.
+    cdef Py_ssize_t w = m.tree_path_width[t]
+    cdef Py_ssize_t p0 = m.tree_path_off[t] + <Py_ssize_t>local_leaf * w
+    cdef const int32_t* pf = m.path_feature + p0
+    cdef const double* pd = m.path_delta + p0
+    cdef Py_ssize_t j
     for j in range(w):
-        cr[m.path_feature[p0 + j]] += m.path_delta[p0 + j]
+        cr[pf[j]] += pd[j]

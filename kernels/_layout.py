@@ -48,6 +48,9 @@ VIEW_ZERO_LEFT = 4
 VIEW_CATEGORICAL = 5
 
 MAX_BLOCK_LEAVES = 64
+LEAF_CONTRIB_MAX_FEATURES = 64  # leaf-vector reason codes up to this many features
+LEAF_CONTRIB_MAX_BYTES = 64 << 20  # ... and this much table
+PACK_PAD = 8  # neutral entries after the packed QuickScorer lists (see _fastrow.pyx)
 
 
 def _view_of(missing: int, default_left: bool) -> int:
@@ -420,6 +423,59 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         qs_cum_parts.append(cum)
         total += top + 1
     keep64 = ~layout.node_clear
+    keep32 = keep64 & np.uint64(0xFFFFFFFF)
+    # Narrow models, single rows: a value that no view substitutes (not NaN, and
+    # not 0.0 when the feature has zero-as-missing views) has the same rank in
+    # every numerical view of its feature, so the nodes of all those views form
+    # one rank-sorted list per rank set (qm_*): one prefix per feature instead
+    # of one per view, which halves the loops whose exits mispredict (each
+    # costs ~30-40 cycles here, the next list's first loads included).
+    node_set = np.where(cols.col_kind[layout.node_col] == VIEW_CATEGORICAL, -1,
+                        cols.col_rankset[layout.node_col]).astype(np.int64)
+    numerical = np.flatnonzero(node_set >= 0)
+    morder = numerical[np.lexsort((layout.node_rank[numerical], node_set[numerical]))]
+    set_sizes = np.bincount(node_set[numerical], minlength=n_sets)
+    qm_off = np.concatenate([[0], np.cumsum(set_sizes)]).astype(np.int32)
+    qm_cum_parts: list[np.ndarray] = []
+    qm_cum_off = np.zeros(n_sets, dtype=np.int32)
+    total = 0
+    m_rank = layout.node_rank[morder]
+    for s in range(n_sets):
+        ranks_s = m_rank[qm_off[s] : qm_off[s + 1]]
+        below = np.searchsorted(ranks_s, np.arange(int(cols.rs_count[s]) + 1), side="left")
+        qm_cum_off[s] = total
+        qm_cum_parts.append(below.astype(np.int32))
+        total += int(cols.rs_count[s]) + 1
+    set_zero = np.zeros(n_sets, dtype=np.int32)
+    for c in range(n_cols):
+        if cols.col_kind[c] in (VIEW_ZERO_LEFT, VIEW_ZERO_RIGHT):
+            set_zero[cols.col_rankset[c]] = 1
+    # Narrow models' packed entries, keep32 | (tree << 32): the merged lists,
+    # then the per-column lists (from index qs_base), then PACK_PAD neutral
+    # entries (tree 0, keep every bit) -- the kernel always reads a fixed-size
+    # tail after a prefix and masks the entries past its end instead of
+    # branching on the remainder.
+    def packed(idx: np.ndarray) -> np.ndarray:
+        out: np.ndarray = keep32[idx] | (node_tree[idx].astype(np.uint64) << np.uint64(32))
+        return out
+
+    q_pack = np.concatenate(
+        [packed(morder), packed(order), np.full(PACK_PAD, np.uint64(0xFFFFFFFF), np.uint64)])
+    # Block-kernel reason codes: per leaf, its Saabas path summed per feature
+    # (paths are already one entry per feature), float32, features padded to a
+    # multiple of 8. A row's reasons are then one vector add per tree.
+    # Built for up to LEAF_CONTRIB_MAX_FEATURES features and
+    # LEAF_CONTRIB_MAX_BYTES of table; otherwise the kernel walks the nodes.
+    n_leaves = int(layout.leaf_value.shape[0])
+    nv = (nf + 7) // 8
+    if nv <= LEAF_CONTRIB_MAX_FEATURES // 8 and n_leaves * nv * 32 <= LEAF_CONTRIB_MAX_BYTES:
+        lc = np.zeros((n_leaves, 8 * nv))
+        leaf_of_entry = np.repeat(np.arange(n_leaves), np.diff(layout.path_off))
+        lc[leaf_of_entry, layout.path_feature] = layout.path_delta
+        leaf_contrib = lc.astype(np.float32).ravel()
+    else:
+        nv = 0
+        leaf_contrib = np.zeros(0, dtype=np.float32)
     kids = np.empty(2 * layout.node_col.shape[0], dtype=np.int32)
 
     kids[0::2] = layout.node_left
@@ -460,8 +516,14 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         "qs_tree": node_tree[order],
         "qs_keep32": (keep64[order] & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         "qs_keep64": keep64[order],
-        "qs_pack": (node_tree[order].astype(np.uint64)
-                    | ((keep64[order] & np.uint64(0xFFFFFFFF)) << np.uint64(32))),
+        "q_pack": q_pack,
+        "qs_base": np.array([morder.shape[0]], dtype=np.int32),
+        "qm_off": qm_off,
+        "qm_cum_off": qm_cum_off,
+        "qm_cum": (np.concatenate(qm_cum_parts) if qm_cum_parts else np.zeros(0, np.int32)),
+        "set_zero": set_zero,
+        "leaf_contrib": leaf_contrib,
+        "leaf_contrib_nv": np.array(nv, dtype=np.int32),
         "tree_path_off": path_offs,
         "tree_path_width": widths,
         "path_feature": (np.concatenate(feat_parts) if feat_parts else np.zeros(0, np.int32)),

@@ -2,7 +2,9 @@
 
 Loading parses the model into a library-neutral ForestIR (``_ir.py``),
 validates it, and compiles it into the kernels' flat arrays. Prediction
-validates the input in Python, then calls a kernel that releases the GIL.
+validates the input, then calls a kernel that releases the GIL. ``predict``
+and ``predict_one`` are inherited from ``_fast.EnsembleBase`` (C), so a
+single row pays ~0.2 us of call overhead rather than ~1 us.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import numpy as np
 import numpy.typing as npt
 
 from kernels import _compile
-from kernels._fast import FastKernel
+from kernels._fast import EnsembleBase, FastKernel
 from kernels._ir import ForestIR
 from kernels._layout import MAX_BLOCK_LEAVES, build_layout, fast_kernel_arrays
 from kernels._lightgbm import parse_lightgbm
 from kernels._traverse import TraversalKernel
-from kernels._validate import check_matrix, check_row, check_top_k
+from kernels._validate import check_matrix, check_top_k
 from kernels._xgboost import parse_xgboost_json
 
 __all__ = ["TreeEnsemble"]
@@ -27,7 +29,7 @@ F64Array = npt.NDArray[np.float64]
 I32Array = npt.NDArray[np.int32]
 
 
-class TreeEnsemble:
+class TreeEnsemble(EnsembleBase):
     """A compiled binary-classification / regression tree ensemble.
 
     Build with :meth:`from_lightgbm` or :meth:`from_xgboost_json`. Instances are
@@ -35,7 +37,7 @@ class TreeEnsemble:
     calls and release the GIL).
     """
 
-    __slots__ = ("_bias", "_fast", "_forest", "_kernel", "_n_features", "_traverse")
+    __slots__ = ("_bias", "_fast", "_forest", "_n_features", "_traverse")
 
     def __init__(self, forest: ForestIR) -> None:
         self._forest = forest
@@ -66,8 +68,7 @@ class TreeEnsemble:
                 block_ok,
                 layout.finite_thresholds,
             )
-        # The object single rows go to: bound once so predict_one stays cheap.
-        self._kernel: FastKernel | TraversalKernel = self._fast or self._traverse
+        self._bind_kernels(self._fast, self._traverse, forest.n_features)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -122,25 +123,8 @@ class TreeEnsemble:
         )
 
     # -- prediction ---------------------------------------------------------------------
-    def predict(self, X: npt.NDArray[Any], raw_score: bool = False) -> F64Array:
-        """Score a (n_rows, n_features) float32/float64 C-contiguous matrix.
-
-        Returns float64 (n_rows,): probabilities for binary objectives (the
-        library's transformed output in general), raw margins if ``raw_score``.
-        """
-        x = check_matrix(X, self._n_features)
-        out = np.empty(x.shape[0], dtype=np.float64)
-        if x.shape[0] == 1:
-            out[0] = self._kernel.predict_one(x[0], raw_score)
-        elif x.shape[0]:
-            self._kernel.predict(x, out, raw_score)
-        return out
-
-    def predict_one(self, row: npt.NDArray[Any], raw_score: bool = False) -> float:
-        """Score one 1-D float32/float64 row without batch set-up."""
-        if self._fast is not None:
-            return self._fast.predict_one(row, raw_score)  # validates in C
-        return self._traverse.predict_one(check_row(row, self._n_features), raw_score)
+    # predict(X, raw_score=False) and predict_one(row, raw_score=False) come from
+    # EnsembleBase (kernels/_fast.pyx).
 
     def predict_with_reasons(
         self, X: npt.NDArray[Any], top_k: int, raw_score: bool = False
