@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--skip-naive", action="store_true")
     bs.add_argument("--telemetry-cost", action="store_true",
                     help="also run the direct path with telemetry off, to show what telemetry costs")
+    bs.add_argument("--rounds", type=int, default=1,
+                    help="run every target this many times, interleaved; report each target's median round")
     bs.add_argument("--json", help="also write the rows as JSON here")
     bs.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each target's output goes")
 
