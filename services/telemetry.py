@@ -3,7 +3,9 @@
 Cost is kept per RPC and per batch, never per decision, and small: counts
 (RPCs by status, decisions by outcome, item errors) are plain integers read by
 observable counters when metrics are collected, so the request path pays a
-dict increment, not an SDK call; latency histograms reuse one attribute
+dict increment, not an SDK call; latency and batch histograms record one RPC
+(one backend call) in ``telemetry.histogram_sample_every`` (4 by default: an
+SDK histogram record is the dearest call left, ~4.6 us) and reuse one attribute
 mapping per series; spans are only recorded for the sampled share of RPCs
 (``telemetry.trace_sample_ratio``, 1% by default). A
 batch that crosses the Ray hop carries the trace contexts of its sampled
@@ -19,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -101,7 +104,9 @@ class Telemetry(NullTelemetry):
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         self._tracer_provider = tracer_provider
         self._ratio = settings.trace_sample_ratio
-        self._rng = np.random.default_rng()
+        self._every = settings.histogram_sample_every
+        self._rpc_tick = 0
+        self._batch_tick = 0
         self._tracer = tracer_provider.get_tracer("creditauth")
         meter = self._meter_provider.get_meter("creditauth")
         self._trace = trace
@@ -148,6 +153,10 @@ class Telemetry(NullTelemetry):
     def rpc(self, rpc: str, status: str, seconds: float) -> None:
         key = (rpc, status)
         self._rpc_counts[key] += 1
+        self._rpc_tick += 1
+        # Systematic 1-in-N sample of latencies; errors are rare and always recorded.
+        if self._rpc_tick % self._every and status == "OK":
+            return
         attrs = self._attrs.get(key)
         if attrs is None:
             attrs = self._attrs[key] = {"rpc": rpc, "status": status}
@@ -170,6 +179,9 @@ class Telemetry(NullTelemetry):
                 self._error_counts[self._status_names.get(int(code), str(int(code)))] += int(n)
 
     def batch(self, size: int, seconds: float) -> None:
+        self._batch_tick += 1
+        if self._batch_tick % self._every:
+            return
         self._batch_size.record(size)
         self._batch_seconds.record(seconds)
 
@@ -187,7 +199,7 @@ class Telemetry(NullTelemetry):
 
     def sampled(self) -> bool:
         """Whether to trace this RPC: decided here, cheaply, before any SDK object exists."""
-        return self._ratio > 0 and self._rng.random() < self._ratio
+        return self._ratio > 0 and random.random() < self._ratio  # stdlib: ~20x cheaper than numpy's per call
 
     @contextlib.contextmanager
     def span(self, name: str, links: Sequence[str] = (), **attrs: Any) -> Iterator[str | None]:

@@ -74,6 +74,11 @@ def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
         for stage in ("feature_read", "kernel", "policy"):
             assert series("creditauth_stage_duration_seconds_count", f'stage="{stage}"')
         assert series("creditauth_batch_size_count") and series("creditauth_queue_depth")
+        # Latencies are a 1-in-4 sample of OK RPCs (5 calls -> 1 recorded); errors always.
+        timed = series("creditauth_rpc_duration_seconds_count", 'rpc="Authorize"', 'status="OK"')
+        assert timed and float(timed[0].rsplit(" ", 1)[1]) == 1.0
+        failed = series("creditauth_rpc_duration_seconds_count", 'status="INVALID_ARGUMENT"')
+        assert failed and float(failed[0].rsplit(" ", 1)[1]) == 1.0
 
         spans = exporter.get_finished_spans()
         fronts = [s for s in spans if s.name == "Authorize"]
