@@ -9,6 +9,7 @@ calls at 64 in flight, batch RPCs of 100 at 8 in flight, and two streams.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -116,6 +117,8 @@ def _run_target(t: Target, port: int, args: argparse.Namespace) -> dict[str, Any
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a target and wait until every process of its group is gone: Ray's processes
+    outlive the front end by seconds, and their exit work would land on the next target."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
@@ -123,6 +126,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         return
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2.0)  # let the core settle (page cache, socket teardown) before the next target
 
 
 def targets(args: argparse.Namespace) -> list[tuple[Target, int]]:

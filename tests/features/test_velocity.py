@@ -21,7 +21,7 @@ from features.feast_repo import apply, open_store
 from features.materialize import materialize
 from features.online import _codec
 from features.online.reader import open_reader
-from features.velocity import MINUTE_US, QUARTER_US, STATE_BYTES, WindowState
+from features.velocity import MINUTE_US, QUARTER_US, STATE_BYTES, WindowState, record_states
 from tests.conftest import World, redis_available
 
 NOW = 1_790_000_000.25  # a fixed wall clock for the tests
@@ -239,3 +239,30 @@ def test_foreign_or_null_state_starts_fresh() -> None:
     good.record(10, 3)
     assert WindowState.from_value(good.value(), 10).apps_24h == 3
     assert np.frombuffer(good.payload()[9:17], "<u4").tolist() == [3, 3]  # the stored sums
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_steps, min_size=1, max_size=6), st.integers(-3 * QUARTER_US, 3 * QUARTER_US))
+def test_vectorised_record_equals_the_reference(histories: list[list[tuple[int, int]]], shift: int) -> None:
+    """record_states (the SQLite path: one numpy pass per batch) writes byte for byte what
+    WindowState writes for each merchant, from any earlier history, clocks stepping back included."""
+    t0 = round(NOW * 1e6)
+    refs: list[WindowState | None] = []
+    for steps in histories:
+        ref: WindowState | None = None
+        t = t0
+        for dt_us, k in steps:
+            t += dt_us
+            ref = ref or WindowState.fresh(t)
+            ref.record(t, k)
+        refs.append(ref)
+    refs.append(None)  # a merchant never seen
+    now = t0 + sum(d for d, _ in histories[0]) + shift
+    ks = [1 + i % 3 for i in range(len(refs))]
+    values = [None if r is None else r.value() for r in refs]
+    got = record_states(values, now, ks)
+    for i, r in enumerate(refs):
+        want = WindowState.from_value(values[i], now) if r is not None else WindowState.fresh(now)
+        want.record(now, ks[i])
+        assert got[i].tobytes() == want.payload()
+        assert (int(got["apps_1h"][i]), int(got["apps_24h"][i])) == (want.apps_1h, want.apps_24h)
