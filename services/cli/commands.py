@@ -145,6 +145,12 @@ def bench_serving(settings: Settings, args: argparse.Namespace) -> None:
     bench_main(args)
 
 
+def bench_telemetry(settings: Settings, args: argparse.Namespace) -> None:
+    from services.bench.telemetry_cost import main as telemetry_main
+
+    telemetry_main(settings, args)
+
+
 def bench_capacity(settings: Settings, args: argparse.Namespace) -> None:
     from services.bench.capacity import main as capacity_main
 

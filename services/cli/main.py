@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--json", help="also write the rows as JSON here")
     bc.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each stack's output goes")
 
+    bt = bench_sub.add_parser("telemetry", help="telemetry's cost per RPC and per backend call, on vs off, in process")
+    _common(bt)
+    bt.add_argument("--calls", type=int, default=200_000, help="calls per round")
+    bt.add_argument("--rounds", type=int, default=3)
+
     demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
     _common(demo)
     demo.add_argument("--merchants", type=int, default=100_000)
