@@ -18,6 +18,9 @@ COMMANDS = [
     ["model", "train"],
     ["serve"],
     ["demo"],
+    ["bench", "serving"],
+    ["bench", "capacity"],
+    ["bench", "telemetry"],
 ]
 
 
