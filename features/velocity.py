@@ -182,7 +182,8 @@ class VelocityCounts:
     event_us: int  # the time recorded, Unix microseconds
 
 
-# --- the window arithmetic, in Python (SQLite path; the Lua above mirrors it) ----------
+# --- the window arithmetic: the reference (one merchant); the Lua above and record_states below
+# (the SQLite path, a batch at once) are tested byte for byte against it ----------------------
 
 
 @dataclass
@@ -279,10 +280,9 @@ def record_states(values: Sequence[bytes | None], now_us: int, k: Sequence[int])
     st["version"] = STATE_VERSION
     last = st["last_us"]
     kk = np.asarray(k, dtype=np.int64)
-    minutes, quarters = st["minutes"], st["quarters"]
+    minutes, quarters = st["minutes"], st["quarters"]  # views: _slide updates st in place
     _slide(minutes, (last // MINUTE_US).astype(np.int64), now_us // MINUTE_US, kk)
     _slide(quarters, (last // QUARTER_US).astype(np.int64), now_us // QUARTER_US, kk)
-    st["minutes"], st["quarters"] = minutes, quarters
     st["last_us"] = np.maximum(last, float(now_us))
     st["apps_1h"] = minutes.sum(axis=1, dtype=np.uint64)
     st["apps_24h"] = quarters.sum(axis=1, dtype=np.uint64)

@@ -105,7 +105,7 @@ class TelemetrySettings(_Strict):
     prometheus_port: int = Field(0, ge=0, le=65535)
     prometheus_host: str = "127.0.0.1"
     trace_sample_ratio: float = Field(0.01, ge=0, le=1)
-    # Latency and batch histograms record one RPC (one backend call) in this many: an
+    # Latency, batch and stage histograms record one RPC (one backend call) in this many: an
     # SDK histogram record costs ~4.6 us here, the largest part of telemetry's cost
     # per unary RPC. Counts (RPCs, decisions, errors) are always exact.
     histogram_sample_every: int = Field(4, ge=1, le=1000)

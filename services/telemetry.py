@@ -3,8 +3,8 @@
 Cost is kept per RPC and per batch, never per decision, and small: counts
 (RPCs by status, decisions by outcome, item errors) are plain integers read by
 observable counters when metrics are collected, so the request path pays a
-dict increment, not an SDK call; latency and batch histograms record one RPC
-(one backend call) in ``telemetry.histogram_sample_every`` (4 by default: an
+dict increment, not an SDK call; latency, batch and stage histograms record one
+RPC (one backend call) in ``telemetry.histogram_sample_every`` (4 by default: an
 SDK histogram record is the dearest call left, ~4.6 us) and reuse one attribute
 mapping per series; spans are only recorded for the sampled share of RPCs
 (``telemetry.trace_sample_ratio``, 1% by default). A
@@ -44,10 +44,9 @@ class NullTelemetry:
     def outcomes(self, decisions: npt.NDArray[np.int8], status: npt.NDArray[np.int8]) -> None:
         return None
 
-    def batch(self, size: int, seconds: float) -> None:
-        return None
-
-    def stage(self, stage: str, seconds: float) -> None:
+    def batch(
+        self, size: int, seconds: float, stage_names: Sequence[str], stage_s: npt.NDArray[np.float32]
+    ) -> None:
         return None
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
@@ -178,18 +177,20 @@ class Telemetry(NullTelemetry):
             for code, n in zip(*np.unique(status[~ok], return_counts=True), strict=True):
                 self._error_counts[self._status_names.get(int(code), str(int(code)))] += int(n)
 
-    def batch(self, size: int, seconds: float) -> None:
+    def batch(
+        self, size: int, seconds: float, stage_names: Sequence[str], stage_s: npt.NDArray[np.float32]
+    ) -> None:
+        """One backend call: its size, its duration and the replica's time per stage."""
         self._batch_tick += 1
         if self._batch_tick % self._every:
             return
         self._batch_size.record(size)
         self._batch_seconds.record(seconds)
-
-    def stage(self, stage: str, seconds: float) -> None:
-        attrs = self._stage_attrs.get(stage)
-        if attrs is None:
-            attrs = self._stage_attrs[stage] = {"stage": stage}
-        self._stage_seconds.record(seconds, attrs)
+        for stage, sec in zip(stage_names, stage_s.tolist(), strict=True):
+            attrs = self._stage_attrs.get(stage)
+            if attrs is None:
+                attrs = self._stage_attrs[stage] = {"stage": stage}
+            self._stage_seconds.record(sec, attrs)
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         def observe(_options: Any) -> Iterator[Any]:
