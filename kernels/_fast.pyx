@@ -95,7 +95,7 @@ _ARRAYS = (
     ("kids", np.int32), ("tree_node_off", np.int32),
     ("tree_root", np.int32), ("tree_leaf_off", np.int32), ("leaf", np.float64),
     ("qs_col_off", np.int32), ("qs_cum_off", np.int32), ("qs_cum", np.int32),
-    ("qs_tree", np.int32), ("qs_keep32", np.uint32), ("qs_keep64", np.uint64),
+    ("qs_tree", np.int32), ("qs_keep64", np.uint64),
     ("q_pack", np.uint64), ("qs_base", np.int32), ("qm_off", np.int32),
     ("qm_cum_off", np.int32), ("qm_cum", np.int32), ("set_zero", np.int32),
     ("tree_path_off", np.int32), ("tree_path_width", np.int32),
@@ -219,7 +219,6 @@ cdef class FastKernel:
         m.qs_cum_off = <const int32_t*>_ptr(keep, "qs_cum_off")
         m.qs_cum = <const int32_t*>_ptr(keep, "qs_cum")
         m.qs_tree = <const int32_t*>_ptr(keep, "qs_tree")
-        m.qs_keep32 = <const uint32_t*>_ptr(keep, "qs_keep32")
         m.qs_keep64 = <const uint64_t*>_ptr(keep, "qs_keep64")
         m.q_pack = <const uint64_t*>_ptr(keep, "q_pack")
         m.qs_base = int(a["qs_base"][0])

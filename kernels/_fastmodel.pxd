@@ -84,8 +84,7 @@ cdef struct FModel:
     const int32_t* qs_cum_off      # column c, rank b: qs_cum[qs_cum_off[c] + b] entries < b
     const int32_t* qs_cum
     const int32_t* qs_tree
-    const uint32_t* qs_keep32      # ~clear (bits kept when the node goes right)
-    const uint64_t* qs_keep64
+    const uint64_t* qs_keep64      # ~clear (bits kept when the node goes right)
     # Narrow models (<= 32 leaves): packed entries keep32 | (tree << 32). First,
     # per rank set, the nodes of all its numerical views merged into one
     # rank-sorted list (used when no view substitutes the value); then the

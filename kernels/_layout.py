@@ -514,7 +514,6 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         "qs_cum_off": qs_cum_off,
         "qs_cum": (np.concatenate(qs_cum_parts) if qs_cum_parts else np.zeros(0, np.int32)),
         "qs_tree": node_tree[order],
-        "qs_keep32": (keep64[order] & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         "qs_keep64": keep64[order],
         "q_pack": q_pack,
         "qs_base": np.array([morder.shape[0]], dtype=np.int32),
