@@ -47,5 +47,17 @@ class EnsembleBase:
         Returns float64 (n_rows,): probabilities for binary objectives (the
         library's transformed output in general), raw margins if ``raw_score``.
         """
+    def predict_with_reasons(
+        self, X: np.ndarray, top_k: int, raw_score: bool = False
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.float64]]:
+        """Scores plus the top-k most adverse features per row (Saabas attribution).
+
+        Returns ``(pred, feature_idx, contribution)``: ``pred`` as :meth:`predict`;
+        ``feature_idx`` int32 (n, k), most adverse first, ``-1`` where fewer than
+        k features pushed the raw score up; ``contribution`` float64 (n, k) in
+        raw-score (log-odds) units, 0.0 in unused slots. Ties go to the lower
+        feature index. Values are exact to ~1e-7 relative (float32 partial sums);
+        ``TreeEnsemble.contributions`` gives the exact float64 matrix.
+        """
     def predict_one(self, row: np.ndarray, raw_score: bool = False) -> float:
         """Score one 1-D float32/float64 row without batch set-up."""

@@ -14,3 +14,5 @@ cdef void block_run(const FModel* m, const void* data, int is_f32, Py_ssize_t n,
                     double* out, int top_k, int32_t* out_idx, double* out_val,
                     int32_t* bins, BlockScratch* sc, double* contrib) noexcept nogil
 cdef Py_ssize_t block_reason_doubles(const FModel* m) noexcept nogil
+cdef void leaf_reasons_row(const FModel* m, const int32_t* leaf_idx,
+                           double* racc) noexcept nogil

@@ -26,6 +26,8 @@ walked with a branch-free child select.
 from libc.math cimport INFINITY
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 
+from kernels._fastblock cimport leaf_reasons_row
+
 from kernels._fastmodel cimport (
     VIEW_CATEGORICAL,
     VIEW_NAN_AS_ZERO,
@@ -173,6 +175,17 @@ cdef inline double _sum_leaves32(const FModel* m, const uint32_t* v32, int32_t* 
     return fm_finish(m, acc, facc, raw)
 
 
+cdef inline void _add_reasons(const FModel* m, const int32_t* leaf_idx,
+                              double* contrib) noexcept nogil:
+    """Saabas contributions of one row from its exit leaves (global indices)."""
+    cdef Py_ssize_t t
+    if m.lc_nv:
+        leaf_reasons_row(m, leaf_idx, contrib)
+        return
+    for t in range(m.n_trees):
+        fm_add_path(m, <int>t, leaf_idx[t] - m.tree_leaf_off[t], contrib)
+
+
 cdef double row_qs_narrow(const FModel* m, const void* data, int is_f32, Py_ssize_t row,
                           double* xs, int32_t* pos, uint32_t* v32, bint raw,
                           double* contrib) noexcept nogil:
@@ -211,8 +224,7 @@ cdef double row_qs_narrow(const FModel* m, const void* data, int is_f32, Py_ssiz
         _and_prefix(v32, q + m.qs_base + m.qs_col_off[c], m.qs_cum[m.qs_cum_off[c] + r], sh)
     result = _sum_leaves32(m, v32, leaf_idx, raw)
     if contrib != NULL:
-        for t in range(m.n_trees):
-            fm_add_path(m, <int>t, leaf_idx[t] - m.tree_leaf_off[t], contrib)
+        _add_reasons(m, leaf_idx, contrib)
     return result
 
 
@@ -243,8 +255,7 @@ cdef double row_qs_wide(const FModel* m, const int32_t* rk, uint64_t* v64, bint 
         for t in range(nt):
             acc += m.leaf[leaf_idx[t]]
     if contrib != NULL:
-        for t in range(nt):
-            fm_add_path(m, <int>t, leaf_idx[t] - m.tree_leaf_off[t], contrib)
+        _add_reasons(m, leaf_idx, contrib)
     return fm_finish(m, acc, facc, raw)
 
 

@@ -2,9 +2,10 @@
 
 Loading parses the model into a library-neutral ForestIR (``_ir.py``),
 validates it, and compiles it into the kernels' flat arrays. Prediction
-validates the input, then calls a kernel that releases the GIL. ``predict``
-and ``predict_one`` are inherited from ``_fast.EnsembleBase`` (C), so a
-single row pays ~0.2 us of call overhead rather than ~1 us.
+validates the input, then calls a kernel that releases the GIL. ``predict``,
+``predict_one`` and ``predict_with_reasons`` are inherited from
+``_fast.EnsembleBase`` (C), so a single row pays ~0.2 us of call overhead
+rather than ~1-2 us.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from kernels._ir import ForestIR
 from kernels._layout import MAX_BLOCK_LEAVES, build_layout, fast_kernel_arrays
 from kernels._lightgbm import parse_lightgbm
 from kernels._traverse import TraversalKernel
-from kernels._validate import check_matrix, check_top_k
+from kernels._validate import check_matrix
 from kernels._xgboost import parse_xgboost_json
 
 __all__ = ["TreeEnsemble"]
@@ -123,38 +124,9 @@ class TreeEnsemble(EnsembleBase):
         )
 
     # -- prediction ---------------------------------------------------------------------
-    # predict(X, raw_score=False) and predict_one(row, raw_score=False) come from
-    # EnsembleBase (kernels/_fast.pyx).
-
-    def predict_with_reasons(
-        self, X: npt.NDArray[Any], top_k: int, raw_score: bool = False
-    ) -> tuple[F64Array, I32Array, F64Array]:
-        """Scores plus the top-k most adverse features per row (Saabas attribution).
-
-        Returns ``(pred, feature_idx, contribution)``: ``pred`` as :meth:`predict`;
-        ``feature_idx`` int32 (n, k), most adverse first, ``-1`` where fewer than
-        k features pushed the raw score up; ``contribution`` float64 (n, k) in
-        raw-score (log-odds) units, 0.0 in unused slots. Ties go to the lower
-        feature index.
-
-        Attribution is Saabas (path-dependent): each split on the row's path
-        credits its feature with the change in node value (LightGBM
-        ``internal_value``; XGBoost hessian-weighted node means, as its
-        ``approx_contribs``). Batches of >= 16 rows accumulate per-tree
-        contributions in float32 before summing in float64, so values are exact
-        to ~1e-7 relative; :meth:`contributions` gives the exact float64 matrix.
-        """
-        x = check_matrix(X, self._n_features)
-        k = check_top_k(top_k, self._n_features)
-        n = x.shape[0]
-        out = np.empty(n, dtype=np.float64)
-        idx = np.empty((n, k), dtype=np.int32)
-        val = np.empty((n, k), dtype=np.float64)
-        if n and self._fast is not None:
-            self._fast.predict_reasons(x, k, out, idx, val, raw_score)
-        elif n:
-            self._traverse.predict_reasons(x, k, out, idx, val, raw_score)
-        return out, idx, val
+    # predict(X, raw_score=False), predict_one(row, raw_score=False) and
+    # predict_with_reasons(X, top_k, raw_score=False) come from EnsembleBase
+    # (kernels/_fast.pyx).
 
     def contributions(self, X: npt.NDArray[Any]) -> F64Array:
         """Full Saabas attribution matrix (n, n_features + 1); last column is the bias.

@@ -45,9 +45,15 @@ def test_lightgbm_reasons_match_python_reference(cfg: dict[str, object]) -> None
         prob, idx, val = ens.predict_with_reasons(X, top_k=k)
         np.testing.assert_array_equal(prob, ens.predict(X))
         assert_reasons_match(idx, val, ref_contrib[:, :-1], k)
-    # Row path (single rows) sums exact float64 paths.
-    _, idx1, val1 = ens.predict_with_reasons(X[:1], top_k=3)
-    assert_reasons_match(idx1, val1, ref_contrib[:1, :-1], 3, rtol=1e-12)
+    # Single rows (the row kernels) against the reference, and against the same
+    # rows scored in a batch (the block kernel): both sum the same float32 leaf
+    # vectors in the same order, or (models over 64 leaves) exact float64 paths.
+    _, idx_b, val_b = ens.predict_with_reasons(X, top_k=3)
+    for i in range(12):
+        _, idx1, val1 = ens.predict_with_reasons(X[i : i + 1], top_k=3)
+        assert_reasons_match(idx1, val1, ref_contrib[i : i + 1, :-1], 3)
+        np.testing.assert_array_equal(idx1[0], idx_b[i])
+        np.testing.assert_allclose(val1[0], val_b[i], rtol=1e-12, atol=0)
 
 
 def test_reasons_float32_input_and_raw_score() -> None:
@@ -85,6 +91,30 @@ def test_property_top_k_is_top_of_contributions(seed: int, k: int, leaves: int) 
     contrib = ens.contributions(X)
     _, idx, val = ens.predict_with_reasons(X, top_k=k)
     assert_reasons_match(idx, val, contrib[:, :-1], k)
+
+
+@pytest.mark.parametrize("n_features", [40, 600])
+def test_top_k_selection_wide_models_and_ties(n_features: int) -> None:
+    # 40 features take the vectorised selection; 600 are past its stack buffer
+    # (512) and the leaf-vector table's width, so the scalar insertion runs.
+    # Integer-valued duplicated columns make exact ties, which go to the lower
+    # feature index either way.
+    text = lgb_model(n_trees=8, num_leaves=15, n_features=n_features, seed=3, n_rows=1500)
+    ens = TreeEnsemble.from_lightgbm(text)
+    X = np.ascontiguousarray(adversarial(40, n_features, seed=5))
+    X[:, 1] = X[:, 0]
+    contrib = ens.contributions(X)
+    for rows in (X, X[:1]):
+        _, idx, val = ens.predict_with_reasons(rows, top_k=5)
+        assert_reasons_match(idx, val, contrib[: rows.shape[0], :-1], 5)
+
+
+@pytest.mark.parametrize("k_arg", [np.int64(3), 3])
+def test_top_k_accepts_numpy_and_python_ints(k_arg: object) -> None:
+    ens = TreeEnsemble.from_lightgbm(lgb_model())
+    X = adversarial(20, ens.n_features, seed=15)
+    _, idx, _ = ens.predict_with_reasons(X, top_k=k_arg)  # type: ignore[arg-type]
+    assert idx.shape == (20, 3)
 
 
 def test_reason_names_helper() -> None:
