@@ -48,7 +48,7 @@ class EnsembleBase:
         library's transformed output in general), raw margins if ``raw_score``.
         """
     def predict_with_reasons(
-        self, X: np.ndarray, top_k: int, raw_score: bool = False
+        self, X: np.ndarray, top_k: int | np.integer, raw_score: bool = False
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.float64]]:
         """Scores plus the top-k most adverse features per row (Saabas attribution).
 

@@ -421,10 +421,12 @@ cdef class EnsembleBase:
         Attribution is Saabas (path-dependent): each split on the row's path
         credits its feature with the change in node value (LightGBM
         ``internal_value``; XGBoost hessian-weighted node means, as its
-        ``approx_contribs``). Models of up to 64 leaves per tree (and a few
-        hundred features) sum per-leaf contribution vectors in float32, a few
-        trees at a time, into float64, so values are exact to ~1e-7 relative;
-        :meth:`contributions` gives the exact float64 matrix.
+        ``approx_contribs``). Models of up to 64 leaves per tree and 64
+        features sum per-leaf contribution vectors in float32, a few trees at a
+        time, into float64 (batches and single rows alike); wider models do the
+        same per node in batches and add exact float64 paths for single rows.
+        Values are exact to ~1e-7 relative; :meth:`contributions` gives the
+        exact float64 matrix.
         """
         cdef cnp.npy_intp dims[2]
         cdef cnp.ndarray x, out, idx, val
