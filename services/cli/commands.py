@@ -156,3 +156,9 @@ def bench_capacity(settings: Settings, args: argparse.Namespace) -> None:
 
     args.data_dir = settings.data_dir
     capacity_main(args)
+
+
+def bench_channels(settings: Settings, args: argparse.Namespace) -> None:
+    from services.bench.channels import main as channels_main
+
+    channels_main(args)

@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--calls", type=int, default=200_000, help="calls per round")
     bt.add_argument("--rounds", type=int, default=3)
 
+    bch = bench_sub.add_parser(
+        "channels", help="front end -> replica channels (Ray actor call, Compiled Graph, direct), one batch per call"
+    )
+    _common(bch)
+    bch.add_argument("--calls", type=int, default=1000, help="serial calls per channel, size and round")
+    bch.add_argument("--rounds", type=int, default=3)
+    bch.add_argument("--sizes", default="1,100", help="batch sizes (comma-separated)")
+    bch.add_argument("--json", help="also write every round's figures as JSON here")
+
     demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
     _common(demo)
     demo.add_argument("--merchants", type=int, default=100_000)
