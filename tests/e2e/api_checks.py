@@ -142,10 +142,21 @@ def check_health_and_reflection(channel: grpc.Channel) -> None:
 
 
 def check_deadline(channel: grpc.Channel) -> None:
+    # gRPC keeps deadlines in whole milliseconds (rounded up), so a 1 us timeout
+    # is a budget of up to ~1 ms on the wire, and a fast in-process server may
+    # answer inside it (rightly: the budget was not gone). Over a few tries the
+    # budget must run out at least once, and an expired call must end as
+    # DEADLINE_EXCEEDED, never as another error.
     stub = pb_grpc.CreditAuthorizationStub(channel)
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Authorize(request(1), timeout=0.000001)
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    codes = []
+    for _ in range(10):
+        try:
+            stub.Authorize(request(1), timeout=0.000001)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+    assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 5, codes
 
 
 def check_idempotency(channel: grpc.Channel) -> None:
