@@ -142,12 +142,16 @@ def check_health_and_reflection(channel: grpc.Channel) -> None:
 
 
 def check_deadline(channel: grpc.Channel) -> None:
-    # gRPC keeps deadlines in whole milliseconds (rounded up), so a 1 us timeout
-    # is a budget of up to ~1 ms on the wire, and a fast in-process server may
-    # answer inside it (rightly: the budget was not gone). Over a few tries the
-    # budget must run out at least once, and an expired call must end as
-    # DEADLINE_EXCEEDED, never as another error.
     stub = pb_grpc.CreditAuthorizationStub(channel)
+    # A budget far below the work: 500 decisions take tens of milliseconds here.
+    reqs = [request(i, f"M{i % 200:08d}") for i in range(500)]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=0.002)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # gRPC keeps deadlines in whole milliseconds (rounded up), so a 1 us timeout
+    # is a budget of up to ~1 ms on the wire, and a fast server may answer inside
+    # it (rightly: the budget was not gone). Whichever way it goes, an expired
+    # call ends as DEADLINE_EXCEEDED and never as another error.
     codes = []
     for _ in range(10):
         try:
@@ -156,7 +160,6 @@ def check_deadline(channel: grpc.Channel) -> None:
         except grpc.RpcError as exc:
             codes.append(exc.code())
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
-    assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 5, codes
 
 
 def check_idempotency(channel: grpc.Channel) -> None:
