@@ -65,7 +65,7 @@ class RequestMix:
         seed: int = 1,
         unknown_share: float = 0.01,
         invalid_share: float = 0.0,
-        zipf: float = 1.1,
+        zipf: float = 1.01,
         id_prefix: str | None = None,
     ) -> None:
         apps = pl.read_parquet(population_files(data_dir) / "*.parquet")

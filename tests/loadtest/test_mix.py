@@ -51,7 +51,7 @@ def test_merchant_popularity_is_skewed_and_ids_are_unique(population: Path) -> N
     mix = RequestMix(population, seed=3, unknown_share=0.0)
     reqs = [mix.next() for _ in range(10_000)]
     top = Counter(r.merchant_id for r in reqs).most_common(1)[0][1]
-    assert top > 10 * (10_000 / 500)  # the favourite merchant: far above a uniform share
+    assert top > 5 * (10_000 / 500)  # the favourite merchant: far above a uniform share
     assert len({r.application_id for r in reqs}) == 10_000
     # Amounts and terms come from the population's past applications.
     assert all(r.requested_amount.amount_minor > 0 and r.term_months in (3, 6, 12, 18, 24, 36) for r in reqs)
