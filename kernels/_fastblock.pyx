@@ -194,6 +194,19 @@ cdef extern from *:
     #if defined(__AVX__)
     #include <immintrin.h>
     #endif
+    /* Call the NV-specialised variant name##_NV (NV = leaf vector floats / 8). */
+    #define CA_NV_DISPATCH(name, nv, ...) do { \
+            switch (nv) { \
+                case 1: name##_1(__VA_ARGS__); break; \
+                case 2: name##_2(__VA_ARGS__); break; \
+                case 3: name##_3(__VA_ARGS__); break; \
+                case 4: name##_4(__VA_ARGS__); break; \
+                case 5: name##_5(__VA_ARGS__); break; \
+                case 6: name##_6(__VA_ARGS__); break; \
+                case 7: name##_7(__VA_ARGS__); break; \
+                default: name##_8(__VA_ARGS__); break; \
+            } \
+        } while (0)
     CA_RCHUNK(1) CA_RCHUNK(2) CA_RCHUNK(3) CA_RCHUNK(4)
     CA_RCHUNK(5) CA_RCHUNK(6) CA_RCHUNK(7) CA_RCHUNK(8)
     /* One row, global leaf indices: the same sums as ca_rchunk (float32 per
@@ -245,30 +258,12 @@ cdef extern from *:
     CA_RROW(5) CA_RROW(6) CA_RROW(7) CA_RROW(8)
     static inline void ca_rrow(int nv, const float* tab, const int32_t* leaf, int ntrees,
                                double* racc) {
-        switch (nv) {
-            case 1: ca_rrow_1(tab, leaf, ntrees, racc); break;
-            case 2: ca_rrow_2(tab, leaf, ntrees, racc); break;
-            case 3: ca_rrow_3(tab, leaf, ntrees, racc); break;
-            case 4: ca_rrow_4(tab, leaf, ntrees, racc); break;
-            case 5: ca_rrow_5(tab, leaf, ntrees, racc); break;
-            case 6: ca_rrow_6(tab, leaf, ntrees, racc); break;
-            case 7: ca_rrow_7(tab, leaf, ntrees, racc); break;
-            default: ca_rrow_8(tab, leaf, ntrees, racc); break;
-        }
+        CA_NV_DISPATCH(ca_rrow, nv, tab, leaf, ntrees, racc);
     }
     static inline void ca_rchunk(int nv, const float* tab, const int32_t* toff,
                                  const uint8_t* lidx, int lstride, int ntrees, int nrows,
                                  double* racc) {
-        switch (nv) {
-            case 1: ca_rchunk_1(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            case 2: ca_rchunk_2(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            case 3: ca_rchunk_3(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            case 4: ca_rchunk_4(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            case 5: ca_rchunk_5(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            case 6: ca_rchunk_6(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            case 7: ca_rchunk_7(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-            default: ca_rchunk_8(tab, toff, lidx, lstride, ntrees, nrows, racc); break;
-        }
+        CA_NV_DISPATCH(ca_rchunk, nv, tab, toff, lidx, lstride, ntrees, nrows, racc);
     }
     """
     int RCHUNK "CA_RCHUNK_TREES"

@@ -24,7 +24,6 @@ Like ``naive.py``, this module talks to Ray directly: it measures Ray itself.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psutil
 
 from services.frontend.codec import Item, to_batch
 from services.runtime.channel import ChannelServer, DirectBackend, codec
@@ -110,7 +110,7 @@ class Figure:
     wall_s: float
     p50_us: float
     p99_us: float
-    machine_cpu_s: float  # every process's CPU over the calls (from /proc/stat), less idle
+    machine_cpu_s: float  # every process's CPU over the calls (psutil.cpu_times), less idle
 
     @property
     def calls_per_s(self) -> float:
@@ -123,9 +123,8 @@ class Figure:
 
 def _busy_s() -> float:
     """CPU seconds spent by the whole machine so far (user + nice + system + irq + softirq)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:8]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
 def _time_calls(call: Callable[[], Any], calls: int) -> tuple[float, list[float], float]:
@@ -193,8 +192,8 @@ def run(sizes: Sequence[int], calls: int, rounds: int, num_cpus: int = 2) -> lis
         c0 = _busy_s()
         time.sleep(1.0)
         idle_per_s = _busy_s() - c0
-        blobs = {n: b"".join(bytes(p) for p in codec.encode(request_batch(n))) for n in sizes}
         batches = {n: request_batch(n) for n in sizes}
+        blobs = {n: b"".join(bytes(p) for p in codec.encode(b)) for n, b in batches.items()}
 
         def measure(way: str, n: int, warm: int, timed: int) -> tuple[float, list[float], float]:
             if way in backends:
