@@ -1,9 +1,14 @@
-"""The feature layer: synthetic data, the Feast repository, bulk materialization and
-batched online reads of Feast's online-store layout.
+"""The feature layer: the catalogue, online stores (Feast's layout, read and written in
+batches), request-time features, velocity, and, off the serving path, the synthetic
+population, the Feast repository, bulk materialization and training frames.
 
-Public API; everything else in this package is private to it.
+The serving API is below; importing it pulls in neither polars nor the population
+generator (``features.training``, ``features.materialize``, ``features.feast_repo`` and
+``features.population`` are imported by name where they are needed).
 """
 
+from features.batch import FeatureBatch
+from features.cache import CachedReader
 from features.catalog import FEATURE_SERVICE, MATRIX_COLUMNS, REQUEST_COLUMNS
 from features.errors import (
     FeatureConfigError,
@@ -11,19 +16,15 @@ from features.errors import (
     FeatureError,
     OnlineStoreUnavailable,
 )
-from features.online.batch import FeatureBatch
-from features.online.cache import CachedReader
-from features.online.reader import OnlineReader, open_reader
 from features.request import request_features
 from features.settings import FeatureSettings
+from features.stores import IdempotencyStore, OnlineReader, StoreBackend, open_backend
 from features.tags import Tag, TagCatalog
-from features.training import MODEL_COLUMNS, training_frame
 from features.velocity import VelocityCounts, VelocityRecorder
 
 __all__ = [
     "FEATURE_SERVICE",
     "MATRIX_COLUMNS",
-    "MODEL_COLUMNS",
     "REQUEST_COLUMNS",
     "CachedReader",
     "FeatureBatch",
@@ -31,13 +32,14 @@ __all__ = [
     "FeatureDataError",
     "FeatureError",
     "FeatureSettings",
+    "IdempotencyStore",
     "OnlineReader",
     "OnlineStoreUnavailable",
+    "StoreBackend",
     "Tag",
     "TagCatalog",
     "VelocityCounts",
     "VelocityRecorder",
-    "open_reader",
+    "open_backend",
     "request_features",
-    "training_frame",
 ]

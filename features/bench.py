@@ -100,9 +100,9 @@ def _latency(calls: list[float]) -> tuple[float, float]:
 
 def bench_reads(s: FeatureSettings, merchants: int, sizes: list[int], seconds: float) -> list[Row]:
     from features.feast_repo import open_store
-    from features.online.reader import open_reader
+    from features.stores import open_backend
 
-    reader = open_reader(s)
+    reader = open_backend(s).reader()
     store = open_store(s)
     refs = [f"{v.name}:{f}" for v in catalog.ALL_VIEWS for f in v.field_names if f != "window_state"]
     rng = np.random.default_rng(1)
@@ -171,9 +171,10 @@ def bench_velocity(s: FeatureSettings, merchants: int, n: int, seconds: float) -
     import pandas as pd
 
     from features.feast_repo import open_store
-    from features.velocity import VelocityRecorder, WindowState
+    from features.stores import open_backend
+    from features.velocity import WindowState
 
-    rec = VelocityRecorder(s)
+    rec = open_backend(s).velocity()
     store = open_store(s)
     rng = np.random.default_rng(2)
     ids = [f"M{i:08d}" for i in range(merchants)]

@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import yaml
 from feast import (
     Entity,
     FeatureService,
@@ -30,6 +31,7 @@ from features import catalog
 from features.errors import FeatureConfigError
 from features.request import request_features_rows
 from features.settings import FeatureSettings
+from features.stores import open_backend
 
 _DTYPES = {"float32": Float32, "int64": Int64, "bytes": Bytes}
 _TTL = dt.timedelta(days=400)
@@ -124,19 +126,15 @@ def build_objects(data_dir: Path) -> list[Any]:
 
 
 def feature_store_yaml(settings: FeatureSettings) -> str:
-    if settings.online_store == "sqlite":
-        online = f"  type: sqlite\n  path: {settings.sqlite_path.resolve()}\n"
-    else:
-        host, port, db = settings.redis_host_port_db()
-        online = f"  type: redis\n  connection_string: \"{host}:{port},db={db}\"\n"
-    return (
-        f"project: {settings.project}\n"
-        f"registry: {settings.registry_path.resolve()}\n"
-        "provider: local\n"
-        "entity_key_serialization_version: 3\n"
-        f"online_store:\n{online}"
-        "offline_store:\n  type: file\n"
-    )
+    doc = {
+        "project": settings.project,
+        "registry": str(settings.registry_path.resolve()),
+        "provider": "local",
+        "entity_key_serialization_version": 3,
+        "online_store": open_backend(settings).feast_online_store(),
+        "offline_store": {"type": "file"},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def write_repo(settings: FeatureSettings) -> Path:

@@ -3,7 +3,7 @@
 ``feast materialize`` turns every value into a protobuf object and writes row by row.
 This writes the layout Feast writes, byte for byte (so the Feast SDK reads it back
 identically), but streams the offline table in chunks and encodes whole columns in C
-(``features.online.writers``). It then records the materialized interval in the Feast
+(the store backend's writer, ``features.stores.<kind>.writer``). It then records the materialized interval in the Feast
 registry exactly as ``feast materialize`` does, so ``feast materialize-incremental``
 carries on from there.
 
@@ -31,9 +31,8 @@ import pyarrow.parquet as pq
 from features import catalog
 from features.errors import FeatureConfigError
 from features.feast_repo import open_store
-from features.online import _codec
-from features.online.writers import RedisWriter, open_writer
 from features.settings import FeatureSettings
+from features.stores import layout, open_backend
 
 _CHUNK = 50_000
 _T = TypeVar("_T")
@@ -218,18 +217,18 @@ def materialize(
     """
     t0 = time.perf_counter()
     store = open_store(settings)
-    writer = open_writer(settings, dedup=dedup)
+    writer = open_backend(settings).writer(dedup=dedup)
     entities = values = 0
     # The tag bitset first: its value is over Redis's listpack limit (64 bytes), so the
     # entity's hash becomes a real hash table at once and every later field is an O(1)
     # insert instead of a scan of a growing listpack (~35% less Redis time measured).
     ordered = sorted(views, key=lambda v: v is not catalog.TAGS)
     try:
-        chunks = aligned_chunks(settings, tuple(ordered), start, end) if isinstance(writer, RedisWriter) else None
-        if chunks is not None and isinstance(writer, RedisWriter):
-            # Redis, one HSET per merchant for all views (a fifth of the commands).
+        chunks = aligned_chunks(settings, tuple(ordered), start, end) if writer.aligned else None
+        if chunks is not None:
+            # One command per merchant for all views (on Redis a fifth of the commands).
             for ids, frames in _prefetched(chunks):
-                keys = _codec.entity_keys(catalog.JOIN_KEY, ids)
+                keys = layout.entity_keys(ids)
                 values += writer.write_entities([(v, frames[v.name]) for v in ordered], keys)
                 rows = sum(int(f["event_timestamp"].is_not_null().sum()) for f in frames.values())
                 entities += rows
@@ -242,7 +241,7 @@ def materialize(
         else:
             for view in ordered:
                 for frame in _prefetched(latest_rows(settings, view, start, end)):
-                    keys = _codec.entity_keys(catalog.JOIN_KEY, frame[catalog.JOIN_KEY].to_list())
+                    keys = layout.entity_keys(frame[catalog.JOIN_KEY].to_list())
                     values += writer.write(view, frame, keys)
                     entities += frame.height
                     if progress is not None:

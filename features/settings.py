@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from features.stores.base import StoreKind
 
 
 class FeatureSettings(BaseModel):
@@ -20,7 +21,7 @@ class FeatureSettings(BaseModel):
 
     project: str = Field("creditauth", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     data_dir: Path = Path(".creditauth")
-    online_store: Literal["sqlite", "redis"] = "sqlite"
+    online_store: StoreKind = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Bound on every online-store round trip: a slow or dead store becomes a
     # typed error within this time, never a hang.

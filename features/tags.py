@@ -15,17 +15,36 @@ by name; resolve the names once at load time and test bits per batch:
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from features.errors import FeatureConfigError, FeatureDataError
-from features.population.tags import Tag, load_catalog
 from features.settings import FeatureSettings
 
-__all__ = ["Tag", "TagCatalog"]
+__all__ = ["Tag", "TagCatalog", "load_catalog", "write_catalog"]
+
+
+@dataclass(frozen=True)
+class Tag:
+    id: int
+    name: str
+    description: str
+    owner: str
+    rule: str  # human-readable rule, for audit
+
+
+def load_catalog(path: Path) -> list[Tag]:
+    """The tags of a catalogue JSON file (a list of ``Tag`` fields per tag)."""
+    return [Tag(**t) for t in json.loads(path.read_text())]
+
+
+def write_catalog(path: Path, tags: Iterable[Tag]) -> None:
+    path.write_text(json.dumps([asdict(t) for t in tags], indent=1))
 
 
 class TagCatalog:

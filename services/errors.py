@@ -1,11 +1,18 @@
-"""The service layer's exception hierarchy.
+"""The services' one exception root, and the one table from errors to status codes.
 
-Lower layers raise their own errors (``features.errors``, ``kernels.errors``);
-services wrap them at the boundary with ``raise ... from exc`` into these, and
-``services.frontend.status`` maps each of these to exactly one gRPC status.
+Lower layers raise their own roots (``features.FeatureError``, ``kernels.KernelError``);
+where their work crosses into the services it is wrapped once, with ``translate``
+(``raise translate(exc) from exc``), so code above sees only ``CreditAuthError``. Each
+boundary then maps errors to a status with ``code_of`` (the front end to gRPC statuses,
+a replica to the codes in its error frames) and, on the far side of a hop, back to an
+error with ``error_for``.
 """
 
 from __future__ import annotations
+
+from features import FeatureConfigError, FeatureDataError, FeatureError, OnlineStoreUnavailable
+from kernels import KernelError
+from services.schema.codes import Code
 
 
 class CreditAuthError(Exception):
@@ -41,5 +48,69 @@ class BackendUnavailable(CreditAuthError):
     """No scoring replica could take the batch (replica died, cluster gone)."""
 
 
+class StoreUnavailable(CreditAuthError):
+    """An online store (features, velocity, idempotency) could not be reached in time."""
+
+
+class DataError(CreditAuthError):
+    """Stored data that breaks its contract (undecodable values, a mismatched record schema)."""
+
+
 class ShuttingDown(CreditAuthError):
     """The front end is draining and accepts no new work."""
+
+
+class InternalError(CreditAuthError):
+    """A fault inside the services that no caller can fix (a bug, an inconsistent answer)."""
+
+
+# First match wins: subclasses before their bases.
+CODES: tuple[tuple[type[CreditAuthError], Code], ...] = (
+    (InvalidRequest, Code.INVALID_ARGUMENT),
+    (DeadlineExceeded, Code.DEADLINE_EXCEEDED),
+    (Overloaded, Code.RESOURCE_EXHAUSTED),
+    (ShuttingDown, Code.UNAVAILABLE),
+    (BackendUnavailable, Code.UNAVAILABLE),
+    (StoreUnavailable, Code.UNAVAILABLE),
+    (ModelError, Code.FAILED_PRECONDITION),
+    (ConfigError, Code.FAILED_PRECONDITION),
+    (DataError, Code.INTERNAL),
+    (InternalError, Code.INTERNAL),
+    (CreditAuthError, Code.INTERNAL),
+)
+# The error a status code stands for on the far side of a hop (the first row naming it).
+_ERROR_FOR: dict[Code, type[CreditAuthError]] = {}
+for _kind, _code in CODES:
+    _ERROR_FOR.setdefault(_code, _kind)
+
+
+def code_of(exc: BaseException) -> Code:
+    """The status an error is answered with; anything that is not ours is ``INTERNAL``."""
+    for kind, code in CODES:
+        if isinstance(exc, kind):
+            return code
+    return Code.INTERNAL
+
+
+def error_for(code: int, message: str) -> CreditAuthError:
+    """The error to raise for a status that came back over a hop (``InvalidRequest`` needs a field)."""
+    try:
+        kind = _ERROR_FOR.get(Code(code), InternalError)
+    except ValueError:
+        kind = InternalError
+    if kind is InvalidRequest:
+        return InvalidRequest("", message)
+    return kind(message)
+
+
+def translate(exc: FeatureError | KernelError) -> CreditAuthError:
+    """A lower layer's error as the services' own (``raise translate(exc) from exc``)."""
+    if isinstance(exc, OnlineStoreUnavailable):
+        return StoreUnavailable(str(exc))
+    if isinstance(exc, FeatureConfigError):
+        return ConfigError(str(exc))
+    if isinstance(exc, FeatureDataError):
+        return DataError(str(exc))
+    if isinstance(exc, KernelError):
+        return ModelError(str(exc))
+    return InternalError(str(exc))

@@ -45,7 +45,7 @@ def build_world(root: Path, merchants: int = SMALL_MERCHANTS, *, train: bool = T
     from features.materialize import materialize
     from features.population import build_offline_tables, generate_population
     from features.settings import FeatureSettings
-    from services.models import train_model
+    from services.models.train import train_model
 
     generate_population(root, merchants=merchants, seed=7, as_of=AS_OF)
     build_offline_tables(root, AS_OF)

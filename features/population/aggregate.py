@@ -25,54 +25,11 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from features.catalog import (  # the catalogue is the contract: the generator fills it
+    FLOW_FEATURES,
+    WINDOWS,
+)
 from features.population import world
-
-WINDOWS: tuple[int, ...] = (7, 30, 90, 180)
-# Per-window statistics. The first nine are the original set: tag rules and their
-# bit ids refer to them (see ``tags.TAGGED_FLOW_FEATURES``), so they keep their names.
-FLOW_STATS: tuple[str, ...] = (
-    "rev_mean",  # mean daily revenue (major units), every calendar day
-    "rev_cv",  # coefficient of variation of daily revenue
-    "rev_trend",  # least-squares slope of daily revenue / mean (per day)
-    "rev_growth",  # revenue against the prior window of the same length, -1..inf
-    "active_days",  # days with at least one sale
-    "refund_ratio",  # refunded / gross amount
-    "distinct_customers",  # expected distinct customers over the window
-    "ticket_mean",  # gross / transactions (major units)
-    "night_share",  # share of transactions between 22:00 and 06:00
-    "txn_mean",  # transactions per calendar day
-    "txn_cv",  # coefficient of variation of daily transactions
-    "net_rev_mean",  # (gross - refunds) per calendar day
-    "rev_max_ratio",  # best day / mean day
-    "rev_median_active",  # median revenue of trading days
-    "rev_skew",  # skewness of daily revenue (calendar days)
-    "weekend_share",  # share of revenue on Saturdays and Sundays
-    "refund_count_ratio",  # refund transactions / sales
-    "refund_day_share",  # share of trading days with a refund
-    "customers_mean",  # mean distinct customers per calendar day
-    "max_gap_days",  # longest run of days without trade inside the window
-)
-# Merchant-level flow facts that have no window.
-FLOW_GLOBALS: tuple[str, ...] = ("days_since_last_trade", "trading_history_days")
-FLOW_FEATURES: tuple[str, ...] = (
-    *(f"{s}_{w}d" for w in WINDOWS for s in FLOW_STATS),
-    *FLOW_GLOBALS,
-)
-PROFILE_FEATURES: tuple[str, ...] = (
-    "business_age_days",
-    "industry_code",
-    "region_code",
-    "segment_code",
-    "customer_base",
-)
-BUREAU_FEATURES: tuple[str, ...] = (
-    "existing_debt_minor",
-    "credit_utilisation",
-    "delinquencies_12m",
-    "inquiries_6m",
-    "oldest_account_months",
-)
-
 
 F64 = npt.NDArray[np.float64]
 

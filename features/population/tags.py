@@ -20,15 +20,15 @@ order), so as little-endian uint64 words tag ``t`` is bit ``t % 64`` of word
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from features.population import world
+from features.tags import Tag, write_catalog
 
 VENTILES = 20
 # The flow statistics that get ventile tags: the original 36 (nine statistics over four
@@ -41,15 +41,6 @@ TAGGED_FLOW_FEATURES: tuple[str, ...] = tuple(
               "distinct_customers", "ticket_mean", "night_share")
 )
 _AGE_EDGES = (90, 180, 365, 730, 1095, 1825, 3650)
-
-
-@dataclass(frozen=True)
-class Tag:
-    id: int
-    name: str
-    description: str
-    owner: str
-    rule: str  # human-readable rule, for audit
 
 
 @dataclass(frozen=True)
@@ -236,7 +227,7 @@ class TagRules:
         return [Tag(i, r.name, r.description, r.owner, r.rule) for i, r in enumerate(self._rules)]
 
     def write_catalog(self, path: Path) -> None:
-        path.write_text(json.dumps([asdict(t) for t in self.catalog()], indent=1))
+        write_catalog(path, self.catalog())
 
     def pack(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``merchant_id, tags`` for one chunk of joined merchant rows.
@@ -267,7 +258,3 @@ def derive_tags(frame: pl.DataFrame, catalog_path: Path, chunk: int = 100_000) -
     rules.write_catalog(catalog_path)
     parts = [rules.pack(frame.slice(s, chunk)) for s in range(0, frame.height, chunk)]
     return pl.concat(parts) if parts else pl.DataFrame(schema={"merchant_id": pl.String, "tags": pl.Binary})
-
-
-def load_catalog(path: Path) -> list[Tag]:
-    return [Tag(**t) for t in json.loads(path.read_text())]

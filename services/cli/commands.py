@@ -84,7 +84,7 @@ def features_materialize(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def model_train(settings: Settings, args: argparse.Namespace) -> None:
-    from services.models import train_model
+    from services.models.train import train_model
 
     with tqdm(total=args.rounds, desc="train LightGBM", unit="round", disable=None) as bar:
         report = train_model(settings.features, rounds=args.rounds, progress=_ticker(bar))

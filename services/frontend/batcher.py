@@ -11,10 +11,11 @@ backend call whenever a slot is free:
   other calls are still out, by a short linger of ``max_wait``.
 
 Overload is shed, never queued: work whose expected wait in the queue (queued
-decisions over the measured drain rate) exceeds ``max_queue_wait`` or its own
-deadline is refused at once with ``Overloaded``, past ``max_queue`` queued
-decisions everything is, and work whose deadline passes while queued is
-dropped with ``DeadlineExceeded`` instead of being scored late.
+decisions over the measured drain rate) exceeds ``max_queue_wait`` is refused at
+once with ``Overloaded``, past ``max_queue`` queued decisions everything is; work
+whose expected wait exceeds its own deadline is refused at once with
+``DeadlineExceeded`` (it would expire waiting), and work whose deadline passes
+while queued is dropped with ``DeadlineExceeded`` instead of being scored late.
 """
 
 from __future__ import annotations
@@ -127,9 +128,13 @@ class Batcher:
             self.stats.shed += unit.size
             raise Overloaded(f"{self._queued} decisions queued (limit {self._max_queue})")
         wait = self.expected_wait_s(unit.size)
-        if wait > self._max_queue_wait or wait > unit.deadline - time.time():
+        if wait > self._max_queue_wait:
             self.stats.shed += unit.size
             raise Overloaded(f"about {wait * 1000:.0f} ms of work queued ahead; retry with backoff")
+        if wait > unit.deadline - time.time():
+            # Its own budget cannot cover the queue: it would expire waiting, so say so now.
+            self.stats.shed += unit.size
+            raise DeadlineExceeded(f"about {wait * 1000:.0f} ms of work queued ahead, more than the deadline allows")
         self._pending.append(unit)
         self._queued += unit.size
         self._wake.set()

@@ -1,40 +1,21 @@
-"""The one table mapping domain errors to gRPC status codes."""
+"""Status codes at the gRPC boundary: ``services.errors`` decides the code, this spells it for grpcio."""
 
 from __future__ import annotations
 
 import grpc
 
-from features import FeatureError
-from services.errors import (
-    BackendUnavailable,
-    ConfigError,
-    CreditAuthError,
-    DeadlineExceeded,
-    InvalidRequest,
-    ModelError,
-    Overloaded,
-    ShuttingDown,
-)
+from services.errors import code_of
 
-# First match wins: subclasses before their bases.
-STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (FeatureError, grpc.StatusCode.UNAVAILABLE),
-    (ModelError, grpc.StatusCode.FAILED_PRECONDITION),
-    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
-    (CreditAuthError, grpc.StatusCode.INTERNAL),
-)
+_GRPC = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def grpc_code(code: int) -> grpc.StatusCode:
+    """The ``grpc.StatusCode`` of a status number (``UNKNOWN`` for one grpcio does not know)."""
+    return _GRPC.get(code, grpc.StatusCode.UNKNOWN)
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
-    for kind, code in STATUS_OF:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
+    return grpc_code(code_of(exc))
 
 
 def status_number(code: grpc.StatusCode) -> int:

@@ -1,6 +1,9 @@
-"""Model lifecycle: train a LightGBM model, gate it on kernel parity, store a versioned artifact."""
+"""Model lifecycle: versioned, parity-gated artifacts (``artifact``) and training (``train``).
+
+Only the artifact loader is on the serving path; ``services.models.train`` (LightGBM on the
+offline tables, polars) is imported by name where a model is trained.
+"""
 
 from services.models.artifact import ModelArtifact, load_artifact, models_dir
-from services.models.train import TrainReport, train_model
 
-__all__ = ["ModelArtifact", "TrainReport", "load_artifact", "models_dir", "train_model"]
+__all__ = ["ModelArtifact", "load_artifact", "models_dir"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from features import FeatureSettings, training_frame
+from features import FeatureSettings
 from features.catalog import CATEGORICAL_COLUMNS
-from features.training import MODEL_COLUMNS
+from features.training import MODEL_COLUMNS, training_frame
 from kernels import TreeEnsemble, check_parity
 from services.errors import ModelError
 from services.models.artifact import PARITY_TOLERANCE, models_dir

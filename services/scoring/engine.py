@@ -6,7 +6,7 @@ policy call, one idempotency write. Anything that can be done per load (column
 maps, reason tables, the parity gate) is done in ``__init__``.
 
 Every decision is assembled as one fixed-size record (see
-``services.scoring.idempotency.record_dtype``): fresh decisions and replays of
+``services.scoring.records.record_dtype``): fresh decisions and replays of
 earlier ones take the same path into the response.
 """
 
@@ -25,15 +25,17 @@ from features import (
     REQUEST_COLUMNS,
     FeatureBatch,
     FeatureError,
+    IdempotencyStore,
     OnlineReader,
     VelocityRecorder,
     request_features,
 )
-from services.errors import CreditAuthError, ModelError
+from features.stores import NoIdempotency
+from services.errors import ModelError
 from services.models import ModelArtifact
 from services.policy import Policy, PolicyInputs
 from services.scoring.batch import OK, STAGES, RequestBatch, ResponseBatch
-from services.scoring.idempotency import IdempotencyStore, NoStore, fingerprints, record_dtype
+from services.scoring.records import fingerprints, record_dtype
 from services.telemetry import NullTelemetry
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ class ScoringEngine:
         self._model = model
         self._policy = policy
         self._max_age = max_feature_age_s
-        self._store: IdempotencyStore = store or NoStore()
+        self._store: IdempotencyStore = store or NoIdempotency()
         self._plan = _column_plan(model.feature_names)
         self._rev30 = MATRIX_COLUMNS.index("rev_mean_30d")
         self._apps_1h = MATRIX_COLUMNS.index("apps_1h")
@@ -279,14 +281,14 @@ class ScoringEngine:
     def _lookup(self, app_ids: list[str]) -> dict[str, bytes]:
         try:
             return self._store.lookup(app_ids)
-        except CreditAuthError as exc:
+        except FeatureError as exc:
             log.warning("idempotency lookup failed, deciding afresh: %s", exc)
             return {}
 
     def _save(self, app_ids: list[str], records: np.ndarray) -> dict[str, bytes]:
         try:
             return self._store.save(app_ids, [r.tobytes() for r in records])
-        except CreditAuthError as exc:
+        except FeatureError as exc:
             log.warning("idempotency save failed: %s", exc)
             return {}
 

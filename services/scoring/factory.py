@@ -8,14 +8,12 @@ from features import (
     FeatureError,
     OnlineReader,
     TagCatalog,
-    VelocityRecorder,
-    open_reader,
+    open_backend,
 )
 from services.errors import ConfigError
 from services.models import load_artifact
 from services.policy import Policy, load_policy
 from services.scoring.engine import ScoringEngine
-from services.scoring.idempotency import open_store
 from services.settings import Settings
 from services.telemetry import setup
 
@@ -39,16 +37,17 @@ def build_engine(settings: Settings) -> ScoringEngine:
         tag_index=tags,
         n_tags=len(tags),
     )
-    reader: OnlineReader = open_reader(settings.features)
+    stores = open_backend(settings.features)
+    reader: OnlineReader = stores.reader(8 * ((len(tags) + 63) // 64))
     serving = settings.serving
     if serving.record_velocity and serving.feature_cache_ttl_s > 0:
         reader = CachedReader(reader, ttl_s=serving.feature_cache_ttl_s, max_entries=serving.feature_cache_entries)
-    store = open_store(settings.features, settings.serving.idempotency_window_s)
+    store = stores.idempotency(settings.serving.idempotency_window_s)
     # Replicas export traces over OTLP only; their stage timings travel back with
     # each batch and are recorded by the front end's metrics (and Prometheus).
     replica_telemetry = settings.telemetry.model_copy(update={"prometheus_port": 0})
     telemetry = setup(replica_telemetry, "creditauth-replica") if replica_telemetry.otlp_endpoint else None
-    velocity = VelocityRecorder(settings.features) if settings.serving.record_velocity else None
+    velocity = stores.velocity() if settings.serving.record_velocity else None
     return ScoringEngine(
         reader,
         artifact,

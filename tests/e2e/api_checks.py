@@ -156,8 +156,8 @@ def check_deadline(channel: grpc.Channel) -> None:
             codes.append(exc.code())
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
     # A budget far below the work: 500 decisions take tens of milliseconds here.
-    # (Last: while the abandoned batch drains, the batcher rightly refuses short
-    # budgets it cannot meet with RESOURCE_EXHAUSTED.)
+    # (A budget shorter than the work queued ahead is refused at once, also with
+    # DEADLINE_EXCEEDED: it would expire waiting.)
     reqs = [request(i, f"M{i % 200:08d}") for i in range(500)]
     with pytest.raises(grpc.RpcError) as info:
         stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=0.002)

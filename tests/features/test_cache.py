@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from features.online.cache import CachedReader
-from features.online.reader import open_reader
+from features.cache import CachedReader
+from features.stores import open_backend
 from tests.conftest import World, feature_settings
 
 
@@ -19,8 +19,8 @@ def _same(a, b) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_hits_equal_store_reads_and_respect_ttl_and_size(world: World) -> None:
-    store = open_reader(feature_settings(world))
-    cached = CachedReader(open_reader(feature_settings(world)), ttl_s=0.5, max_entries=50)
+    store = open_backend(feature_settings(world)).reader()
+    cached = CachedReader(open_backend(feature_settings(world)).reader(), ttl_s=0.5, max_entries=50)
     ids = [f"M{i:08d}" for i in range(0, 60, 2)] + ["UNKNOWN-1", "M00000004"]
     _same(cached.read(ids), store.read(ids))
     assert cached.misses == len(set(ids)) and cached.hits == 0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from features import FeatureSettings, OnlineStoreUnavailable, VelocityRecorder
+from features import FeatureSettings, OnlineStoreUnavailable
 from features.errors import FeatureError
-from features.online.reader import open_reader
+from features.stores import open_backend
 from tests.conftest import World, feature_settings, requires_redis
 
 TIMEOUT = 0.3
@@ -74,11 +74,11 @@ def _settings(port: int) -> FeatureSettings:
 
 
 def _read(s: FeatureSettings) -> None:
-    open_reader(s, tag_bytes=TAG_BYTES).read(["M00000001", "M00000002"])
+    open_backend(s).reader(TAG_BYTES).read(["M00000001", "M00000002"])
 
 
 def _record(s: FeatureSettings) -> None:
-    VelocityRecorder(s).record(["M00000001"])
+    open_backend(s).velocity().record(["M00000001"])
 
 
 def _timed_failure(call: Callable[[FeatureSettings], None], s: FeatureSettings) -> tuple[float, str]:
@@ -122,7 +122,7 @@ def test_transient_server_error_is_unavailable(server: _FakeServer) -> None:
 
 @requires_redis
 def test_reader_recovers_after_a_broken_connection(redis_world: World) -> None:
-    reader = open_reader(feature_settings(redis_world))
+    reader = open_backend(feature_settings(redis_world)).reader()
     assert reader.read(["M00000001"]).found.all()
     reader._conn._sock.close()  # type: ignore[attr-defined]  # the connection dies under it
     with pytest.raises(OnlineStoreUnavailable):
@@ -134,9 +134,9 @@ def test_reader_recovers_after_a_broken_connection(redis_world: World) -> None:
 def test_missing_sqlite_store_is_unavailable(tmp_path: Path) -> None:
     s = FeatureSettings(data_dir=tmp_path)
     with pytest.raises(OnlineStoreUnavailable):
-        open_reader(s, tag_bytes=TAG_BYTES)
+        open_backend(s).reader(TAG_BYTES)
     with pytest.raises(OnlineStoreUnavailable):
-        VelocityRecorder(s)
+        open_backend(s).velocity()
 
 
 def test_errors_share_one_hierarchy() -> None:

@@ -16,10 +16,9 @@ from features import catalog
 from features.catalog import ALL_VIEWS
 from features.feast_repo import apply, open_store
 from features.materialize import materialize
-from features.online import _codec
-from features.online.redis_reader import ts_field
 from features.settings import FeatureSettings
-from features.velocity import VelocityRecorder
+from features.stores import _codec, open_backend
+from features.stores.layout import ts_field
 from tests.conftest import World, requires_redis
 
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
@@ -121,7 +120,7 @@ def test_redis_dedup_keeps_newer_rows_like_feast(
     _, s = redis_projects
     apply(s)
     materialize(s, START, END)
-    counts = VelocityRecorder(s).record(["M00000005"])
+    counts = open_backend(s).velocity().record(["M00000005"])
     assert counts.apps_1h.tolist() == [1]
     import redis
 

@@ -9,12 +9,13 @@ import polars as pl
 import pytest
 
 from features import MATRIX_COLUMNS
+from features.batch import VIEW_NAMES
 from features.catalog import ALL_VIEWS, JOIN_KEY, TAGS
 from features.feast_repo import open_store
-from features.online import _sqlite
-from features.online.batch import VIEW_NAMES
-from features.online.reader import PySqliteReader, SqliteReader, open_reader, tag_bytes_of
-from features.velocity import VelocityRecorder
+from features.stores import open_backend
+from features.stores.sqlite import _sqlite
+from features.stores.sqlite.reader import PySqliteReader, SqliteReader
+from features.tags import TagCatalog
 from tests.conftest import World, feature_settings
 
 REFS = [f"{v.name}:{f}" for v in ALL_VIEWS for f in v.field_names]
@@ -38,7 +39,7 @@ def _special_ids(world: World) -> dict[str, list[str]]:
 
 def _check_against_sdk(world: World, ids: list[str], reader: object | None = None) -> None:
     want = _sdk(world, ids)
-    reader = reader or open_reader(feature_settings(world))
+    reader = reader or open_backend(feature_settings(world)).reader()
     got = reader.read(ids)  # type: ignore[attr-defined]
     assert got.matrix.shape == (len(ids), len(MATRIX_COLUMNS))
     assert got.matrix.dtype == np.float32 and got.matrix.flags.c_contiguous
@@ -72,10 +73,10 @@ def _ids(world: World) -> list[str]:
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_reader_matches_feast_sdk(store: str, world: World, request: pytest.FixtureRequest) -> None:
     w = world if store == "sqlite" else request.getfixturevalue("redis_world")
-    VelocityRecorder(feature_settings(w)).record(["VELOCITY-ONLY"])  # an unknown merchant: no side effects
+    open_backend(feature_settings(w)).velocity().record(["VELOCITY-ONLY"])  # an unknown merchant: no side effects
     ids = _ids(w)
     _check_against_sdk(w, ids)
-    got = open_reader(feature_settings(w)).read(ids)
+    got = open_backend(feature_settings(w)).reader().read(ids)
     assert not got.found[ids.index("VELOCITY-ONLY")] and not got.found[ids.index("NOT-A-MERCHANT")]
     # Velocity-only rows still carry their values and time.
     v = ids.index("VELOCITY-ONLY")
@@ -99,8 +100,8 @@ def test_random_batch_matches_feast_sdk(store: str, world: World, request: pytes
 def test_sqlite_c_reader_equals_python_fallback(world: World) -> None:
     s = feature_settings(world)
     ids = _ids(world) + [f"M{i:08d}" for i in range(0, 3000, 7)]
-    a = SqliteReader(s, tag_bytes_of(s)).read(ids)
-    b = PySqliteReader(s, tag_bytes_of(s)).read(ids)
+    a = SqliteReader(s, TagCatalog.load(s).n_bytes).read(ids)
+    b = PySqliteReader(s, TagCatalog.load(s).n_bytes).read(ids)
     assert np.array_equal(a.matrix, b.matrix, equal_nan=True)
     assert np.array_equal(a.tags, b.tags)
     assert np.array_equal(a.found, b.found) and np.array_equal(a.event_ts, b.event_ts)
@@ -109,7 +110,7 @@ def test_sqlite_c_reader_equals_python_fallback(world: World) -> None:
 
 
 def test_empty_batch(world: World) -> None:
-    got = open_reader(feature_settings(world)).read([])
+    got = open_backend(feature_settings(world)).reader().read([])
     assert got.matrix.shape == (0, len(MATRIX_COLUMNS)) and len(got) == 0
 
 
@@ -119,7 +120,7 @@ def test_tag_view_is_one_bytes_feature() -> None:
 
 
 def test_stale_rows_are_flagged(world: World) -> None:
-    reader = open_reader(feature_settings(world, max_feature_age_s=3600.0))
+    reader = open_backend(feature_settings(world, max_feature_age_s=3600.0)).reader()
     batch = reader.read(["M00000001", "NOPE", "M00000002"])
     t = float(batch.event_ts[0])
     age = batch.age_s(now_s=t + 100.0)

@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from features.catalog import FLOW_FEATURES
 from features.population import build_offline_tables, generate_population
-from features.population.aggregate import FLOW_FEATURES
-from features.population.tags import load_catalog
+from features.tags import load_catalog
 
 AS_OF = dt.date(2026, 11, 1)
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.online import _codec, _resp, _resp_build
+from features.stores import _codec
+from features.stores.redis import _resp, _resp_build
 
 K = _resp
 

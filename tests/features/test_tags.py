@@ -8,7 +8,7 @@ import pytest
 
 from features import FeatureError, TagCatalog
 from features.errors import FeatureConfigError
-from features.online.reader import open_reader
+from features.stores import open_backend
 from tests.conftest import World, feature_settings
 
 
@@ -49,7 +49,7 @@ def test_read_bits_agree_with_the_rules(world: World, tag_catalog: TagCatalog) -
     bureau = pl.read_parquet(off / "merchant_bureau.parquet").select("merchant_id", "delinquencies_12m")
     flows = pl.read_parquet(off / "merchant_flows.parquet").select("merchant_id", "refund_ratio_30d")
     ids = flows["merchant_id"].head(300).to_list()
-    batch = open_reader(feature_settings(world)).read(ids)
+    batch = open_backend(feature_settings(world)).reader().read(ids)
     names = ["bureau.has_record", "bureau.delinquencies.0", "behaviour.flag.high_refunds"]
     got = batch.has_tags(tag_catalog.ids(names))
     has_bureau = set(bureau["merchant_id"].to_list())

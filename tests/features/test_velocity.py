@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from features import MATRIX_COLUMNS, FeatureSettings, VelocityRecorder, catalog
 from features.feast_repo import apply, open_store
 from features.materialize import materialize
-from features.online import _codec
-from features.online.reader import open_reader
+from features.stores import _codec, open_backend
 from features.velocity import MINUTE_US, QUARTER_US, STATE_BYTES, WindowState, record_states
 from tests.conftest import World, redis_available
 
@@ -61,14 +60,14 @@ def _sdk_counts(s: FeatureSettings, ids: list[str]) -> list[tuple[object, object
 
 
 def test_record_is_visible_to_our_reader_and_the_feast_sdk(vstore: FeatureSettings) -> None:
-    rec = VelocityRecorder(vstore)
+    rec = open_backend(vstore).velocity()
     ids = ["M00000001", "M00000002", "M00000001", "NEW-MERCHANT"]
     first = rec.record(ids, NOW)
     assert first.apps_1h.tolist() == [2, 1, 2, 1] and first.apps_24h.tolist() == [2, 1, 2, 1]
     rec.record(["M00000001"], NOW + 1800)  # +30 min: both windows
     last = rec.record(["M00000001"], NOW + 3700)  # +61 min: the first two left the hour
     assert last.apps_1h.tolist() == [2] and last.apps_24h.tolist() == [4]
-    read = open_reader(vstore).read(["M00000001", "M00000002", "NEW-MERCHANT", "M00000003"])
+    read = open_backend(vstore).reader().read(["M00000001", "M00000002", "NEW-MERCHANT", "M00000003"])
     cols = [MATRIX_COLUMNS.index("apps_1h"), MATRIX_COLUMNS.index("apps_24h")]
     assert read.matrix[:, cols].tolist() == [[2, 4], [1, 1], [1, 1], [0, 0]]
     assert _sdk_counts(vstore, ["M00000001", "M00000002", "NEW-MERCHANT", "M00000003"]) == [
@@ -111,7 +110,7 @@ def _forget(s: FeatureSettings, merchant: str) -> None:
 
 def test_record_writes_exactly_what_feast_push_writes(vstore: FeatureSettings) -> None:
     m = "BRAND-NEW"  # no materialized row: the store holds only what each writer wrote
-    rec = VelocityRecorder(vstore)
+    rec = open_backend(vstore).velocity()
     rec.record([m, m, m], NOW - 600)
     counts = rec.record([m], NOW)
     read = _redis_fields if vstore.online_store == "redis" else _sqlite_rows
@@ -136,14 +135,14 @@ def test_record_writes_exactly_what_feast_push_writes(vstore: FeatureSettings) -
 
 def _state_value(s: FeatureSettings, merchant: str) -> bytes:
     if s.online_store == "redis":
-        from features.online.redis_reader import field_hash
+        from features.stores.layout import field_hash
 
         return _redis_fields(s, merchant)[field_hash(catalog.VELOCITY.name, "window_state")]
     return next(r[1] for r in _sqlite_rows(s, merchant) if r[0] == "window_state")  # type: ignore[return-value]
 
 
 def test_concurrent_recorders_lose_no_increment(vstore: FeatureSettings) -> None:
-    recorders = [VelocityRecorder(vstore) for _ in range(2)]
+    recorders = [open_backend(vstore).velocity() for _ in range(2)]
     errors: list[BaseException] = []
 
     def work(rec: VelocityRecorder, offset: float) -> None:
@@ -213,7 +212,7 @@ def test_redis_script_equals_python_reference(steps: list[tuple[int, int]]) -> N
 
     project = f"cavlua{uuid.uuid4().hex[:8]}"
     s = FeatureSettings(online_store="redis", project=project)
-    rec = VelocityRecorder(s)
+    rec = open_backend(s).velocity()
     t = round(NOW * 1e6)
     ref: WindowState | None = None
     try:

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from features.stores.redis.idempotency import RedisIdempotency as RedisStore
+from features.stores.sqlite.idempotency import SqliteIdempotency as SqliteStore
 from services.frontend.codec import Item, to_batch
 from services.policy.decide import APPROVE, DECLINE, REVIEW
 from services.scoring import ScoringEngine
 from services.scoring.engine import ALREADY_EXISTS, DEADLINE_EXCEEDED
 from services.scoring.factory import build_engine
-from services.scoring.idempotency import RedisStore, SqliteStore
 from services.settings import load_settings
 from tests.conftest import World, feature_settings, requires_redis
 

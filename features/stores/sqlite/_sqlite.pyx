@@ -20,12 +20,12 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.string cimport memcmp, memcpy, memset
 
-from features.online._wire cimport bytes_payload, decode_number
+from features.stores._value cimport bytes_payload, decode_number
 
 cdef extern from "math.h":
     float NAN
 
-from features.online._sqlite_api cimport (
+from features.stores.sqlite._sqlite_api cimport (
     SQLITE_BUSY,
     SQLITE_DONE,
     SQLITE_FLOAT,

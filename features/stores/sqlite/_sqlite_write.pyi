@@ -3,7 +3,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from features.online._sqlite import Database
+from features.stores.sqlite._sqlite import Database
 
 class UpsertWriter:
     def __init__(self, db: Database, table: str) -> None: ...

@@ -21,8 +21,8 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from features.errors import FeatureConfigError, FeatureDataError, OnlineStoreUnavailable
-from features.online import _resp, _resp_build
 from features.settings import FeatureSettings
+from features.stores.redis import _resp, _resp_build
 
 _INITIAL_BUFFER = 1 << 20
 # Server errors that mean "not now" rather than "bad data".

@@ -15,7 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from features.online._wire cimport (
+from features.stores._value cimport (
     bytes_payload,
     decode_number,
     decode_timestamp as _decode_ts,

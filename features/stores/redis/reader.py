@@ -10,27 +10,17 @@ matrix (``_resp.HmgetDecoder``).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
-import mmh3
 import numpy as np
 
 from features import catalog
-from features.online import _codec, _resp, _resp_build
-from features.online.batch import FeatureBatch, assemble, unique_ids
-from features.online.resp import RespConnection
+from features.batch import FeatureBatch, assemble, unique_ids
 from features.settings import FeatureSettings
-
-
-def field_hash(view: str, feature: str) -> bytes:
-    """Feast's Redis field name for ``view:feature`` (murmur3_32, little-endian)."""
-    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
-
-
-def ts_field(view: str) -> bytes:
-    """Feast's Redis field holding a view's event timestamp."""
-    return f"_ts:{view}".encode()
+from features.stores import layout
+from features.stores.layout import field_hash, ts_field
+from features.stores.redis import _resp, _resp_build
+from features.stores.redis.client import RespConnection
 
 
 class RedisReader:
@@ -67,7 +57,7 @@ class RedisReader:
         tags = np.zeros((n, self._tag_bytes), dtype=np.uint8)
         view_ts = np.zeros((n, len(catalog.ALL_VIEWS)), dtype=np.int64)
         if n:
-            keys = _codec.entity_keys(catalog.JOIN_KEY, uniq)
+            keys = layout.entity_keys(uniq)
             payload = _resp_build.encode_hmget(keys, self._suffix, self._tail, self._n_fields)
             decoder = _resp.HmgetDecoder(self._kinds, self._cols, matrix, tags, view_ts)
             self._conn.call(payload, decoder)

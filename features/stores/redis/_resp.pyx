@@ -15,7 +15,7 @@ decoding writes each output cell from the reply alone, so that is idempotent.
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.string cimport memchr, memcpy, memset
 
-from features.online._wire cimport bytes_payload, decode_number, decode_timestamp
+from features.stores._value cimport bytes_payload, decode_number, decode_timestamp
 
 cdef extern from "math.h":
     float NAN

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from features.online.batch import VIEW_NAMES, FeatureBatch, assemble, unique_ids
-from features.online.reader import OnlineReader
+from features.batch import VIEW_NAMES, FeatureBatch, assemble, unique_ids
+from features.stores.base import OnlineReader
 
 
 class CachedReader:

@@ -1,5 +1,5 @@
 # cython: language_level=3
-from features.online._sqlite_api cimport ca_db, ca_stmt
+from features.stores.sqlite._sqlite_api cimport ca_db, ca_stmt
 
 
 cdef class Database:

@@ -1,58 +1,28 @@
-"""Batched online reads straight from Feast's own online-store layout.
+"""Batched online reads of Feast's SQLite layout.
 
 ``get_online_features`` builds protobuf objects per value and costs ~35 ms per 100
-entities here. These readers fetch a whole batch at once (one Redis round trip, or
-one pass of prepared SQLite statements in C) and decode values in C into a dense
-float32 matrix, with the same answers as the Feast SDK (tests check it value by value).
+entities here. ``SqliteReader`` reads a whole batch in one pass of prepared statements
+stepped in C (the GIL released) and decodes values in C into a dense float32 matrix,
+with the same answers as the Feast SDK (tests check it value by value).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
 from features import catalog
+from features.batch import FeatureBatch, assemble, unique_ids
 from features.errors import FeatureDataError, OnlineStoreUnavailable
-from features.online import _codec, _sqlite
-from features.online.batch import FeatureBatch, assemble, unique_ids
 from features.settings import FeatureSettings
+from features.stores import _codec, layout
+from features.stores.sqlite import _sqlite
 
 # Python's sqlite3 caps host parameters per statement; the fallback chunks bigger batches.
 _SQLITE_MAX_IDS = 4000
-
-
-class OnlineReader(Protocol):
-    def read(self, merchant_ids: Sequence[str]) -> FeatureBatch: ...
-
-    def close(self) -> None: ...
-
-
-def tag_bytes_of(settings: FeatureSettings) -> int:
-    """Bytes of the packed tag bitset: whole 64-bit words covering the catalogue."""
-    path = settings.tag_catalog_path
-    try:
-        n = len(json.loads(path.read_text()))
-    except (OSError, ValueError) as exc:
-        raise FeatureDataError(f"tag catalogue {path} unreadable: {exc}") from exc
-    return 8 * ((n + 63) // 64)
-
-
-def open_reader(settings: FeatureSettings, tag_bytes: int | None = None) -> OnlineReader:
-    """A batched reader for the configured online store."""
-    if tag_bytes is None:
-        tag_bytes = tag_bytes_of(settings)
-    if settings.online_store == "sqlite":
-        if _sqlite.AVAILABLE:
-            return SqliteReader(settings, tag_bytes)
-        return PySqliteReader(settings, tag_bytes)
-    from features.online.redis_reader import RedisReader
-
-    return RedisReader(settings, tag_bytes)
 
 
 def _layouts() -> list[list[tuple[str, int, int]]]:
@@ -65,10 +35,6 @@ def _layouts() -> list[list[tuple[str, int, int]]]:
             fields.append(("tags", _sqlite.KIND_TAGS, 0))
         out.append(fields)
     return out
-
-
-def _tables(settings: FeatureSettings) -> list[str]:
-    return [f"{settings.project}_{v.name}" for v in catalog.ALL_VIEWS]
 
 
 class SqliteReader:
@@ -86,7 +52,7 @@ class SqliteReader:
             # touches a few pages per merchant per view, scattered over the file.
             self._db.execute("PRAGMA mmap_size=1073741824")
             self._db.execute("PRAGMA cache_size=-65536")
-            self._reader = _sqlite.BatchReader(self._db, _tables(settings), _layouts())
+            self._reader = _sqlite.BatchReader(self._db, layout.tables(settings.project), _layouts())
         except _sqlite.SqliteError as exc:
             raise OnlineStoreUnavailable(f"cannot open {path}: {exc}") from exc
         self._tag_bytes = tag_bytes
@@ -99,7 +65,7 @@ class SqliteReader:
         matrix = np.full((n, len(catalog.MATRIX_COLUMNS)), np.nan, dtype=np.float32)
         tags = np.zeros((n, self._tag_bytes), dtype=np.uint8)
         view_ts = np.zeros((n, len(catalog.ALL_VIEWS)), dtype=np.int64)
-        keys = _codec.entity_keys(catalog.JOIN_KEY, uniq)
+        keys = layout.entity_keys(uniq)
         try:
             with self._lock:
                 bad = self._reader.read(keys, matrix, tags, view_ts)
@@ -134,7 +100,7 @@ class PySqliteReader:
             raise OnlineStoreUnavailable(f"cannot open {path}: {exc}") from exc
         self._tag_bytes = tag_bytes
         self._max_age = settings.max_feature_age_s
-        self._tables = _tables(settings)
+        self._tables = layout.tables(settings.project)
         col = {name: i for i, name in enumerate(catalog.MATRIX_COLUMNS)}
         self._colmaps = [{f: col[f] for f in v.numeric_names} for v in catalog.ALL_VIEWS]
         self._tag_view = catalog.ALL_VIEWS.index(catalog.TAGS)
@@ -162,7 +128,7 @@ class PySqliteReader:
         rows: list[int] = []
         cols: list[int] = []
         for start in range(0, n, _SQLITE_MAX_IDS):
-            keys = _codec.entity_keys(catalog.JOIN_KEY, uniq[start : start + _SQLITE_MAX_IDS])
+            keys = layout.entity_keys(uniq[start : start + _SQLITE_MAX_IDS])
             row_of = {k: start + i for i, k in enumerate(keys)}
             try:
                 fetched = self._conn.execute(self._query(len(keys)), keys * len(self._tables)).fetchall()

@@ -7,8 +7,8 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
-from features.online._sqlite cimport Database
-from features.online._sqlite_api cimport (
+from features.stores.sqlite._sqlite cimport Database
+from features.stores.sqlite._sqlite_api cimport (
     SQLITE_BUSY,
     SQLITE_DONE,
     ca_bind_blob,
@@ -22,9 +22,9 @@ from features.online._sqlite_api cimport (
     ca_step,
     ca_stmt,
 )
-from features.online._wire cimport encode_bytes_header, encode_float_value, encode_int64_value
+from features.stores._value cimport encode_bytes_header, encode_float_value, encode_int64_value
 
-from features.online._sqlite import AVAILABLE, LIBRARY, UNAVAILABLE_REASON, SqliteError
+from features.stores.sqlite._sqlite import AVAILABLE, LIBRARY, UNAVAILABLE_REASON, SqliteError
 
 # This module's own copy of the API's function pointers (static in each C file).
 if AVAILABLE and ca_load(LIBRARY[0].encode(), LIBRARY[1]) != 0:

@@ -11,7 +11,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
 
-from features.online._wire cimport (
+from features.stores._value cimport (
     encode_bytes_header,
     encode_float_value,
     encode_int64_value,

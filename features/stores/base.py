@@ -1,0 +1,74 @@
+"""What a store backend provides: the protocols every kind of online store implements.
+
+A backend is everything the system keeps in one kind of online store: the batched
+feature reader, the bulk writer, the velocity state and the idempotency records, and it
+is where the next pieces of shared state belong (exposure counters, operator controls,
+bundle pointers), so that adding a store kind is one new package under
+``features.stores`` and adding a kind of state is one new method here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from features.batch import FeatureBatch
+from features.stores.idempotency import IdempotencyStore
+from features.velocity import VelocityRecorder
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from features import catalog
+
+StoreKind = Literal["sqlite", "redis"]
+
+
+class OnlineReader(Protocol):
+    def read(self, merchant_ids: Sequence[str]) -> FeatureBatch: ...
+
+    def close(self) -> None: ...
+
+
+class Writer(Protocol):
+    """Bulk writes of Feast's online layout (the materializer's half of a backend)."""
+
+    # True when one command per entity carrying all of its views is the fast path
+    # (``write_entities`` on chunks aligned by merchant); False for per-view writes.
+    aligned: bool
+
+    def write(self, view: catalog.FeatureView, frame: pl.DataFrame, keys: list[bytes]) -> int: ...
+
+    def write_entities(self, views: list[tuple[catalog.FeatureView, pl.DataFrame]], keys: list[bytes]) -> int:
+        """Views' rows aligned to ``keys`` (a null ``event_timestamp`` means no row)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StoreBackend(Protocol):
+    kind: StoreKind
+
+    def reader(self, tag_bytes: int | None = None) -> OnlineReader:
+        """A batched feature reader (``tag_bytes``: the tag bitset width; default from the catalogue)."""
+        ...
+
+    def writer(self, *, dedup: bool = True) -> Writer: ...
+
+    def velocity(self) -> VelocityRecorder: ...
+
+    def idempotency(self, window_s: float, namespace: str = "") -> IdempotencyStore:
+        """Decision records kept ``window_s`` seconds; ``namespace`` names the record schema."""
+        ...
+
+    def feast_online_store(self) -> dict[str, Any]:
+        """The ``online_store`` section of Feast's ``feature_store.yaml`` for this store."""
+        ...
+
+    def server_cpu_s(self) -> float:
+        """CPU seconds the store's server has used so far (0 for an embedded store), for benchmarks."""
+        ...
+
+    def drop_project(self) -> None:
+        """Delete everything this project keeps in the store (benchmarks and tests clean up with it)."""
+        ...

@@ -1,0 +1,56 @@
+"""The production store: Feast's Redis online store, with velocity and idempotency beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features.settings import FeatureSettings
+from features.stores.base import OnlineReader, StoreKind, Writer
+from features.stores.idempotency import IdempotencyStore, NoIdempotency
+from features.tags import TagCatalog
+from features.velocity import VelocityRecorder
+
+
+class RedisBackend:
+    kind: StoreKind = "redis"
+
+    def __init__(self, settings: FeatureSettings) -> None:
+        self.settings = settings
+
+    def reader(self, tag_bytes: int | None = None) -> OnlineReader:
+        from features.stores.redis.reader import RedisReader
+
+        if tag_bytes is None:
+            tag_bytes = TagCatalog.load(self.settings).n_bytes
+        return RedisReader(self.settings, tag_bytes)
+
+    def writer(self, *, dedup: bool = True) -> Writer:
+        from features.stores.redis.writer import RedisWriter
+
+        return RedisWriter(self.settings, dedup=dedup)
+
+    def velocity(self) -> VelocityRecorder:
+        from features.stores.redis.velocity import RedisVelocity
+
+        return VelocityRecorder(RedisVelocity(self.settings))
+
+    def idempotency(self, window_s: float, namespace: str = "") -> IdempotencyStore:
+        from features.stores.redis.idempotency import RedisIdempotency
+
+        if window_s <= 0:
+            return NoIdempotency()
+        return RedisIdempotency(self.settings, window_s, namespace)
+
+    def feast_online_store(self) -> dict[str, Any]:
+        host, port, db = self.settings.redis_host_port_db()
+        return {"type": "redis", "connection_string": f"{host}:{port},db={db}"}
+
+    def server_cpu_s(self) -> float:
+        from features.stores.redis.admin import server_cpu_s
+
+        return server_cpu_s(self.settings)
+
+    def drop_project(self) -> None:
+        from features.stores.redis.admin import drop_project
+
+        drop_project(self.settings)

@@ -1,0 +1,58 @@
+"""The embedded store: Feast's SQLite online store, and idempotency in a WAL SQLite file beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features.settings import FeatureSettings
+from features.stores.base import OnlineReader, StoreKind, Writer
+from features.stores.idempotency import IdempotencyStore, NoIdempotency
+from features.tags import TagCatalog
+from features.velocity import VelocityRecorder
+
+
+class SqliteBackend:
+    kind: StoreKind = "sqlite"
+
+    def __init__(self, settings: FeatureSettings) -> None:
+        self.settings = settings
+
+    def reader(self, tag_bytes: int | None = None) -> OnlineReader:
+        from features.stores.sqlite import _sqlite
+        from features.stores.sqlite.reader import PySqliteReader, SqliteReader
+
+        if tag_bytes is None:
+            tag_bytes = TagCatalog.load(self.settings).n_bytes
+        if _sqlite.AVAILABLE:
+            return SqliteReader(self.settings, tag_bytes)
+        return PySqliteReader(self.settings, tag_bytes)
+
+    def writer(self, *, dedup: bool = True) -> Writer:
+        from features.stores.sqlite import _sqlite
+        from features.stores.sqlite.writer import PySqliteWriter, SqliteWriter
+
+        # SQLite upserts replace in place: ``dedup`` (a Redis read-before-write) has no meaning here.
+        if _sqlite.AVAILABLE:
+            return SqliteWriter(self.settings)
+        return PySqliteWriter(self.settings)
+
+    def velocity(self) -> VelocityRecorder:
+        from features.stores.sqlite.velocity import SqliteVelocity
+
+        return VelocityRecorder(SqliteVelocity(self.settings))
+
+    def idempotency(self, window_s: float, namespace: str = "") -> IdempotencyStore:
+        from features.stores.sqlite.idempotency import SqliteIdempotency
+
+        if window_s <= 0:
+            return NoIdempotency()
+        return SqliteIdempotency(self.settings.data_dir / "idempotency.db", window_s, namespace)
+
+    def feast_online_store(self) -> dict[str, Any]:
+        return {"type": "sqlite", "path": str(self.settings.sqlite_path.resolve())}
+
+    def server_cpu_s(self) -> float:
+        return 0.0  # embedded: the store's work is this process's own CPU
+
+    def drop_project(self) -> None:
+        self.settings.sqlite_path.unlink(missing_ok=True)
