@@ -78,10 +78,15 @@ CODES: tuple[tuple[type[CreditAuthError], Code], ...] = (
     (InternalError, Code.INTERNAL),
     (CreditAuthError, Code.INTERNAL),
 )
-# The error a status code stands for on the far side of a hop (the first row naming it).
-_ERROR_FOR: dict[Code, type[CreditAuthError]] = {}
-for _kind, _code in CODES:
-    _ERROR_FOR.setdefault(_code, _kind)
+# The error a status code stands for on the far side of a hop (a replica's error frame).
+_ERROR_FOR: dict[Code, type[CreditAuthError]] = {
+    Code.INVALID_ARGUMENT: InvalidRequest,
+    Code.DEADLINE_EXCEEDED: DeadlineExceeded,
+    Code.RESOURCE_EXHAUSTED: Overloaded,
+    Code.UNAVAILABLE: BackendUnavailable,
+    Code.FAILED_PRECONDITION: ModelError,
+    Code.INTERNAL: InternalError,
+}
 
 
 def code_of(exc: BaseException) -> Code:

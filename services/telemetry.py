@@ -23,12 +23,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from services.schema import codes
+from services.schema.records import DecisionBatch
 from services.settings import TelemetrySettings
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,13 @@ class NullTelemetry:
     def rpc(self, rpc: str, status: str, seconds: float) -> None:
         return None
 
-    def outcomes(self, decisions: npt.NDArray[np.int8], status: npt.NDArray[np.int8]) -> None:
+    def outcome(self, status: int, decision: int) -> None:
         return None
 
-    def batch(
-        self, size: int, seconds: float, stage_names: Sequence[str], stage_s: npt.NDArray[np.float32]
-    ) -> None:
+    def outcomes(self, answered: DecisionBatch) -> None:
+        return None
+
+    def batch(self, size: int, seconds: float, stage_s: Mapping[str, float]) -> None:
         return None
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
@@ -132,9 +134,6 @@ class Telemetry(NullTelemetry):
         meter.create_observable_counter(
             "creditauth.item.errors", callbacks=[self._observe_errors], description="Items not decided, by status"
         )
-        self._status_names = {
-            0: "OK", 4: "DEADLINE_EXCEEDED", 6: "ALREADY_EXISTS", 8: "RESOURCE_EXHAUSTED", 14: "UNAVAILABLE"
-        }
 
     def _observe_rpcs(self, _options: Any) -> Iterator[Any]:
         for (rpc, status), n in list(self._rpc_counts.items()):
@@ -161,32 +160,31 @@ class Telemetry(NullTelemetry):
             attrs = self._attrs[key] = {"rpc": rpc, "status": status}
         self._rpc_seconds.record(seconds, attrs)
 
-    def outcomes(self, decisions: npt.NDArray[np.int8], status: npt.NDArray[np.int8]) -> None:
-        if len(status) == 1:  # unary: no numpy on the hot path
-            s = int(status[0])
-            if s == 0:
-                self._outcome_counts[int(decisions[0])] += 1
-            else:
-                self._error_counts[self._status_names.get(s, str(s))] += 1
-            return
+    def outcome(self, status: int, decision: int) -> None:
+        """One unary answer (no numpy on that path)."""
+        if status == 0:
+            self._outcome_counts[decision & 3] += 1
+        else:
+            self._error_counts[codes.name(status)] += 1
+
+    def outcomes(self, answered: DecisionBatch) -> None:
+        status = answered.rows["status"]
         ok = status == 0
-        counts = np.bincount(decisions[ok].astype(np.intp), minlength=4).tolist()
+        counts = np.bincount(answered.rows["decision"][ok].astype(np.intp) & 3, minlength=4).tolist()
         for code in range(4):
             self._outcome_counts[code] += counts[code]
         if not ok.all():
             for code, n in zip(*np.unique(status[~ok], return_counts=True), strict=True):
-                self._error_counts[self._status_names.get(int(code), str(int(code)))] += int(n)
+                self._error_counts[codes.name(int(code))] += int(n)
 
-    def batch(
-        self, size: int, seconds: float, stage_names: Sequence[str], stage_s: npt.NDArray[np.float32]
-    ) -> None:
+    def batch(self, size: int, seconds: float, stage_s: Mapping[str, float]) -> None:
         """One backend call: its size, its duration and the replica's time per stage."""
         self._batch_tick += 1
         if self._batch_tick % self._every:
             return
         self._batch_size.record(size)
         self._batch_seconds.record(seconds)
-        for stage, sec in zip(stage_names, stage_s.tolist(), strict=True):
+        for stage, sec in stage_s.items():
             attrs = self._stage_attrs.get(stage)
             if attrs is None:
                 attrs = self._stage_attrs[stage] = {"stage": stage}

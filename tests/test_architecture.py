@@ -3,7 +3,9 @@
 proto -> services -> features -> kernels. kernels import nothing of ours,
 features never import services, loadtest reaches the system only over gRPC
 (it may use the generated stubs in ``creditauth`` and nothing else of ours),
-and only ``services.runtime.ray_seam`` imports Ray.
+and only the seam (``services/runtime/seam/``) imports Ray. Inside services, the
+runtime sits below the front end: only the composition root (``services.stack``)
+imports both.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+            # ``from services import stack`` imports services.stack: record both names.
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
     return found
 
 
@@ -64,8 +67,34 @@ def test_only_the_seam_imports_ray() -> None:
             if path.suffix == ".py" and any(m == "ray" or m.startswith("ray.") for m in _imports(path)):
                 importers.append(str(path.relative_to(ROOT)))
     # The baselines measure Ray itself (the naive stack; Ray's own channels).
-    allowed = {"services/runtime/ray_seam.py", "services/baselines/naive.py", "services/baselines/ray_channels.py"}
-    assert set(importers) <= allowed, importers
+    baselines = {"services/baselines/naive.py", "services/baselines/ray_channels.py"}
+    outside = [p for p in importers if not p.startswith("services/runtime/seam/") and p not in baselines]
+    assert not outside, outside
+
+
+def test_the_runtime_never_imports_the_front_end_or_the_stack() -> None:
+    """Batches flow front end -> runtime; an import back up would make the runtime depend on gRPC."""
+    above = ("services.frontend", "services.stack")
+    bad = [
+        f"{path.relative_to(ROOT)} -> {mod}"
+        for path in _sources("services/runtime")
+        if path.suffix == ".py"
+        for mod in _imports(path)
+        if any(mod == a or mod.startswith(a + ".") for a in above)
+    ]
+    assert not bad, bad
+
+
+def test_the_channel_never_imports_ray() -> None:
+    """The direct channel runs in replicas and front ends alike, and is tested without a cluster."""
+    bad = [
+        str(path.relative_to(ROOT))
+        for path in _sources("services/runtime")
+        if path.suffix == ".py" and "seam" not in path.parts
+        for mod in _imports(path)
+        if mod == "ray" or mod.startswith("ray.")
+    ]
+    assert not bad, bad
 
 
 def test_only_entry_points_read_the_environment() -> None:

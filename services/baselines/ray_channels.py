@@ -2,8 +2,8 @@
 
 Issue 5 asked for the front end -> replica channel to be chosen by measurement,
 Ray Compiled Graphs included. The same work crosses every channel: the caller
-encodes a ``RequestBatch`` with the direct channel's codec, the replica decodes
-it, answers with a canned ``ResponseBatch`` of the same size (no scoring: only
+encodes a ``RequestBatch`` with the direct channel's frames, the replica decodes
+it, answers with a canned ``DecisionBatch`` of the same size (no scoring: only
 the channel is measured) and encodes that back. Channels:
 
 * ``actor``: a plain Ray actor call, ``ray.get(actor.call.remote(blob))``;
@@ -33,64 +33,57 @@ from typing import Any
 import numpy as np
 import psutil
 
-from services.frontend.codec import Item, to_batch
-from services.runtime.channel import ChannelServer, DirectBackend, codec
-from services.runtime.channel.client import static_endpoints
-from services.scoring import RequestBatch, ResponseBatch
+from services.runtime.channel import ChannelServer, DirectBackend, frames, static_endpoints
+from services.schema.records import REQUEST_DTYPE, DecisionBatch, RequestBatch, blank_decisions
 
 CHANNELS = ("actor", "compiled", "direct", "direct-inline")
-_REASONS = 12  # reason columns in a response (policy + rules + model), as served
 
 
 def request_batch(n: int) -> RequestBatch:
     """n realistic requests (ids and sizes as the load generator sends them)."""
-    deadline = time.time() + 3600
-    return to_batch(
-        [
-            Item(f"lt-bench-{i:012d}", f"M{i % 100_000:08d}", 500_000 + i, 0, 12, 1, 1, float("nan"), deadline)
-            for i in range(n)
-        ]
-    )
+    rows = np.zeros(n, REQUEST_DTYPE)
+    rows["application_id"] = [f"lt-bench-{i:012d}".encode() for i in range(n)]
+    rows["merchant_id"] = [f"M{i % 100_000:08d}".encode() for i in range(n)]
+    rows["amount_minor"] = 500_000 + np.arange(n)
+    rows["term_months"] = 12
+    rows["product"] = 1
+    rows["channel"] = 1
+    rows["declared_revenue_minor"] = np.nan
+    rows["deadline"] = time.time() + 3600
+    return RequestBatch(rows)
 
 
-def canned_response(n: int) -> ResponseBatch:
-    """A decided ``ResponseBatch`` of n rows, shaped like the engine's."""
-    return ResponseBatch(
-        status=np.zeros(n, np.int8),
-        decision=np.ones(n, np.int8),
-        approved_minor=np.full(n, 500_000, np.int64),
-        apr_bps=np.full(n, 1_250, np.int32),
-        grade=np.full(n, 2, np.int8),
-        pd=np.full(n, 0.031, np.float64),
-        reason=np.full((n, _REASONS), -1, np.int16),
-        reason_contrib=np.zeros((n, _REASONS), np.float32),
-        feature_age_s=np.full(n, 3600.0, np.float32),
-        stale=np.zeros(n, np.bool_),
-        degraded=np.zeros(n, np.bool_),
-        version=np.zeros(n, np.int8),
-        decision_ids="\n".join(f"{i:026d}" for i in range(n)).encode("ascii"),
-        versions=(("20261122T000000", "policy-1"),),
-        grade_letters=("A", "B", "C", "D", "E"),
-        reason_table=(("HIGH_VELOCITY", "many applications"),),
-    )
+def canned_response(n: int) -> DecisionBatch:
+    """A decided ``DecisionBatch`` of n rows, shaped like the engine's."""
+    rows = blank_decisions(n)
+    rows["decision"] = 1
+    rows["decision_id"] = [f"{i:026d}".encode() for i in range(n)]
+    rows["approved_minor"] = 500_000
+    rows["apr_bps"] = 1_250
+    rows["risk_grade"] = b"B"
+    rows["pd"] = 0.031
+    rows["model_version"] = b"20261122T000000"
+    rows["policy_version"] = b"policy-1"
+    rows["feature_age_s"] = 3600.0
+    return DecisionBatch(rows, reason_table=(("HIGH_VELOCITY", "many applications"),))
 
 
 class _Probe:
     """The replica side: decode, answer from the canned responses, encode."""
 
     def __init__(self) -> None:
-        self._canned: dict[int, ResponseBatch] = {}
+        self._canned: dict[int, DecisionBatch] = {}
         self._server: ChannelServer | None = None
 
-    def _answer(self, batch: RequestBatch) -> ResponseBatch:
+    def _answer(self, batch: RequestBatch) -> DecisionBatch:
         n = len(batch)
         if n not in self._canned:
             self._canned[n] = canned_response(n)
         return self._canned[n]
 
     def call(self, blob: bytes) -> bytes:
-        batch, _ = codec.decode(RequestBatch, memoryview(blob))
-        return b"".join(bytes(p) for p in codec.encode(self._answer(batch)))
+        batch, _ = frames.decode(RequestBatch, memoryview(blob))
+        return b"".join(bytes(p) for p in frames.encode(self._answer(batch)))
 
     def start_channel(self, inline_max: int = 0) -> str:
         self._server = ChannelServer(self._answer, inline_max=inline_max)
@@ -155,11 +148,11 @@ def _figure(case: tuple[str, int, int], wall: float, lat: list[float], cpu: floa
                   lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6, cpu)
 
 
-def check_answer(blob: bytes | ResponseBatch, n: int) -> None:
+def check_answer(blob: bytes | DecisionBatch, n: int) -> None:
     """Raise unless a channel brought back the canned answer for n requests."""
-    resp = blob if isinstance(blob, ResponseBatch) else codec.decode(ResponseBatch, memoryview(blob))[0]
+    resp = blob if isinstance(blob, DecisionBatch) else frames.decode(DecisionBatch, memoryview(blob))[0]
     expected = canned_response(n)
-    if len(resp) != n or resp.decision_ids != expected.decision_ids or not np.array_equal(resp.pd, expected.pd):
+    if len(resp) != n or resp.rows.tobytes() != expected.rows.tobytes():
         raise AssertionError(f"channel returned a wrong answer for a batch of {n}")
 
 
@@ -193,7 +186,7 @@ def run(sizes: Sequence[int], calls: int, rounds: int, num_cpus: int = 2) -> lis
         time.sleep(1.0)
         idle_per_s = _busy_s() - c0
         batches = {n: request_batch(n) for n in sizes}
-        blobs = {n: b"".join(bytes(p) for p in codec.encode(b)) for n, b in batches.items()}
+        blobs = {n: b"".join(bytes(p) for p in frames.encode(b)) for n, b in batches.items()}
 
         def measure(way: str, n: int, warm: int, timed: int) -> tuple[float, list[float], float]:
             if way in backends:

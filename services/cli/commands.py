@@ -106,7 +106,7 @@ def _event_loop() -> None:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
-    from services.runtime.stack import serve_forever
+    from services.stack import serve_forever
 
     _event_loop()
     asyncio.run(serve_forever(settings))
@@ -119,7 +119,7 @@ def demo(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def frontend(settings: Settings, args: argparse.Namespace) -> None:
-    from services.runtime.stack import serve_forever
+    from services.stack import serve_forever
 
     _event_loop()
     asyncio.run(serve_forever(settings, deploy=False))

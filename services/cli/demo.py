@@ -40,7 +40,7 @@ def _prepare(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _load(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from services.runtime.stack import Stack
+    from services.stack import Stack
 
     serving = settings.serving.model_copy(update={"port": args.port})
     settings = settings.model_copy(update={"serving": serving})

@@ -3,37 +3,50 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.scoring import ResponseBatch
-
 class WireError(ValueError): ...
 
-class Decoded:
-    total: int
-    index: npt.NDArray[np.int32]
-    amount: npt.NDArray[np.int64]
-    currency: npt.NDArray[np.int8]
-    term: npt.NDArray[np.int16]
-    product: npt.NDArray[np.int8]
-    channel: npt.NDArray[np.int8]
-    declared: npt.NDArray[np.float64]
-    application_ids: bytes
-    merchant_ids: bytes
-    errors: list[tuple[int, str, str, str]]
-    app_list: list[bytes]
+class Violation(ValueError):
+    column: int
+    verdict: int
+    number: int
+    text: bytes
+    app: bytes
+
+class RequestCodec:
+    def __init__(
+        self,
+        routes: npt.NDArray[np.int64],
+        cols: npt.NDArray[np.int64],
+        n_slots: int,
+        currencies: bytes,
+        dtype: np.dtype[Any],
+        deadline_offset: int,
+        max_id: int,
+    ) -> None: ...
+    def decode_one(self, data: bytes, deadline: float) -> bytes: ...
+    def decode_batch(
+        self, data: bytes, deadline: float, max_items: int
+    ) -> tuple[int, npt.NDArray[np.int32], npt.NDArray[np.void], list[tuple[int, Violation]]]: ...
+
+class Program:
+    def __init__(
+        self, ops: npt.NDArray[np.int64], itemsize: int, status_offset: int, app_offset: int, app_width: int,
+        n_tables: int, decision_offset: int,
+    ) -> None: ...
 
 class Encoder:
-    def __init__(self, resp: ResponseBatch, currency_codes: list[bytes]) -> None: ...
+    def __init__(
+        self, prog: Program, rows: npt.NDArray[np.void], tables: list[list[bytes]], message: bytes
+    ) -> None: ...
+    def status(self, i: int) -> int: ...
+    def decision(self, i: int) -> int: ...
 
-def decode(data: bytes, batch: bool, currency_table: bytes, products: int, channels: int) -> Decoded: ...
-def decode_one(data: bytes, currency_table: bytes, products: int, channels: int) -> tuple[Any, ...]: ...
-def encode_one(enc: Encoder, i: int, app: bytes, currency: int) -> bytes: ...
+def encode_one(enc: Encoder, i: int) -> bytes: ...
 def encode_batch(
     total: int,
     enc: Encoder | None,
     index: npt.NDArray[np.int32],
-    apps: list[bytes],
-    currency: npt.NDArray[np.int8],
-    errors: list[tuple[int, str, int, str, str]],
+    errors: list[tuple[int, bytes, int, str, str]],
     offset: int = 0,
 ) -> bytes: ...
 def encode_error(app: bytes, code: int, field: str, message: str) -> bytes: ...

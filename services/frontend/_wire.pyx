@@ -1,24 +1,27 @@
 # cython: language_level=3
-"""The creditauth.v1 wire format, decoded and encoded in C.
+"""The creditauth.v1 wire format, decoded into and encoded from records, in C.
 
-Python protobuf objects cost several microseconds per request and per
-response (allocation, nested messages, per-field setters); for a batch of a
-thousand that is most of the front end's time. This module reads
-``AuthorizeRequest`` messages straight from the request bytes into column
-arrays, applying exactly the validation of ``services.frontend.codec.validate``
-(same fields, same messages; a test checks both on generated inputs), and
-writes ``AuthorizeResponse`` messages straight from the replica's column
-arrays into response bytes.
+Python protobuf objects cost several microseconds per request and per response; for a
+batch of a thousand that is most of the front end's time. This module reads
+``AuthorizeRequest`` bytes straight into ``REQUEST_DTYPE`` records and writes
+``AuthorizeResponse`` bytes straight from ``DECISION_DTYPE`` records. It knows no field
+by name: ``services.frontend.wire`` compiles the declaration (``services.schema``) and
+the proto's descriptors into the tables below, once per process, and this module
+interprets them.
 
-Protobuf rules honoured: unknown fields are skipped, a repeated scalar takes
-the last value, an embedded message seen twice is merged, proto3 defaults are
-omitted on output, fields are written in field-number order.
+Protobuf rules honoured: unknown fields (and known fields with another wire type) are
+skipped, a repeated scalar takes the last value, an embedded message seen twice is
+merged, proto3 defaults are omitted on output, fields are written in field-number order.
+
+Every entry point checks what it is given: table shapes, record sizes, indices into
+string tables, nesting depth; a message it cannot read is a ``WireError``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memmove
+from libc.math cimport NAN
+from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
 
@@ -26,29 +29,73 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-cdef Py_ssize_t MAX_ID = 64
-cdef int64_t MAX_AMOUNT = 1000000000000
-cdef int MAX_TERM = 60
+# Decoder route columns: message, field number, wire type, slot, child message (-1: none).
+DEF R_COLS = 5
+# Decoder column spec: slot, parent slot, rule, lo, hi, enum mask, optional, offset, width,
+# kind, wire32 (an int32 on the wire: sign-extend from 32 bits).
+DEF C_COLS = 11
+# Encoder op: code, field, offset, stride, width, table, aux.
+DEF O_COLS = 7
+DEF MAX_SLOTS = 32
+DEF MAX_MESSAGES = 8
+DEF MAX_DEPTH = 4
 
-# Field names in error messages: proto paths, as codec.validate reports them.
-F_APP = "application_id"
-F_MERCHANT = "merchant_id"
-F_AMOUNT = "requested_amount"
-F_AMOUNT_MINOR = "requested_amount.amount_minor"
-F_CURRENCY = "requested_amount.currency"
-F_TERM = "term_months"
-F_PRODUCT = "product"
-F_CHANNEL = "channel"
-F_DECLARED = "declared_monthly_revenue_minor"
+# Rules (services.frontend.wire.RULES) and verdicts (VERDICTS).
+DEF RULE_NONE = 0
+DEF RULE_ID = 1
+DEF RULE_RANGE = 2
+DEF RULE_ENUM = 3
+DEF RULE_CURRENCY = 4
+DEF V_REQUIRED = 1
+DEF V_PARENT = 2
+DEF V_PATTERN = 3
+DEF V_LOW = 4
+DEF V_HIGH = 5
+DEF V_ENUM = 6
+DEF V_TABLE = 7
+# How a column is stored: bytes, signed int, double (NaN when the optional field is absent).
+DEF K_BYTES = 0
+DEF K_INT = 1
+DEF K_DOUBLE = 2
+# Encoder op codes.
+DEF OP_OPEN = 1
+DEF OP_CLOSE = 2
+DEF OP_VARINT = 3
+DEF OP_BOOL = 4
+DEF OP_DOUBLE = 5
+DEF OP_STRING = 6
+DEF OP_TABLE = 7
+DEF OP_REPEAT = 8
+DEF OP_END = 9
 
 
 class WireError(ValueError):
     """The bytes are not a well-formed message of the expected type."""
 
 
+class Violation(ValueError):
+    """A decoded request breaks a rule: ``column`` (index in the declaration), ``verdict``,
+    the value (``number``, or ``text`` for strings) and the request's ``application_id``."""
+
+    def __init__(self, int column, int verdict, long long number, bytes text, bytes app):
+        super().__init__(column, verdict)
+        self.column = column
+        self.verdict = verdict
+        self.number = number
+        self.text = text
+        self.app = app
+
+
 cdef struct Reader:
     const uint8_t* p
     const uint8_t* end
+
+
+cdef struct Slot:
+    bint present
+    int64_t value
+    const uint8_t* ptr
+    Py_ssize_t length
 
 
 cdef inline int read_varint(Reader* r, uint64_t* out) noexcept nogil:
@@ -90,97 +137,10 @@ cdef inline int skip_field(Reader* r, uint32_t wire) noexcept nogil:
     return -1
 
 
-cdef struct Req:
-    const uint8_t* app
-    Py_ssize_t app_len
-    const uint8_t* merchant
-    Py_ssize_t merchant_len
-    bint has_amount
-    int64_t amount
-    const uint8_t* currency
-    Py_ssize_t currency_len
-    int64_t term
-    int64_t product
-    int64_t channel
-    bint has_declared
-    int64_t declared
-
-
-cdef int parse_money(Reader* r, Req* q) noexcept nogil:
-    cdef uint64_t key, v
-    cdef uint32_t field, wire
-    q.has_amount = True
-    while r.p < r.end:
-        if read_varint(r, &key) < 0:
-            return -1
-        field = <uint32_t>(key >> 3)
-        wire = <uint32_t>(key & 7)
-        if field == 1 and wire == 0:
-            if read_varint(r, &v) < 0:
-                return -1
-            q.amount = <int64_t>v
-        elif field == 2 and wire == 2:
-            if read_varint(r, &v) < 0 or <uint64_t>(r.end - r.p) < v:
-                return -1
-            q.currency = r.p
-            q.currency_len = <Py_ssize_t>v
-            r.p += v
-        elif skip_field(r, wire) < 0:
-            return -1
-    return 0
-
-
-cdef int parse_request(const uint8_t* p, Py_ssize_t n, Req* q) noexcept nogil:
-    cdef Reader r
-    cdef Reader sub
-    cdef uint64_t key, v
-    cdef uint32_t field, wire
-    r.p = p
-    r.end = p + n
-    q.app = NULL; q.app_len = 0; q.merchant = NULL; q.merchant_len = 0
-    q.has_amount = False; q.amount = 0; q.currency = NULL; q.currency_len = 0
-    q.term = 0; q.product = 0; q.channel = 0; q.has_declared = False; q.declared = 0
-    while r.p < r.end:
-        if read_varint(&r, &key) < 0:
-            return -1
-        field = <uint32_t>(key >> 3)
-        wire = <uint32_t>(key & 7)
-        if wire == 2 and (field == 1 or field == 2 or field == 3):
-            if read_varint(&r, &v) < 0 or <uint64_t>(r.end - r.p) < v:
-                return -1
-            if field == 1:
-                q.app = r.p
-                q.app_len = <Py_ssize_t>v
-            elif field == 2:
-                q.merchant = r.p
-                q.merchant_len = <Py_ssize_t>v
-            else:
-                sub.p = r.p
-                sub.end = r.p + v
-                if parse_money(&sub, q) < 0:
-                    return -1
-            r.p += v
-        elif wire == 0 and 4 <= field <= 7:
-            if read_varint(&r, &v) < 0:
-                return -1
-            if field == 4:
-                q.term = <int64_t><int32_t>v  # int32 on the wire: sign-extended 64-bit
-            elif field == 5:
-                q.product = <int64_t><int32_t>v
-            elif field == 6:
-                q.channel = <int64_t><int32_t>v
-            else:
-                q.has_declared = True
-                q.declared = <int64_t>v
-        elif skip_field(&r, wire) < 0:
-            return -1
-    return 0
-
-
-cdef inline bint valid_id(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+cdef inline bint valid_id(const uint8_t* p, Py_ssize_t n, Py_ssize_t max_len) noexcept nogil:
     cdef Py_ssize_t i
     cdef uint8_t c
-    if n < 1 or n > MAX_ID:
+    if n < 1 or n > max_len:
         return False
     for i in range(n):
         c = p[i]
@@ -190,7 +150,7 @@ cdef inline bint valid_id(const uint8_t* p, Py_ssize_t n) noexcept nogil:
     return True
 
 
-cdef inline int currency_of(const uint8_t* p, Py_ssize_t n, const uint8_t* table, int count) noexcept nogil:
+cdef inline int lookup_code(const uint8_t* p, Py_ssize_t n, const uint8_t* table, int count) noexcept nogil:
     cdef int k
     if n != 3:
         return -1
@@ -200,152 +160,280 @@ cdef inline int currency_of(const uint8_t* p, Py_ssize_t n, const uint8_t* table
     return -1
 
 
-cdef inline bint known_enum(int64_t v, int64_t hi) noexcept nogil:
-    return 1 <= v <= hi
+cdef inline void store_int(uint8_t* dst, int width, int64_t v) noexcept nogil:
+    cdef int8_t a
+    cdef int16_t b
+    cdef int32_t c
+    if width == 1:
+        a = <int8_t>v
+        memcpy(dst, &a, 1)
+    elif width == 2:
+        b = <int16_t>v
+        memcpy(dst, &b, 2)
+    elif width == 4:
+        c = <int32_t>v
+        memcpy(dst, &c, 4)
+    else:
+        memcpy(dst, &v, 8)
 
 
-cdef object _text(const uint8_t* p, Py_ssize_t n):
-    return PyBytes_FromStringAndSize(<const char*>p, n).decode("utf-8", "replace")
+cdef inline int64_t load_int(const uint8_t* src, int width) noexcept nogil:
+    cdef int8_t a
+    cdef int16_t b
+    cdef int32_t c
+    cdef int64_t d
+    if width == 1:
+        memcpy(&a, src, 1)
+        return a
+    if width == 2:
+        memcpy(&b, src, 2)
+        return b
+    if width == 4:
+        memcpy(&c, src, 4)
+        return c
+    memcpy(&d, src, 8)
+    return d
 
 
-cdef tuple _check(Req* q, const uint8_t* table, int count, int64_t products, int64_t channels):
-    """(field, message) of the first bad field, as codec.validate words it; None when valid."""
-    if q.app_len == 0:
-        return (F_APP, "is required")
-    if not valid_id(q.app, q.app_len):
-        return (F_APP, "must be 1-64 characters of [A-Za-z0-9._:-]")
-    if q.merchant_len == 0:
-        return (F_MERCHANT, "is required")
-    if not valid_id(q.merchant, q.merchant_len):
-        return (F_MERCHANT, "must be 1-64 characters of [A-Za-z0-9._:-]")
-    if not q.has_amount:
-        return (F_AMOUNT, "is required")
-    if q.amount <= 0:
-        return (F_AMOUNT_MINOR, f"must be positive, got {q.amount}")
-    if q.amount > MAX_AMOUNT:
-        return (F_AMOUNT_MINOR, f"must be at most {MAX_AMOUNT}, got {q.amount}")
-    if currency_of(q.currency, q.currency_len, table, count) < 0:
-        code = _text(q.currency, q.currency_len)
-        return (F_CURRENCY, f"unknown or unsupported currency {code!r}")
-    if not (1 <= q.term <= MAX_TERM):
-        return (F_TERM, f"must be 1-{MAX_TERM}, got {q.term}")
-    if not known_enum(q.product, products):
-        return (F_PRODUCT, f"must be a known product, got {q.product}")
-    if not known_enum(q.channel, channels):
-        return (F_CHANNEL, f"must be a known channel, got {q.channel}")
-    if q.has_declared and (q.declared < 0 or q.declared > MAX_AMOUNT):
-        return (F_DECLARED, f"must be 0-{MAX_AMOUNT}, got {q.declared}")
-    return None
+cdef class RequestCodec:
+    """Decodes ``AuthorizeRequest`` / ``AuthorizeBatchRequest`` bytes into request records."""
 
+    cdef int64_t[:, ::1] routes
+    cdef int64_t[:, ::1] cols
+    cdef int n_slots, n_cols, itemsize, deadline_offset, max_id
+    cdef bytes currencies
+    cdef const uint8_t* cur
+    cdef int n_cur
+    cdef object dtype
 
-cdef class Decoded:
-    """Requests decoded to columns: valid ones in ``RequestBatch`` form, bad ones as errors.
+    def __init__(self, routes, cols, int n_slots, bytes currencies, dtype, int deadline_offset, int max_id):
+        routes = np.ascontiguousarray(routes, dtype=np.int64)
+        cols = np.ascontiguousarray(cols, dtype=np.int64)
+        if routes.ndim != 2 or routes.shape[1] != R_COLS or cols.ndim != 2 or cols.shape[1] != C_COLS:
+            raise ValueError("codec tables have the wrong shape")
+        if not 0 < n_slots <= MAX_SLOTS or len(currencies) % 3:
+            raise ValueError("codec tables out of range")
+        self.itemsize = dtype.itemsize
+        for row in routes:
+            if not (0 <= row[0] < MAX_MESSAGES and 0 <= row[3] < n_slots and -1 <= row[4] < MAX_MESSAGES):
+                raise ValueError(f"bad route {list(row)}")
+        for row in cols:
+            if not (0 <= row[0] < n_slots and -1 <= row[1] < n_slots and 0 <= row[7]
+                    and row[7] + row[8] <= self.itemsize and row[8] in (1, 2, 4, 8, max_id)):
+                raise ValueError(f"bad column spec {list(row)}")
+        if not 0 <= deadline_offset <= self.itemsize - 8:
+            raise ValueError("bad deadline offset")
+        self.routes = routes
+        self.cols = cols
+        self.n_slots = n_slots
+        self.n_cols = cols.shape[0]
+        self.currencies = currencies  # keeps ``cur`` alive
+        self.cur = <const uint8_t*>PyBytes_AS_STRING(currencies)
+        self.n_cur = <int>(len(currencies) // 3)
+        self.dtype = dtype
+        self.deadline_offset = deadline_offset
+        self.max_id = max_id
 
-    ``index[k]`` is the position in the call of the k-th valid request;
-    ``errors`` lists ``(position, application_id, field, message)``.
-    """
-
-    cdef public int total
-    cdef public object index, amount, currency, term, product, channel, declared
-    cdef public bytes application_ids, merchant_ids
-    cdef public list errors, app_list
-
-
-def decode(bytes data, bint batch, bytes currency_table, int products, int channels):
-    """Decode an ``AuthorizeBatchRequest`` (``batch``) or one ``AuthorizeRequest``.
-
-    ``currency_table`` is the booked currencies' codes concatenated (3 bytes each,
-    index order); ``products``/``channels`` are the highest valid enum values.
-    Raises ``WireError`` when the bytes are not a message of that type.
-    """
-    cdef const uint8_t* base = <const uint8_t*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-    cdef const uint8_t* table = <const uint8_t*>PyBytes_AS_STRING(currency_table)
-    cdef int count = <int>(PyBytes_GET_SIZE(currency_table) // 3)
-    cdef Reader r
-    cdef uint64_t key, v
-    cdef list spans = []
-    cdef Py_ssize_t i, n
-    cdef Req q
-    if batch:
-        r.p = base
-        r.end = base + size
+    cdef int parse(self, Reader* r, int msg, Slot* slots, int depth) noexcept nogil:
+        cdef uint64_t key, v
+        cdef uint32_t field, wire
+        cdef Py_ssize_t k
+        cdef int slot, child
+        cdef Reader sub
+        if depth > MAX_DEPTH:
+            return -1
         while r.p < r.end:
+            if read_varint(r, &key) < 0:
+                return -1
+            field = <uint32_t>(key >> 3)
+            wire = <uint32_t>(key & 7)
+            slot = -1
+            for k in range(self.routes.shape[0]):
+                if self.routes[k, 0] == msg and self.routes[k, 1] == field and self.routes[k, 2] == wire:
+                    slot = <int>self.routes[k, 3]
+                    child = <int>self.routes[k, 4]
+                    break
+            if slot < 0:
+                if skip_field(r, wire) < 0:
+                    return -1
+                continue
+            if wire == 0:
+                if read_varint(r, &v) < 0:
+                    return -1
+                slots[slot].present = True
+                slots[slot].value = <int64_t>v
+            else:  # length-delimited: a string or an embedded message
+                if read_varint(r, &v) < 0 or <uint64_t>(r.end - r.p) < v:
+                    return -1
+                slots[slot].present = True
+                if child >= 0:
+                    sub.p = r.p
+                    sub.end = r.p + v
+                    if self.parse(&sub, child, slots, depth + 1) < 0:
+                        return -1
+                else:
+                    slots[slot].ptr = r.p
+                    slots[slot].length = <Py_ssize_t>v
+                r.p += v
+        return 0
+
+    cdef inline int64_t number(self, Py_ssize_t c, Slot* s) noexcept nogil:
+        return <int64_t><int32_t>s.value if self.cols[c, 10] else s.value
+
+    cdef int check(self, Slot* slots, int* verdict) noexcept nogil:
+        """Index of the first column breaking its rule (its verdict set), or -1."""
+        cdef Py_ssize_t c
+        cdef Slot* s
+        cdef int64_t v, rule
+        cdef const uint8_t* table = self.cur
+        cdef int count = self.n_cur
+        for c in range(self.n_cols):
+            if self.cols[c, 1] >= 0 and not slots[self.cols[c, 1]].present:
+                verdict[0] = V_PARENT
+                return <int>c
+            s = &slots[self.cols[c, 0]]
+            rule = self.cols[c, 2]
+            if rule == RULE_ID:
+                if s.length == 0:
+                    verdict[0] = V_REQUIRED
+                    return <int>c
+                if not valid_id(s.ptr, s.length, self.max_id):
+                    verdict[0] = V_PATTERN
+                    return <int>c
+            elif rule == RULE_RANGE:
+                if self.cols[c, 6] and not s.present:
+                    continue
+                v = self.number(c, s)
+                if v < self.cols[c, 3]:
+                    verdict[0] = V_LOW
+                    return <int>c
+                if v > self.cols[c, 4]:
+                    verdict[0] = V_HIGH
+                    return <int>c
+            elif rule == RULE_ENUM:
+                v = <int64_t><int32_t>s.value
+                if v < 0 or v > 63 or not ((self.cols[c, 5] >> v) & 1):
+                    verdict[0] = V_ENUM
+                    return <int>c
+            elif rule == RULE_CURRENCY:
+                if lookup_code(s.ptr, s.length, table, count) < 0:
+                    verdict[0] = V_TABLE
+                    return <int>c
+        return -1
+
+    cdef void store(self, Slot* slots, uint8_t* rec, double deadline) noexcept nogil:
+        cdef Py_ssize_t c
+        cdef Slot* s
+        cdef int width, kind
+        cdef int64_t v
+        cdef double d
+        cdef const uint8_t* table = self.cur
+        cdef int count = self.n_cur
+        for c in range(self.n_cols):
+            s = &slots[self.cols[c, 0]]
+            width = <int>self.cols[c, 8]
+            kind = <int>self.cols[c, 9]
+            if self.cols[c, 2] == RULE_CURRENCY:
+                store_int(rec + self.cols[c, 7], width, lookup_code(s.ptr, s.length, table, count))
+            elif kind == K_BYTES:
+                memcpy(rec + self.cols[c, 7], s.ptr, s.length if s.length < width else width)
+            elif kind == K_DOUBLE:
+                d = <double>self.number(c, s) if (s.present or not self.cols[c, 6]) else NAN
+                memcpy(rec + self.cols[c, 7], &d, 8)
+            else:
+                store_int(rec + self.cols[c, 7], width, self.number(c, s))
+        memcpy(rec + self.deadline_offset, &deadline, 8)
+
+    cdef int read_one(self, const uint8_t* p, Py_ssize_t n, uint8_t* rec, double deadline,
+                      int* verdict, Slot* slots) noexcept nogil:
+        """0: ``rec`` holds the request; -1: malformed; -2: a violation (``slots`` kept)."""
+        cdef Reader r
+        memset(slots, 0, sizeof(Slot) * MAX_SLOTS)
+        r.p = p
+        r.end = p + n
+        if self.parse(&r, 0, slots, 0) < 0:
+            return -1
+        if self.check(slots, verdict) >= 0:
+            return -2
+        self.store(slots, rec, deadline)
+        return 0
+
+    cdef object violation(self, Slot* slots, int verdict):
+        cdef int c = self.check(slots, &verdict)
+        cdef Slot* s = &slots[self.cols[c, 0]]
+        cdef Slot* app = &slots[self.cols[0, 0]]
+        text = PyBytes_FromStringAndSize(<const char*>s.ptr, s.length) if s.ptr != NULL else b""
+        number = self.number(c, s)
+        app_id = PyBytes_FromStringAndSize(<const char*>app.ptr, app.length) if app.ptr != NULL else b""
+        return Violation(c, verdict, number, text, app_id)
+
+    def decode_one(self, bytes data, double deadline):
+        """One ``AuthorizeRequest`` as a ``bytes`` record; raises ``Violation`` or ``WireError``."""
+        cdef Slot slots[MAX_SLOTS]
+        cdef int verdict = 0
+        out = PyBytes_FromStringAndSize(NULL, self.itemsize)
+        cdef uint8_t* rec = <uint8_t*>PyBytes_AS_STRING(out)
+        memset(rec, 0, self.itemsize)
+        rc = self.read_one(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), rec, deadline,
+                           &verdict, slots)
+        if rc == -1:
+            raise WireError("malformed AuthorizeRequest")
+        if rc == -2:
+            raise self.violation(slots, verdict)
+        return out
+
+    def decode_batch(self, bytes data, double deadline, Py_ssize_t max_items):
+        """An ``AuthorizeBatchRequest``: ``(total, index, rows, violations)``.
+
+        ``rows`` holds the valid requests (``index[k]`` is the position of ``rows[k]`` in the
+        call); ``violations`` lists ``(position, Violation)``. Items are counted before
+        anything is allocated: more than ``max_items`` raises ``OverflowError`` with the count.
+        """
+        cdef const uint8_t* base = <const uint8_t*>PyBytes_AS_STRING(data)
+        cdef Reader r
+        cdef uint64_t key, v
+        cdef Py_ssize_t n = 0, i, k = 0
+        cdef Slot slots[MAX_SLOTS]
+        cdef int verdict, rc
+        r.p = base
+        r.end = base + PyBytes_GET_SIZE(data)
+        while r.p < r.end:  # count first: an oversized call allocates nothing
             if read_varint(&r, &key) < 0:
                 raise WireError("truncated AuthorizeBatchRequest")
             if key == ((1 << 3) | 2):
                 if read_varint(&r, &v) < 0 or <uint64_t>(r.end - r.p) < v:
                     raise WireError("truncated AuthorizeBatchRequest")
-                spans.append((r.p - base, <Py_ssize_t>v))
                 r.p += v
+                n += 1
             elif skip_field(&r, <uint32_t>(key & 7)) < 0:
                 raise WireError("malformed AuthorizeBatchRequest")
-    else:
-        spans.append((0, size))
-    n = len(spans)
-    out = Decoded()
-    out.total = n
-    cdef cnp.ndarray[cnp.int32_t] index = np.empty(n, dtype=np.int32)
-    cdef cnp.ndarray[cnp.int64_t] amount = np.empty(n, dtype=np.int64)
-    cdef cnp.ndarray[cnp.int8_t] currency = np.empty(n, dtype=np.int8)
-    cdef cnp.ndarray[cnp.int16_t] term = np.empty(n, dtype=np.int16)
-    cdef cnp.ndarray[cnp.int8_t] product = np.empty(n, dtype=np.int8)
-    cdef cnp.ndarray[cnp.int8_t] channel = np.empty(n, dtype=np.int8)
-    cdef cnp.ndarray[cnp.float64_t] declared = np.empty(n, dtype=np.float64)
-    cdef list apps = []
-    cdef list merchants = []
-    cdef list errors = []
-    cdef Py_ssize_t k = 0, off, length
-    for i in range(n):
-        off, length = spans[i]
-        if parse_request(base + off, length, &q) < 0:
-            raise WireError(f"malformed AuthorizeRequest at position {i}")
-        bad = _check(&q, table, count, products, channels)
-        if bad is not None:
-            errors.append((i, _text(q.app, q.app_len), bad[0], bad[1]))
-            continue
-        index[k] = <int32_t>i
-        amount[k] = q.amount
-        currency[k] = <int8_t>currency_of(q.currency, q.currency_len, table, count)
-        term[k] = <int16_t>q.term
-        product[k] = <int8_t>q.product
-        channel[k] = <int8_t>q.channel
-        declared[k] = <double>q.declared if q.has_declared else float("nan")
-        apps.append(PyBytes_FromStringAndSize(<const char*>q.app, q.app_len))
-        merchants.append(PyBytes_FromStringAndSize(<const char*>q.merchant, q.merchant_len))
-        k += 1
-    out.index = index[:k]
-    out.amount = amount[:k]
-    out.currency = currency[:k]
-    out.term = term[:k]
-    out.product = product[:k]
-    out.channel = channel[:k]
-    out.declared = declared[:k]
-    out.app_list = apps
-    out.application_ids = b"\n".join(apps)
-    out.merchant_ids = b"\n".join(merchants)
-    out.errors = errors
-    return out
-
-
-def decode_one(bytes data, bytes currency_table, int products, int channels):
-    """One ``AuthorizeRequest``: ``(True, app, merchant, amount, currency, term, product, channel, declared)``
-    when valid, ``(False, app, field, message)`` when not. Raises ``WireError`` on malformed bytes.
-    """
-    cdef Req q
-    cdef const uint8_t* table = <const uint8_t*>PyBytes_AS_STRING(currency_table)
-    cdef int count = <int>(PyBytes_GET_SIZE(currency_table) // 3)
-    if parse_request(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &q) < 0:
-        raise WireError("malformed AuthorizeRequest")
-    bad = _check(&q, table, count, products, channels)
-    app = _text(q.app, q.app_len)
-    if bad is not None:
-        return (False, app, bad[0], bad[1])
-    return (
-        True, app, _text(q.merchant, q.merchant_len), q.amount,
-        currency_of(q.currency, q.currency_len, table, count), q.term, q.product, q.channel,
-        <double>q.declared if q.has_declared else float("nan"),
-    )
+        if n > max_items:
+            raise OverflowError(n)
+        rows = np.zeros(n, dtype=self.dtype)
+        cdef cnp.ndarray[cnp.int32_t] index = np.empty(n, dtype=np.int32)
+        cdef uint8_t* out = <uint8_t*>cnp.PyArray_DATA(rows)
+        violations = []
+        r.p = base
+        i = 0
+        while r.p < r.end:
+            read_varint(&r, &key)
+            if key != ((1 << 3) | 2):
+                skip_field(&r, <uint32_t>(key & 7))
+                continue
+            read_varint(&r, &v)
+            rc = self.read_one(r.p, <Py_ssize_t>v, out + k * self.itemsize, deadline, &verdict, slots)
+            r.p += v
+            if rc == -1:
+                raise WireError(f"malformed AuthorizeRequest at position {i}")
+            if rc == -2:
+                violations.append((i, self.violation(slots, verdict)))
+                # The slot is reused by the next valid request: clear what this one wrote.
+                memset(out + k * self.itemsize, 0, self.itemsize)
+            else:
+                index[k] = <int32_t>i
+                k += 1
+            i += 1
+        return n, index[:k], rows[:k], violations
 
 
 # -- encoding -------------------------------------------------------------------
@@ -439,9 +527,16 @@ cdef inline int close_message(Buf* b, Py_ssize_t mark, bint keep_empty) except -
     return 0
 
 
-cdef int write_error(Buf* b, bytes app, int code, bytes field, bytes message) except -1:
+cdef inline Py_ssize_t fixed_len(const uint8_t* p, Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t n = 0
+    while n < width and p[n] != 0:
+        n += 1
+    return n
+
+
+cdef int write_error(Buf* b, const char* app, Py_ssize_t app_len, int code, bytes field, bytes message) except -1:
     cdef Py_ssize_t mark
-    put_bytes(b, 1, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app))
+    put_bytes(b, 1, app, app_len)
     open_message(b, 13, &mark)
     put_int(b, 1, code)
     put_bytes(b, 2, PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
@@ -450,126 +545,244 @@ cdef int write_error(Buf* b, bytes app, int code, bytes field, bytes message) ex
     return 0
 
 
-cdef class Encoder:
-    """Encodes responses from a ``ResponseBatch``'s columns; built once per response batch."""
+cdef class Program:
+    """The response encoder's op list, compiled once per process (``services.frontend.wire``)."""
 
-    cdef const int8_t[::1] status, decision, grade, version
-    cdef const int64_t[::1] approved
-    cdef const int32_t[::1] apr
-    cdef const double[::1] pd
-    cdef const int16_t[:, ::1] reason
-    cdef const float[:, ::1] contrib
-    cdef const float[::1] age
-    cdef const uint8_t[::1] stale, degraded
-    cdef list ids, letters, codes, descs, models, policies, currencies
+    cdef object array  # keeps ``ops`` alive
+    cdef const int64_t* ops  # n_ops x O_COLS, row-major
+    cdef Py_ssize_t n_ops
+    cdef int itemsize, status_offset, app_offset, app_width, n_tables, decision_offset
+
+    def __init__(self, ops, int itemsize, int status_offset, int app_offset, int app_width, int n_tables,
+                 int decision_offset):
+        ops = np.ascontiguousarray(ops, dtype=np.int64)
+        if ops.ndim != 2 or ops.shape[1] != O_COLS:
+            raise ValueError("encoder program has the wrong shape")
+        count, end, depth = 1, -1, 0
+        for j, op in enumerate(ops.tolist()):
+            code = op[0]
+            if code == OP_REPEAT:
+                if count != 1 or not j < op[5] < len(ops) or ops[op[5], 0] != OP_END or op[6] < 1:
+                    raise ValueError(f"encoder op {j} is a bad repeat")
+                count, end = op[6], op[5]
+            if code in (OP_VARINT, OP_BOOL, OP_DOUBLE, OP_STRING, OP_TABLE, OP_REPEAT) and not (
+                op[4] in ((1, 2, 4, 8) if code != OP_STRING else range(1, itemsize + 1))
+                and 0 <= op[2] and op[3] >= 0 and op[2] + (count - 1) * op[3] + op[4] <= itemsize
+            ):
+                raise ValueError(f"encoder op {j} {op} reads outside the record")
+            if code == OP_TABLE and not 0 <= op[5] < n_tables:
+                raise ValueError(f"encoder op {j} {op} names no table")
+            depth += (code == OP_OPEN) - (code == OP_CLOSE)
+            if not 0 <= depth <= MAX_DEPTH:
+                raise ValueError(f"encoder op {j} nests too deep or closes what it did not open")
+            if j == end:
+                count, end = 1, -1
+        if depth:
+            raise ValueError("encoder program leaves a message open")
+        if not (0 <= status_offset < itemsize and 0 <= decision_offset < itemsize
+                and 0 <= app_offset and app_offset + app_width <= itemsize):
+            raise ValueError("bad record offsets")
+        self.decision_offset = decision_offset
+        self.array = ops
+        self.ops = <const int64_t*>cnp.PyArray_DATA(ops)
+        self.n_ops = ops.shape[0]
+        self.itemsize = itemsize
+        self.status_offset = status_offset
+        self.app_offset = app_offset
+        self.app_width = app_width
+        self.n_tables = n_tables
+
+
+cdef struct Str:
+    const char* p
+    Py_ssize_t n
+
+
+cdef class Encoder:
+    """Encodes responses from one batch of decision records; built once per backend call.
+
+    ``tables`` are lists of ``bytes`` (the program's ``OP_TABLE`` ops index them);
+    ``message`` is what items with a non-zero status are answered with.
+    """
+
+    cdef Program prog
+    cdef object rows
+    cdef const uint8_t* base
+    cdef Py_ssize_t n
+    cdef list tables  # keeps the strings of ``strs`` alive
+    cdef Str* strs  # every table's entries, one after another
+    cdef Py_ssize_t starts[8]
+    cdef Py_ssize_t sizes[8]
     cdef bytes message
 
-    def __init__(self, resp, list currency_codes):
-        c = np.ascontiguousarray  # replica columns are often strided record fields
-        self.status = c(resp.status)
-        self.decision = c(resp.decision)
-        self.grade = c(resp.grade)
-        self.version = c(resp.version)
-        self.approved = c(resp.approved_minor)
-        self.apr = c(resp.apr_bps)
-        self.pd = c(resp.pd)
-        self.reason = c(resp.reason)
-        self.contrib = c(resp.reason_contrib)
-        self.age = c(resp.feature_age_s)
-        self.stale = c(resp.stale).view(np.uint8)
-        self.degraded = c(resp.degraded).view(np.uint8)
-        self.ids = resp.decision_ids.split(b"\n") if len(resp.status) else []
-        self.letters = [g.encode() for g in resp.grade_letters]
-        self.codes = [c.encode() for c, _ in resp.reason_table]
-        self.descs = [d.encode() for _, d in resp.reason_table]
-        self.models = [m.encode() for m, _ in resp.versions]
-        self.policies = [p.encode() for _, p in resp.versions]
-        self.currencies = currency_codes
-        self.message = (resp.message or "not decided").encode()
+    def __init__(self, Program prog, rows, list tables, bytes message):
+        if rows.dtype.itemsize != prog.itemsize or rows.ndim != 1 or not rows.flags.c_contiguous:
+            raise ValueError("decision records do not match the encoder's layout")
+        if len(tables) != prog.n_tables or not all(
+            isinstance(t, list) and all(isinstance(x, bytes) for x in t) for t in tables
+        ):
+            raise ValueError("encoder tables must be lists of bytes")
+        if prog.n_tables > 8:
+            raise ValueError("at most 8 encoder tables")
+        self.prog = prog
+        self.rows = rows  # keeps the buffer alive
+        self.base = <const uint8_t*>cnp.PyArray_DATA(rows)
+        self.n = rows.shape[0]
+        self.tables = tables
+        self.message = message
+        total = sum(len(t) for t in tables)
+        self.strs = <Str*>malloc(sizeof(Str) * (total + 1))
+        if self.strs == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t at = 0, t
+        cdef bytes x
+        for t in range(prog.n_tables):
+            self.starts[t] = at
+            self.sizes[t] = len(tables[t])
+            for x in tables[t]:
+                self.strs[at].p = PyBytes_AS_STRING(x)
+                self.strs[at].n = PyBytes_GET_SIZE(x)
+                at += 1
 
-    cdef int write(self, Buf* b, Py_ssize_t i, bytes app, int cur) except -1:
-        cdef Py_ssize_t mark, rmark
-        cdef Py_ssize_t k
-        cdef int16_t r
-        cdef double age
-        cdef bytes s
-        if self.status[i] != 0:
-            write_error(b, app, self.status[i], b"", self.message)
-            return 0
-        put_bytes(b, 1, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app))
-        s = self.ids[i]
-        put_bytes(b, 2, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-        put_int(b, 3, self.decision[i])
-        open_message(b, 4, &mark)
-        put_int(b, 1, self.approved[i])
-        s = self.currencies[cur]
-        put_bytes(b, 2, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-        close_message(b, mark, True)
-        put_int(b, 5, self.apr[i])
-        if self.grade[i] >= 0:
-            s = self.letters[self.grade[i]]
-            put_bytes(b, 6, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-        put_double(b, 7, self.pd[i])
-        for k in range(self.reason.shape[1]):
-            r = self.reason[i, k]
-            if r < 0:
+    def __dealloc__(self):
+        free(self.strs)
+
+    cdef int run(self, Buf* b, const uint8_t* rec) except -1:
+        """Row ``rec`` through the program: straight-line ops, and each repeat's element ops
+        once per present element (repeats do not nest: the program was checked for it)."""
+        cdef Py_ssize_t j = 0, e, inner, stop = self.prog.n_ops
+        cdef Py_ssize_t marks[MAX_DEPTH + 2]
+        cdef int depth = 0
+        cdef const int64_t* op
+        cdef const int64_t* sub
+        while j < stop:
+            op = self.prog.ops + j * O_COLS  # code, field, offset, stride, width, table, aux
+            if op[0] == OP_REPEAT:
+                inner = op[5]
+                for e in range(op[6]):
+                    if load_int(rec + op[2] + e * op[3], <int>op[4]) >= 0:
+                        sub = op + O_COLS
+                        while sub < self.prog.ops + inner * O_COLS:
+                            step(self, b, rec, sub, e, marks, &depth)
+                            sub += O_COLS
+                j = inner + 1
                 continue
-            open_message(b, 8, &rmark)
-            s = self.codes[r]
-            put_bytes(b, 1, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-            s = self.descs[r]
-            put_bytes(b, 2, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-            put_double(b, 3, <double>self.contrib[i, k])
-            close_message(b, rmark, True)
-        s = self.models[self.version[i]]
-        put_bytes(b, 9, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-        s = self.policies[self.version[i]]
-        put_bytes(b, 10, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-        open_message(b, 11, &mark)
-        age = self.age[i]
-        put_double(b, 1, age if age == age else 0.0)
-        put_int(b, 2, 1 if self.stale[i] else 0)
-        close_message(b, mark, True)
-        put_int(b, 12, 1 if self.degraded[i] else 0)
+            step(self, b, rec, op, 0, marks, &depth)
+            j += 1
+        return 0
+
+    cpdef int status(self, Py_ssize_t i) except? -1:
+        """Row ``i``'s status (0: decided)."""
+        if i < 0 or i >= self.n:
+            raise IndexError(f"row {i} outside a batch of {self.n}")
+        return <int8_t>self.base[i * self.prog.itemsize + self.prog.status_offset]
+
+    cpdef int decision(self, Py_ssize_t i) except? -1:
+        """Row ``i``'s decision (a ``creditauth.v1.Decision`` value)."""
+        if i < 0 or i >= self.n:
+            raise IndexError(f"row {i} outside a batch of {self.n}")
+        return <int8_t>self.base[i * self.prog.itemsize + self.prog.decision_offset]
+
+    cdef int write(self, Buf* b, Py_ssize_t i) except -1:
+        cdef const uint8_t* rec
+        cdef int status
+        if i < 0 or i >= self.n:
+            raise IndexError(f"row {i} outside a batch of {self.n}")
+        rec = self.base + i * self.prog.itemsize
+        status = <int8_t>rec[self.prog.status_offset]
+        if status != 0:
+            write_error(b, <const char*>(rec + self.prog.app_offset),
+                        fixed_len(rec + self.prog.app_offset, self.prog.app_width), status, b"", self.message)
+            return 0
+        self.run(b, rec)
         return 0
 
 
-def encode_one(Encoder enc, Py_ssize_t i, bytes app, int currency):
+cdef inline int table_string(Str* strs, Py_ssize_t* starts, Py_ssize_t* sizes, Buf* b, uint32_t field,
+                             int table, int64_t idx) except -1:
+    cdef Str* s
+    if idx < 0:
+        return 0
+    if idx >= sizes[table]:
+        raise ValueError(f"index {idx} outside table {table} of {sizes[table]} entries")
+    s = &strs[starts[table] + idx]
+    put_bytes(b, field, s.p, s.n)
+    return 0
+
+
+cdef inline int step(Encoder enc, Buf* b, const uint8_t* rec, const int64_t* op, Py_ssize_t k,
+                     Py_ssize_t* marks, int* depth) except -1:
+    """One op of the encoder program on row ``rec`` (element ``k`` of a repeat)."""
+    cdef int64_t code = op[0]
+    cdef int64_t off = op[2] + k * op[3]
+    cdef int width = <int>op[4]
+    cdef double d
+    cdef float f
+    if code == OP_STRING:
+        put_bytes(b, <uint32_t>op[1], <const char*>(rec + off), fixed_len(rec + off, width))
+    elif code == OP_VARINT:
+        put_int(b, <uint32_t>op[1], load_int(rec + off, width))
+    elif code == OP_TABLE:
+        table_string(enc.strs, enc.starts, enc.sizes, b, <uint32_t>op[1], <int>op[5], load_int(rec + off, width))
+    elif code == OP_DOUBLE:
+        if width == 4:
+            memcpy(&f, rec + off, 4)
+            d = f
+        else:
+            memcpy(&d, rec + off, 8)
+        if d != d and op[6]:
+            d = 0.0
+        put_double(b, <uint32_t>op[1], d)
+    elif code == OP_OPEN:
+        if depth[0] > MAX_DEPTH:
+            raise ValueError("encoder program nests too deep")
+        open_message(b, <uint32_t>op[1], &marks[depth[0]])
+        depth[0] += 1
+    elif code == OP_CLOSE:
+        depth[0] -= 1
+        close_message(b, marks[depth[0]], op[6] != 0)
+    elif code == OP_BOOL:
+        put_int(b, <uint32_t>op[1], 1 if rec[off] else 0)
+    return 0
+
+
+def encode_one(Encoder enc, Py_ssize_t i):
     """One ``AuthorizeResponse`` for row ``i``."""
     cdef Buf b
     b.p = NULL; b.n = 0; b.cap = 0
     try:
-        enc.write(&b, i, app, currency)
+        enc.write(&b, i)
         return PyBytes_FromStringAndSize(<const char*>b.p, b.n)
     finally:
         free(b.p)
 
 
-def encode_batch(int total, Encoder enc, const int32_t[::1] index, list apps,
-                 const int8_t[::1] currency, list errors, Py_ssize_t offset=0):
+def encode_batch(Py_ssize_t total, Encoder enc, const int32_t[::1] index, list errors, Py_ssize_t offset=0):
     """An ``AuthorizeBatchResponse`` answering ``total`` requests in order.
 
-    Row ``offset + k`` of ``enc`` answers the request at ``index[k]`` (application
-    id ``apps[k]``, currency ``currency[k]``); ``errors`` are ``(position, app_id,
-    code, field, message)`` for the requests that were not sent to scoring.
+    Row ``offset + k`` of ``enc`` answers the request at ``index[k]``; ``errors`` are
+    ``(position, app_id, code, field, message)`` (bytes app_id, str field and message) for
+    the requests that were not sent to scoring. ``enc`` may be None when every item is an error.
     """
     cdef Buf b
     cdef Py_ssize_t pos, k = 0, e = 0, mark, ne = len(errors)
     cdef Py_ssize_t nk = index.shape[0]
+    cdef bytes app
+    if nk and enc is None:
+        raise ValueError("rows to encode but no encoder")
     b.p = NULL; b.n = 0; b.cap = 0
-    errors = sorted(errors)
+    errors = sorted(errors, key=lambda x: x[0])
     try:
         for pos in range(total):
-            grow(&b, 8)
-            # Each response is a nested message of at most a few hundred bytes,
-            # so the reserved two-byte length always fits.
+            # Each response is a nested message of at most a few KiB, so the reserved
+            # two-byte length always fits.
             open_message(&b, 1, &mark)
             if k < nk and index[k] == pos:
-                enc.write(&b, offset + k, apps[k], currency[k])
+                enc.write(&b, offset + k)
                 k += 1
             elif e < ne and errors[e][0] == pos:
                 _, app, code, field, message = errors[e]
-                write_error(&b, app.encode() if isinstance(app, str) else app, code, field.encode(), message.encode())
+                write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, field.encode(), message.encode())
                 e += 1
             else:
                 raise ValueError(f"no answer for request {pos}")
@@ -584,7 +797,7 @@ def encode_error(bytes app, int code, str field, str message):
     cdef Buf b
     b.p = NULL; b.n = 0; b.cap = 0
     try:
-        write_error(&b, app, code, field.encode(), message.encode())
+        write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, field.encode(), message.encode())
         return PyBytes_FromStringAndSize(<const char*>b.p, b.n)
     finally:
         free(b.p)

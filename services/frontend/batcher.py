@@ -1,8 +1,8 @@
 """Adaptive coalescing of requests into batches for the scoring backend.
 
-Units of work are single validated items (unary calls) or whole
-``RequestBatch`` objects (a batch RPC, a stream window); each unit carries one
-future, never one per item. A dispatcher sends whatever has gathered as one
+Units of work are single validated requests (unary calls: one ``bytes`` record
+each) or whole ``RequestBatch`` objects (a batch RPC, a stream window); each unit
+carries one future, never one per item. A dispatcher sends whatever has gathered as one
 backend call whenever a slot is free:
 
 * idle system: the first request goes out at once (no added latency);
@@ -28,10 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.errors import BackendUnavailable, CreditAuthError, DeadlineExceeded, Overloaded, ShuttingDown
-from services.frontend.codec import Item, to_batch
 from services.runtime.backend import ScoringBackend
-from services.scoring import RequestBatch, ResponseBatch
-from services.scoring.batch import STAGES
+from services.schema.records import DecisionBatch, RequestBatch
 from services.telemetry import NullTelemetry
 
 
@@ -43,12 +41,12 @@ class Answer:
     call (the front end's response encoder), shared by every unit in it.
     """
 
-    batch: ResponseBatch
+    batch: DecisionBatch
     prepared: Any
     start: int
     size: int
 
-    def rows(self) -> ResponseBatch:
+    def rows(self) -> DecisionBatch:
         return self.batch.slice(self.start, self.start + self.size)
 
 
@@ -57,8 +55,9 @@ class _Unit:
     size: int
     future: asyncio.Future[Answer]
     deadline: float
-    item: Item | None = None
-    batch: RequestBatch | None = None
+    record: bytes | None = None  # one request (a REQUEST_DTYPE record) ...
+    trace: str = ""  # ... and its traceparent, when sampled
+    batch: RequestBatch | None = None  # ... or many
 
 
 @dataclass
@@ -82,7 +81,7 @@ class Batcher:
         max_queue: int,
         max_queue_wait_s: float = 0.25,
         telemetry: NullTelemetry | None = None,
-        prepare: Callable[[ResponseBatch], Any] | None = None,
+        prepare: Callable[[DecisionBatch], Any] | None = None,
     ) -> None:
         self._tel = telemetry or NullTelemetry()
         self._prepare = prepare
@@ -139,10 +138,10 @@ class Batcher:
         self._queued += unit.size
         self._wake.set()
 
-    async def submit_one(self, item: Item) -> Answer:
-        """Score one item; its answer is row ``answer.start`` of ``answer.batch``."""
+    async def submit_one(self, record: bytes, deadline: float, trace: str = "") -> Answer:
+        """Score one request record; its answer is row ``answer.start`` of ``answer.batch``."""
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Unit(1, fut, item.deadline, item=item))
+        self._enqueue(_Unit(1, fut, deadline, record=record, trace=trace))
         return await fut
 
     async def submit_batch(self, batch: RequestBatch) -> Answer:
@@ -199,49 +198,55 @@ class Batcher:
             self._drain_rate = rate if self._drain_rate is None else 0.7 * self._drain_rate + 0.3 * rate
         self._last_done = now
 
-    async def _call(self, units: list[_Unit], saturated: bool = False) -> None:
-        try:
-            singles = [u.item for u in units if u.item is not None]
-            parts: list[RequestBatch] = []
-            if singles:
-                parts.append(to_batch(singles))
-            parts += [u.batch for u in units if u.batch is not None]
-            batch = RequestBatch.concat(parts)
-            t0 = time.perf_counter()
-            try:
-                resp = await self._backend.score(batch)
-            except CreditAuthError as exc:  # unavailable, overloaded, deadline: as they are
-                self.stats.failures += 1
-                for u in units:
-                    if not u.future.done():
-                        u.future.set_exception(exc)
-                return
-            except Exception as exc:  # never leave a caller hanging
-                self.stats.failures += 1
-                err = BackendUnavailable(f"scoring failed: {exc!r}")
-                err.__cause__ = exc
-                for u in units:
-                    if not u.future.done():
-                        u.future.set_exception(err)
-                return
-            self._measure(len(batch), saturated)
-            self._tel.batch(len(batch), time.perf_counter() - t0, STAGES, resp.stage_s)
-            self.stats.calls += 1
-            self.stats.decisions += len(batch)
-            self.stats.sizes[len(batch)] += 1
-            prepared = self._prepare(resp) if self._prepare is not None else None
-            # Results come back in the order the batch was built: singles first.
-            pos = 0
+    @staticmethod
+    def _assemble(units: list[_Unit]) -> RequestBatch:
+        """One backend batch: the single records first (joined as bytes), then the batches."""
+        singles = [u for u in units if u.record is not None]
+        parts: list[RequestBatch] = []
+        if singles:
+            trace = "\n".join(u.trace for u in singles if u.trace)
+            parts.append(RequestBatch.of_records([u.record for u in singles if u.record is not None], trace))
+        parts += [u.batch for u in units if u.batch is not None]
+        return RequestBatch.concat(parts)
+
+    @staticmethod
+    def _fail(units: list[_Unit], exc: CreditAuthError) -> None:
+        for u in units:
+            if not u.future.done():
+                u.future.set_exception(exc)
+
+    def _answer(self, units: list[_Unit], resp: DecisionBatch) -> None:
+        if len(resp) != sum(u.size for u in units):
+            raise BackendUnavailable(f"replica answered {len(resp)} items for {sum(u.size for u in units)}")
+        prepared = self._prepare(resp) if self._prepare is not None else None
+        # Results come back in the order the batch was built: singles first.
+        pos = 0
+        for single in (True, False):
             for u in units:
-                if u.item is not None:
-                    if not u.future.done():
-                        u.future.set_result(Answer(resp, prepared, pos, 1))
-                    pos += 1
-            for u in units:
-                if u.batch is not None:
+                if (u.record is not None) is single:
                     if not u.future.done():
                         u.future.set_result(Answer(resp, prepared, pos, u.size))
                     pos += u.size
+
+    async def _call(self, units: list[_Unit], saturated: bool = False) -> None:
+        try:
+            batch = self._assemble(units)
+            t0 = time.perf_counter()
+            resp = await self._backend.score(batch)
+            self._measure(len(batch), saturated)
+            self._tel.batch(len(batch), time.perf_counter() - t0, resp.stage_s)
+            self._answer(units, resp)
+            self.stats.calls += 1
+            self.stats.decisions += len(batch)
+            self.stats.sizes[len(batch)] += 1
+        except CreditAuthError as exc:  # unavailable, overloaded, deadline: as they are
+            self.stats.failures += 1
+            self._fail(units, exc)
+        except Exception as exc:  # never leave a caller hanging (an inconsistent answer included)
+            self.stats.failures += 1
+            err = BackendUnavailable(f"scoring failed: {exc!r}")
+            err.__cause__ = exc
+            self._fail(units, err)
         finally:
             self._inflight -= 1
             self._wake.set()

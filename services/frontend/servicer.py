@@ -1,11 +1,9 @@
 """The CreditAuthorization service: three RPCs over one batcher, on raw bytes.
 
-The handlers are registered without protobuf (de)serializers: requests are
-decoded and responses encoded by ``services.frontend._wire`` straight between
-bytes and column arrays, so a batch RPC costs about a microsecond of Python
-per decision instead of the tens a protobuf object tree costs.
-``services.frontend.codec`` is the readable reference of the same rules (tests
-hold the two to identical answers).
+The handlers are registered without protobuf (de)serializers: requests are decoded
+into records and responses encoded from the replica's records by the C codec
+(``services.frontend.wire``), so a batch RPC costs about a microsecond of Python per
+decision instead of the tens a protobuf object tree costs.
 """
 
 from __future__ import annotations
@@ -17,34 +15,26 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-import numpy as np
 
-from services.errors import CreditAuthError, DeadlineExceeded
-from services.frontend import _wire
+from services.errors import CreditAuthError, DeadlineExceeded, code_of
+from services.frontend import wire
 from services.frontend.batcher import Answer, Batcher
-from services.frontend.codec import Item, to_batch
-from services.frontend.status import status_number, status_of
-from services.policy.currency import CURRENCIES
-from services.scoring import RequestBatch, ResponseBatch
+from services.frontend.status import grpc_code
+from services.schema.codes import Code
+from services.schema.records import DecisionBatch, RequestBatch
 from services.settings import ServingSettings
 from services.telemetry import NullTelemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = "creditauth.v1.CreditAuthorization"
-CURRENCY_TABLE = b"".join(c.code.encode() for c in CURRENCIES)
-CURRENCY_CODES = [c.code.encode() for c in CURRENCIES]
-MAX_PRODUCT = 4  # highest creditauth.v1.Product value
-MAX_CHANNEL = 5  # highest creditauth.v1.Channel value
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
-_INVALID = status_number(grpc.StatusCode.INVALID_ARGUMENT)
 # A stream window: requests read back-to-back go to the replicas together.
 STREAM_WINDOW = 512
 STREAM_WINDOWS_IN_FLIGHT = 4
 
 
-def prepare(resp: ResponseBatch) -> _wire.Encoder:
+def prepare(resp: DecisionBatch) -> wire.Encoder:
     """Once per backend call: the encoder every unit of the call answers from."""
-    return _wire.Encoder(resp, CURRENCY_CODES)
+    return wire.encoder(resp)
 
 
 class CreditAuthorizationServicer:
@@ -52,6 +42,7 @@ class CreditAuthorizationServicer:
         self._batcher = batcher
         self._settings = settings
         self._tel = telemetry or NullTelemetry()
+        self._decode_one = wire.requests.decode_one
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         return grpc.method_handlers_generic_handler(
@@ -80,92 +71,69 @@ class CreditAuthorizationServicer:
 
     async def _authorize(self, data: bytes, context: Context, t0: float, trace: str) -> bytes:
         deadline = self._deadline(context)
-        tel = self._tel
         try:
-            r = _wire.decode_one(data, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
-        except _wire.WireError as exc:
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed AuthorizeRequest: {exc}", t0)
-        if not r[0]:
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{r[2]}: {r[3]}", t0)
-        item = Item(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], deadline, trace)
+            record = self._decode_one(data, deadline)
+        except wire.WireError as exc:
+            await self._abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeRequest: {exc}", t0)
+        except wire.Violation as v:
+            await self._abort(context, Code.INVALID_ARGUMENT, str(wire.describe(v)), t0)
         try:
             if deadline <= time.time():
                 raise DeadlineExceeded("deadline already passed")
-            ans = await self._batcher.submit_one(item)
+            ans = await self._batcher.submit_one(record, deadline, trace)
         except CreditAuthError as exc:
-            await self._abort(context, status_of(exc), str(exc), t0)
-        resp = ans.batch
-        tel.outcomes(resp.decision[ans.start : ans.start + 1], resp.status[ans.start : ans.start + 1])
-        code = int(resp.status[ans.start])
-        if code:
-            await self._abort(context, _CODES[code], resp.message or "not decided", t0)
-        tel.rpc("Authorize", "OK", time.perf_counter() - t0)
-        out: bytes = _wire.encode_one(ans.prepared, ans.start, item.application_id.encode(), item.currency)
-        return out
+            await self._abort(context, code_of(exc), str(exc), t0)
+        enc: wire.Encoder = ans.prepared
+        status = enc.status(ans.start)
+        self._tel.outcome(status, enc.decision(ans.start) if status == 0 else 0)
+        if status:
+            await self._abort(context, status, ans.batch.message or "not decided", t0)
+        self._tel.rpc("Authorize", "OK", time.perf_counter() - t0)
+        return wire.encode_one(enc, ans.start)
 
-    async def _abort(self, context: Context, code: grpc.StatusCode, message: str, t0: float) -> NoReturn:
-        self._tel.rpc("Authorize", code.name, time.perf_counter() - t0)
-        await context.abort(code, message)
+    async def _abort(self, context: Context, code: int, message: str, t0: float) -> NoReturn:
+        status = grpc_code(code)
+        self._tel.rpc("Authorize", status.name, time.perf_counter() - t0)
+        await context.abort(status, message)
         raise AssertionError("context.abort returned")
 
     # -- AuthorizeBatch ----------------------------------------------------------
     async def AuthorizeBatch(self, data: bytes, context: Context) -> bytes:
         t0 = time.perf_counter()
-        try:
-            decoded = _wire.decode(data, True, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
-        except _wire.WireError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
-        n = decoded.total
-        if n > self._settings.max_batch_request:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"requests: at most {self._settings.max_batch_request} per call, got {n}",
-            )
         deadline = self._deadline(context)
+        try:
+            decoded = wire.decode_batch(data, deadline, self._settings.max_batch_request, Code.INVALID_ARGUMENT)
+        except wire.WireError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
+        except CreditAuthError as exc:  # too many items, counted before any was decoded
+            await context.abort(grpc_code(code_of(exc)), str(exc))
         if self._tel.sampled():
-            with self._tel.span("AuthorizeBatch", size=n) as trace:
+            with self._tel.span("AuthorizeBatch", size=decoded.total) as trace:
                 body = await self._decide(decoded, deadline, context, trace or "")
         else:
             body = await self._decide(decoded, deadline, context, "")
         self._tel.rpc("AuthorizeBatch", "OK", time.perf_counter() - t0)
         return body
 
-    async def _decide(self, d: Any, deadline: float, context: Context, trace: str) -> bytes:
+    async def _decide(self, d: wire.DecodedBatch, deadline: float, context: Context, trace: str) -> bytes:
         """One AuthorizeBatchResponse for a decoded request; a bad item fails only itself."""
-        errors = [(pos, app, _INVALID, f"requests[{pos}].{field}", msg) for pos, app, field, msg in d.errors]
-        k = len(d.index)
-        if k == 0:
-            out: bytes = _wire.encode_batch(d.total, None, d.index, d.app_list, d.currency, errors)
-            return out
-        batch = RequestBatch(
-            application_ids=d.application_ids,
-            merchant_ids=d.merchant_ids,
-            amount_minor=d.amount,
-            currency=d.currency,
-            term_months=d.term,
-            product=d.product,
-            channel=d.channel,
-            declared_revenue_minor=d.declared,
-            deadline=np.full(k, deadline),
-            trace=trace,
-        )
+        errors = [e.as_tuple() for e in d.errors]
+        if len(d.index) == 0:
+            return wire.encode_batch(d.total, None, d.index, errors)
+        batch = RequestBatch(d.batch.rows, trace)
         try:
             if deadline <= time.time():
                 raise DeadlineExceeded("deadline already passed")
             ans = await self._batcher.submit_batch(batch)
         except CreditAuthError as exc:
             if not errors:  # nothing in the call can be answered: fail the call itself
-                await context.abort(status_of(exc), str(exc))
-            code = status_number(status_of(exc))
-            apps = [a.decode() for a in d.app_list]
-            errors += [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index)]
-            out = _wire.encode_batch(d.total, None, d.index[:0], [], d.currency[:0], errors)
-            return out
-        resp = ans.batch
-        s = slice(ans.start, ans.start + ans.size)
-        self._tel.outcomes(resp.decision[s], resp.status[s])
-        out = _wire.encode_batch(d.total, ans.prepared, d.index, d.app_list, d.currency, errors, ans.start)
-        return out
+                await context.abort(grpc_code(code_of(exc)), str(exc))
+            code = int(code_of(exc))
+            apps = batch.rows["application_id"].tolist()
+            errors += [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index.tolist())]
+            return wire.encode_batch(d.total, None, d.index[:0], errors)
+        self._tel.outcomes(ans.rows())
+        return wire.encode_batch(d.total, ans.prepared, d.index, errors, ans.start)
 
     # -- AuthorizeStream ---------------------------------------------------------
     async def AuthorizeStream(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -209,34 +177,36 @@ class CreditAuthorizationServicer:
             reader.cancel()
             assembler.cancel()
 
-    async def _window(self, raws: list[bytes], deadline: float) -> list[bytes]:
-        """Answers for one stream window, in order."""
+    def _decode_window(self, raws: list[bytes], deadline: float) -> tuple[list[bytes | None], list[bytes], list[int]]:
+        """Each request of a window: a record to score, or its error answer right away."""
         answers: list[bytes | None] = [None] * len(raws)
-        items: list[Item] = []
+        records: list[bytes] = []
         where: list[int] = []
         for i, raw in enumerate(raws):
             try:
-                r = _wire.decode_one(raw, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
-            except _wire.WireError as exc:
-                answers[i] = _wire.encode_error(b"", _INVALID, "", f"malformed AuthorizeRequest: {exc}")
-                continue
-            if not r[0]:
-                answers[i] = _wire.encode_error(r[1].encode(), _INVALID, r[2], r[3])
-                continue
-            items.append(Item(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], deadline))
-            where.append(i)
-        if items:
+                records.append(self._decode_one(raw, deadline))
+                where.append(i)
+            except wire.WireError as exc:
+                answers[i] = wire.encode_error(b"", Code.INVALID_ARGUMENT, "", f"malformed AuthorizeRequest: {exc}")
+            except wire.Violation as v:
+                e = wire.describe(v)
+                answers[i] = wire.encode_error(v.app, Code.INVALID_ARGUMENT, e.field, e.message)
+        return answers, records, where
+
+    async def _window(self, raws: list[bytes], deadline: float) -> list[bytes]:
+        """Answers for one stream window, in order."""
+        answers, records, where = self._decode_window(raws, deadline)
+        if records:
+            batch = RequestBatch.of_records(records)
             try:
                 if deadline <= time.time():
                     raise DeadlineExceeded("deadline already passed")
-                ans: Answer = await self._batcher.submit_batch(to_batch(items))
-                resp = ans.batch
-                s = slice(ans.start, ans.start + ans.size)
-                self._tel.outcomes(resp.decision[s], resp.status[s])
-                for j, (i, it) in enumerate(zip(where, items, strict=True)):
-                    answers[i] = _wire.encode_one(ans.prepared, ans.start + j, it.application_id.encode(), it.currency)
+                ans: Answer = await self._batcher.submit_batch(batch)
+                self._tel.outcomes(ans.rows())
+                for j, i in enumerate(where):
+                    answers[i] = wire.encode_one(ans.prepared, ans.start + j)
             except CreditAuthError as exc:
-                code = status_number(status_of(exc))
-                for i, it in zip(where, items, strict=True):
-                    answers[i] = _wire.encode_error(it.application_id.encode(), code, "", str(exc))
+                code = int(code_of(exc))
+                for app, i in zip(batch.rows["application_id"].tolist(), where, strict=True):
+                    answers[i] = wire.encode_error(app, code, "", str(exc))
         return [a for a in answers if a is not None]

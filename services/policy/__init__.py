@@ -5,8 +5,8 @@ to a whole batch with numpy.
 """
 
 from services.policy.config import PolicyConfig, load_policy
-from services.policy.currency import CURRENCIES, Currency, currency_index
 from services.policy.decide import Decisions, Policy, PolicyInputs
+from services.schema.currency import CURRENCIES, Currency, currency_index
 
 __all__ = [
     "CURRENCIES",

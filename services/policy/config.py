@@ -15,10 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.errors import ConfigError
-from services.policy.currency import CURRENCIES
+from services.schema.currency import CURRENCIES
+from services.schema.enums import PRODUCTS
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
-PRODUCTS = ("WORKING_CAPITAL", "INVENTORY", "EQUIPMENT", "MERCHANT_CASH_ADVANCE")
+__all__ = ["DEFAULT_POLICY", "PRODUCTS", "PolicyConfig", "load_policy"]
 
 
 class _Strict(BaseModel):

@@ -1,8 +1,11 @@
 """Vectorized policy: one call decides a whole batch.
 
-Per load (not per request) the policy resolves grade bounds, APR grid,
-product caps and the model-feature -> reason-code map into arrays; ``decide``
-is then a handful of numpy operations over the batch.
+Per load (not per request) the policy resolves grade bounds, APR grid, product caps,
+its rules and the model-feature -> reason-code map into arrays; ``decide`` is then a
+handful of numpy operations over the batch. It is the engine's one call per batch: it
+is given what is known about each request (the request, the model's PD and reasons, the
+merchant's features and tags) and does the rest itself: fires its rules, converts
+currencies, grades, decides, limits, prices and gives its reasons.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import numpy.typing as npt
 from kernels import KernelError, PolicyRules
 from services.errors import ConfigError
 from services.policy.config import PRODUCTS, PolicyConfig
-from services.policy.currency import CURRENCIES
+from services.schema.currency import CURRENCIES
+from services.schema.enums import APPROVE, DECLINE, REVIEW
 
-APPROVE, DECLINE, REVIEW = 1, 2, 3  # creditauth.v1.Decision values
+__all__ = ["APPROVE", "DECLINE", "POLICY_REASONS", "REVIEW", "Decisions", "FxTable", "Policy", "PolicyInputs"]
 
 # Reasons the policy itself gives, in the order they are reported (before model reasons).
 POLICY_REASONS: tuple[tuple[str, str], ...] = (
@@ -29,7 +33,6 @@ POLICY_REASONS: tuple[tuple[str, str], ...] = (
     ("LIMIT_TOO_LOW", "The affordable limit is below the minimum offer"),
     ("AMOUNT_REDUCED", "The approved limit is below the requested amount"),
 )
-_P = {code: i for i, (code, _) in enumerate(POLICY_REASONS)}
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -51,7 +54,10 @@ class PolicyInputs:
     model_reason_features: npt.NDArray[np.int32]  # (n, k) model feature index, -1 none
     model_reason_contrib: F64  # (n, k)
     degraded: bool = False
-    rules_fired: npt.NDArray[np.bool_] | None = None  # (n, len(config.rules)) from Policy.fire_rules
+    # What the rules read: the feature matrix (columns as the policy was built with) and
+    # the tag bitset as uint64 words. None: no features for this batch (no rule fires).
+    features: npt.NDArray[np.float32] | None = None
+    tag_words: npt.NDArray[np.uint64] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,27 @@ class Decisions:
     grade: npt.NDArray[np.int8]  # index into Policy.grade_letters, -1 none
     reason: npt.NDArray[np.int16]  # (n, R) index into Policy.reason_table, -1 none
     reason_contrib: npt.NDArray[np.float32]  # (n, R)
+
+
+class FxTable:
+    """The policy's exchange rates, as arrays: request-currency minor units -> base minor units."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.fx = np.array([config.fx_to_base[c.code] for c in CURRENCIES])
+        self.scale = np.array([10.0**c.exponent for c in CURRENCIES])
+        base = next(c for c in CURRENCIES if c.code == config.base_currency)
+        self.base_scale = 10.0**base.exponent
+
+    def to_base_minor(self, amount_minor: I64 | F64, currency: npt.NDArray[np.int8]) -> F64:
+        """Amounts in request-currency minor units -> base-currency minor units (NaN stays NaN)."""
+        factor: F64 = self.fx[currency] * self.base_scale / self.scale[currency]
+        out: F64 = np.asarray(amount_minor, dtype=np.float64) * factor
+        return out
+
+    def from_base_minor(self, base_minor: F64, currency: npt.NDArray[np.int8]) -> I64:
+        """Base-currency minor units -> request-currency minor units, rounded down."""
+        out: I64 = np.floor(base_minor / self.base_scale / self.fx[currency] * self.scale[currency]).astype(np.int64)
+        return out
 
 
 def _compile_rules(
@@ -96,6 +123,18 @@ def _compile_rules(
         raise ConfigError(f"policy rules: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """Grades and decisions before limits: what ``decide`` works out first."""
+
+    scored: B
+    grade: npt.NDArray[np.intp]
+    decision: npt.NDArray[np.int8]
+    velocity: B
+    stale: B
+    fired: B
+
+
 class Policy:
     def __init__(
         self,
@@ -108,48 +147,36 @@ class Policy:
     ) -> None:
         self.config = config
         self.version = config.version
+        self.fx = FxTable(config)
         self.grade_letters: tuple[str, ...] = tuple(g.grade for g in config.grades)
         self._max_pd = np.array([g.max_pd for g in config.grades])
         self._multiple = np.array([g.limit_multiple for g in config.grades])
         self._apr = np.array([g.apr_bps for g in config.grades], dtype=np.int32)
         self._buckets = np.array(config.apr_term_buckets)
-        self._fx = np.array([config.fx_to_base[c.code] for c in CURRENCIES])
-        self._scale = np.array([10.0**c.exponent for c in CURRENCIES])
-        base = next(c for c in CURRENCIES if c.code == config.base_currency)
-        self._base_scale = 10.0**base.exponent
         # Index 0 unused: products are 1-based proto enum values.
         self._caps = np.array([0] + [config.product_caps_base_minor[p] for p in PRODUCTS], dtype=np.float64)
-
         table: list[tuple[str, str]] = list(POLICY_REASONS)
-        index = {code: i for i, (code, _) in enumerate(table)}
-        feature_reason = np.full(len(model_features) + 1, -1, dtype=np.int16)
-        for i, name in enumerate(model_features):
-            mapping = config.reason_for(name)
-            if mapping is None:
-                continue
-            if mapping.code not in index:
-                index[mapping.code] = len(table)
-                table.append((mapping.code, mapping.description))
-            feature_reason[i] = index[mapping.code]
-        # The last slot answers feature index -1 ("no reason").
-        self._feature_reason = feature_reason
+        self._feature_reason = self._model_reasons(model_features, table)
         self._rules = _compile_rules(config, feature_columns, tag_index or {}, n_tags)
         self._rule_decline = np.array([r.action == "decline" for r in config.rules], dtype=bool)
-        rule_reason = []
-        for r in config.rules:
-            if r.code not in index:
-                index[r.code] = len(table)
-                table.append((r.code, r.description))
-            rule_reason.append(index[r.code])
-        self._rule_reason = np.array(rule_reason, dtype=np.int16)
+        self._rule_reason = np.array([_code(table, r.code, r.description) for r in config.rules], dtype=np.int16)
         self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
+
+    def _model_reasons(self, model_features: Sequence[str], table: list[tuple[str, str]]) -> npt.NDArray[np.int16]:
+        """Model feature index -> reason index; the last slot answers feature -1 ("no reason")."""
+        out = np.full(len(model_features) + 1, -1, dtype=np.int16)
+        for i, name in enumerate(model_features):
+            mapping = self.config.reason_for(name)
+            if mapping is not None:
+                out[i] = _code(table, mapping.code, mapping.description)
+        return out
 
     def reason_columns(self, top_k: int) -> int:
         """Width of ``Decisions.reason``: policy reasons, one per rule, then model reasons."""
         return len(POLICY_REASONS) + len(self.config.rules) + min(self.config.max_model_reasons, top_k)
 
     def fire_rules(
-        self, matrix: npt.NDArray[np.float32], tag_words: npt.NDArray[np.uint64]
+        self, matrix: npt.NDArray[np.float32], tag_words: npt.NDArray[np.uint64] | None
     ) -> npt.NDArray[np.bool_] | None:
         """Which of the policy's rules fire for each row of the feature matrix and tags."""
         if self._rules is None:
@@ -159,20 +186,36 @@ class Policy:
             tags = np.zeros((matrix.shape[0], self._rules.n_tag_words), dtype=np.uint64)
         return self._rules.evaluate(matrix if self._rules.n_features else None, tags)
 
-    def to_base_minor(self, amount_minor: npt.NDArray[np.int64] | F64, currency: npt.NDArray[np.int8]) -> F64:
-        """Amounts in request-currency minor units -> base-currency minor units (NaN stays NaN)."""
-        factor: F64 = self._fx[currency] * self._base_scale / self._scale[currency]
-        out: F64 = np.asarray(amount_minor, dtype=np.float64) * factor
-        return out
+    def to_base_minor(self, amount_minor: I64 | F64, currency: npt.NDArray[np.int8]) -> F64:
+        return self.fx.to_base_minor(amount_minor, currency)
 
+    # -- the one call per batch ------------------------------------------------
     def decide(self, x: PolicyInputs) -> Decisions:
+        v = self._verdict(x)
+        requested_base = self.fx.to_base_minor(x.amount_minor, x.currency)
+        revenue = np.where(np.isnan(x.monthly_revenue_base_minor), 0.0, x.monthly_revenue_base_minor)
+        g = np.maximum(v.grade, 0)
+        cap = np.minimum(self._multiple[g] * revenue, self._caps[x.product])
+        cap = np.where(v.scored & x.known, cap, 0.0)
+        offer_base = np.minimum(requested_base, cap)
+        decision = v.decision
+        too_low = (decision == APPROVE) & (offer_base < self.config.min_limit_base_minor)
+        decision[too_low] = DECLINE
+        reduced = (decision != DECLINE) & (offer_base < requested_base) & (offer_base > 0)
+        approved = np.where(reduced, self.fx.from_base_minor(offer_base, x.currency), x.amount_minor)
+        approved = np.where(decision == DECLINE, 0, approved)
+        approved = np.where((decision == REVIEW) & (cap <= 0), 0, approved)
+        bucket = np.minimum(np.searchsorted(self._buckets, x.term_months, side="left"), len(self._buckets) - 1)
+        apr = np.where((decision != DECLINE) & (v.grade >= 0), self._apr[g, bucket], 0).astype(np.int32)
+        reason, contrib = self._reasons(x, v, too_low, reduced)
+        return Decisions(decision, approved.astype(np.int64), apr, v.grade.astype(np.int8), reason, contrib)
+
+    def _verdict(self, x: PolicyInputs) -> _Verdict:
         n = x.pd.shape[0]
         scored = ~np.isnan(x.pd) & (not x.degraded)
         pd0 = np.where(scored, x.pd, 0.0)  # (np.nan_to_num is several times slower on small batches)
         grade = np.where(scored, np.searchsorted(self._max_pd, pd0, side="left"), -1)
         grade = np.minimum(grade, len(self._max_pd) - 1)
-        g = np.maximum(grade, 0)
-
         decision = np.full(n, APPROVE, dtype=np.int8)
         decision[x.pd >= self.config.review_pd] = REVIEW
         decision[x.pd >= self.config.decline_pd] = DECLINE
@@ -180,51 +223,31 @@ class Policy:
             x.apps_24h >= self.config.velocity.review_apps_24h
         )
         stale = x.stale if self.config.on_stale_features == "review" else np.zeros(n, dtype=bool)
-        n_rules = len(self.config.rules)
-        fired = x.rules_fired if x.rules_fired is not None else np.zeros((n, n_rules), dtype=bool)
+        fired = None
+        if x.features is not None and not x.degraded:
+            fired = self.fire_rules(x.features, x.tag_words)
+        if fired is None:
+            fired = np.zeros((n, len(self.config.rules)), dtype=bool)
         fired = fired & x.known[:, None]  # rules read features: unknown merchants have none
-        rule_review = fired[:, ~self._rule_decline].any(axis=1)
-        rule_decline = fired[:, self._rule_decline].any(axis=1)
-        decision[rule_decline] = DECLINE
-        soft = ~x.known | stale | velocity | rule_review
+        decision[fired[:, self._rule_decline].any(axis=1)] = DECLINE
+        soft = ~x.known | stale | velocity | fired[:, ~self._rule_decline].any(axis=1)
         decision[(decision == APPROVE) & soft] = REVIEW
         if x.degraded:
             decision[:] = REVIEW
         else:
             decision[~x.known] = REVIEW
+        return _Verdict(scored, grade, decision, velocity, stale, fired)
 
-        fx = self._fx[x.currency]
-        scale = self._scale[x.currency]
-        requested_base = self.to_base_minor(x.amount_minor, x.currency)
-        rev = x.monthly_revenue_base_minor
-        revenue = np.where(np.isnan(rev), 0.0, rev)
-        cap = np.minimum(self._multiple[g] * revenue, self._caps[x.product])
-        cap = np.where(scored & x.known, cap, 0.0)
-        offer_base = np.minimum(requested_base, cap)
-        too_low = (decision == APPROVE) & (offer_base < self.config.min_limit_base_minor)
-        decision[too_low] = DECLINE
-        reduced = (decision != DECLINE) & (offer_base < requested_base) & (offer_base > 0)
-        converted = np.floor(offer_base / self._base_scale / fx * scale).astype(np.int64)
-        approved = np.where(reduced, converted, x.amount_minor)
-        approved = np.where(decision == DECLINE, 0, approved)
-        approved = np.where((decision == REVIEW) & (cap <= 0), 0, approved)
-
-        bucket = np.minimum(np.searchsorted(self._buckets, x.term_months, side="left"), len(self._buckets) - 1)
-        apr = np.where((decision != DECLINE) & (grade >= 0), self._apr[g, bucket], 0).astype(np.int32)
-
+    def _reasons(
+        self, x: PolicyInputs, v: _Verdict, too_low: B, reduced: B
+    ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32]]:
+        n = x.pd.shape[0]
         flags = np.stack(
-            [
-                np.full(n, x.degraded),
-                ~x.known & ~x.degraded,
-                stale & x.known,
-                velocity,
-                too_low,
-                reduced,
-            ],
+            [np.full(n, x.degraded), ~x.known & ~x.degraded, v.stale & x.known, v.velocity, too_low, reduced],
             axis=1,
         )
         policy_reason = np.where(flags, np.arange(len(POLICY_REASONS), dtype=np.int16), -1)
-        rule_reason = np.where(fired, self._rule_reason, -1).astype(np.int16)
+        rule_reason = np.where(v.fired, self._rule_reason, -1).astype(np.int16)
         k = min(self.config.max_model_reasons, x.model_reason_features.shape[1])
         model_reason = self._feature_reason[x.model_reason_features[:, :k]]
         contrib = x.model_reason_contrib[:, :k].astype(np.float32)
@@ -232,15 +255,16 @@ class Policy:
         for j in range(1, k):
             dup = (model_reason[:, :j] == model_reason[:, j : j + 1]).any(axis=1)
             model_reason[dup, j] = -1
-        model_reason[(contrib <= 0) | ~scored[:, None]] = -1
+        model_reason[(contrib <= 0) | ~v.scored[:, None]] = -1
         reason = np.concatenate([policy_reason, rule_reason, model_reason], axis=1).astype(np.int16)
-        fixed = np.zeros((n, len(POLICY_REASONS) + n_rules), np.float32)
-        reason_contrib = np.concatenate([fixed, contrib], axis=1)
-        return Decisions(
-            decision=decision,
-            approved_minor=approved.astype(np.int64),
-            apr_bps=apr,
-            grade=grade.astype(np.int8),
-            reason=reason,
-            reason_contrib=reason_contrib,
-        )
+        fixed = np.zeros((n, len(POLICY_REASONS) + len(self.config.rules)), np.float32)
+        return reason, np.concatenate([fixed, contrib], axis=1)
+
+
+def _code(table: list[tuple[str, str]], code: str, description: str) -> int:
+    """Index of ``code`` in the reason table, appended on first use."""
+    for i, (c, _) in enumerate(table):
+        if c == code:
+            return i
+    table.append((code, description))
+    return len(table) - 1

@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from services.scoring import RequestBatch, ResponseBatch, ScoringEngine
+from services.scoring import DecisionBatch, RequestBatch, ScoringEngine
 
 
 class ScoringBackend(Protocol):
-    async def score(self, batch: RequestBatch) -> ResponseBatch:
+    """What the front end needs of a backend: open, score batches, say if it can, close."""
+
+    async def start(self) -> None:
+        """Open whatever the backend needs (connections, handles); raises when it cannot."""
+        ...
+
+    async def score(self, batch: RequestBatch) -> DecisionBatch:
         """Score one batch. Raises ``services.errors.BackendUnavailable`` when no replica can."""
         ...
 
@@ -26,7 +32,10 @@ class LocalBackend:
     def __init__(self, engine: ScoringEngine) -> None:
         self._engine = engine
 
-    async def score(self, batch: RequestBatch) -> ResponseBatch:
+    async def start(self) -> None:
+        """The engine was built before: nothing left to open."""
+
+    async def score(self, batch: RequestBatch) -> DecisionBatch:
         return await asyncio.to_thread(self._engine.score, batch)
 
     async def close(self) -> None:

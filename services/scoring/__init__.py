@@ -1,6 +1,7 @@
-"""Scoring replicas: batched feature read -> kernel -> policy, behind a Ray Serve deployment."""
+"""What a scoring replica does: idempotency, the batched feature read, the decider (kernel and
+policy) and the records it answers with, behind a Ray Serve deployment."""
 
-from services.scoring.batch import RequestBatch, ResponseBatch
+from services.schema.records import DecisionBatch, RequestBatch
 from services.scoring.engine import ScoringEngine
 
-__all__ = ["RequestBatch", "ResponseBatch", "ScoringEngine"]
+__all__ = ["DecisionBatch", "RequestBatch", "ScoringEngine"]

@@ -10,12 +10,13 @@ from features import (
     TagCatalog,
     open_backend,
 )
-from services.errors import ConfigError
+from services.errors import ConfigError, translate
 from services.models import load_artifact
 from services.policy import Policy, load_policy
+from services.schema.records import RECORD_SCHEMA
 from services.scoring.engine import ScoringEngine
 from services.settings import Settings
-from services.telemetry import setup
+from services.telemetry import NullTelemetry, setup
 
 
 def _tag_index(settings: Settings) -> dict[str, int]:
@@ -27,7 +28,18 @@ def _tag_index(settings: Settings) -> dict[str, int]:
     return {t.name: t.id for t in catalog}
 
 
-def build_engine(settings: Settings) -> ScoringEngine:
+def build_engine(settings: Settings, telemetry: NullTelemetry | None = None) -> ScoringEngine:
+    """The engine a replica serves with; the feature layer's errors come out as the services' own.
+
+    ``telemetry``: the replica's own (default: OTLP export when ``telemetry.otlp_endpoint`` is set).
+    """
+    try:
+        return _build(settings, telemetry)
+    except FeatureError as exc:
+        raise translate(exc) from exc
+
+
+def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine:
     artifact = load_artifact(settings.data_dir, settings.model_version)
     tags = _tag_index(settings)
     policy = Policy(
@@ -42,11 +54,13 @@ def build_engine(settings: Settings) -> ScoringEngine:
     serving = settings.serving
     if serving.record_velocity and serving.feature_cache_ttl_s > 0:
         reader = CachedReader(reader, ttl_s=serving.feature_cache_ttl_s, max_entries=serving.feature_cache_entries)
-    store = stores.idempotency(settings.serving.idempotency_window_s)
+    # Records are kept under their layout's name: a changed layout never reads an old one.
+    store = stores.idempotency(settings.serving.idempotency_window_s, RECORD_SCHEMA)
     # Replicas export traces over OTLP only; their stage timings travel back with
     # each batch and are recorded by the front end's metrics (and Prometheus).
     replica_telemetry = settings.telemetry.model_copy(update={"prometheus_port": 0})
-    telemetry = setup(replica_telemetry, "creditauth-replica") if replica_telemetry.otlp_endpoint else None
+    if telemetry is None and replica_telemetry.otlp_endpoint:
+        telemetry = setup(replica_telemetry, "creditauth-replica")
     velocity = stores.velocity() if settings.serving.record_velocity else None
     return ScoringEngine(
         reader,

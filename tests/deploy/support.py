@@ -70,7 +70,7 @@ def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def container(template: dict[str, Any], name: str) -> dict[str, Any]:
-    found = [c for c in template["spec"]["containers"] if c["name"] == name]
+    found: list[dict[str, Any]] = [c for c in template["spec"]["containers"] if c["name"] == name]
     assert len(found) == 1, f"no single container {name!r}"
     return found[0]
 

@@ -99,7 +99,7 @@ def test_runtime_has_what_kuberay_and_the_app_need() -> None:
     text = " ".join(_stages()[-1])
     assert re.search(r"apt-get install [^&]*\bwget\b", text), "KubeRay's default probes use wget"
     # The image proves at build time that Serve's import_path module imports.
-    assert "services.runtime.ray_seam" in text
+    assert "services.runtime.seam.app" in text
     assert "ray --version" in text and "creditauth --help" in text
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from deploy.render import split_image
 from services.errors import ConfigError
-from services.runtime import ray_seam
+from services.runtime.seam import app as seam_app
 from services.settings import Settings, load_settings
 
 from .support import (
@@ -43,7 +43,7 @@ from .support import (
 )
 
 APP_NAME = "creditauth"
-IMPORT_PATH = "services.runtime.ray_seam:build_app"
+IMPORT_PATH = "services.runtime.seam.app:build_app"
 RAY_DATA_DIR = "/var/lib/creditauth"
 
 
@@ -63,8 +63,9 @@ def _args(target: str) -> Settings:
 
 def _scorer(target: str) -> dict[str, Any]:
     deps = {d["name"]: d for d in _app(target)["deployments"]}
-    assert set(deps) == {ray_seam.DEPLOYMENT}, f"deployments configured: {sorted(deps)}"
-    return deps[ray_seam.DEPLOYMENT]
+    assert set(deps) == {seam_app.DEPLOYMENT}, f"deployments configured: {sorted(deps)}"
+    scorer: dict[str, Any] = deps[seam_app.DEPLOYMENT]
+    return scorer
 
 
 def _cluster(target: str) -> dict[str, Any]:
@@ -189,7 +190,7 @@ def test_application_imports_the_project_builder(target: str) -> None:
     assert app["name"] == APP_NAME
     assert app["import_path"] == IMPORT_PATH
     module, _, attr = app["import_path"].partition(":")
-    assert getattr(importlib.import_module(module), attr) is ray_seam.build_app
+    assert getattr(importlib.import_module(module), attr) is seam_app.build_app
     # The image carries the code: nothing fetched at deploy time.
     assert not set(app.get("runtime_env") or {}) - {"env_vars"}
 
@@ -226,15 +227,16 @@ def test_serve_accepts_the_overrides_for_the_built_application(target: str) -> N
 
     app = _app(target)
     settings = _args(target)
-    built = serve_build(ray_seam.build_app(app["args"]), name=app["name"])
+    built = serve_build(seam_app.build_app(app["args"]), name=app["name"])
     by_name = {d.name: d for d in built.deployments}
-    assert built.ingress_deployment_name == ray_seam.DEPLOYMENT
+    assert built.ingress_deployment_name == seam_app.DEPLOYMENT
     for override in app["deployments"]:
         deployment = by_name[override["name"]]
         accepted = set(inspect.signature(deployment.options).parameters)
         options = {k: v for k, v in override.items() if k in accepted and k != "name"}
         deployment.options(**options)
-    scorer = by_name[ray_seam.DEPLOYMENT]
+    scorer = by_name[seam_app.DEPLOYMENT]
+    assert scorer.ray_actor_options is not None
     assert scorer.ray_actor_options["num_cpus"] == settings.ray.replica_num_cpus
     auto = scorer._deployment_config.autoscaling_config
     assert settings.ray.autoscaling is not None and auto is not None

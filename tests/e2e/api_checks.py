@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -34,9 +35,9 @@ def request(i: int, merchant: str = "M00000001", **over: object) -> pb.Authorize
     req.requested_amount.currency = "CNY"
     for k, v in over.items():
         if k == "amount":
-            req.requested_amount.amount_minor = v  # type: ignore[assignment]
+            req.requested_amount.amount_minor = v
         elif k == "currency":
-            req.requested_amount.currency = v  # type: ignore[assignment]
+            req.requested_amount.currency = v
         else:
             setattr(req, k, v)
     return req
@@ -74,7 +75,7 @@ def check_unknown_merchant(channel: grpc.Channel) -> None:
     assert r.approved_limit.amount_minor == 0
 
 
-BAD = [
+BAD: list[tuple[dict[str, Any], str]] = [
     ({"merchant_id": ""}, "merchant_id"),
     ({"application_id": ""}, "application_id"),
     ({"amount": -100}, "requested_amount.amount_minor"),
@@ -91,7 +92,7 @@ def check_bad_inputs(channel: grpc.Channel) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.Authorize(request(1, **over), timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, over
-        assert info.value.details().startswith(field + ":"), info.value.details()
+        assert (info.value.details() or "").startswith(field + ":"), info.value.details()
     # A request with no fields at all.
     with pytest.raises(grpc.RpcError) as info:
         stub.Authorize(pb.AuthorizeRequest(), timeout=30)

@@ -76,13 +76,13 @@ StubFactory = Callable[[grpc.Channel], pb_grpc.CreditAuthorizationStub]
 @pytest.fixture(scope="session")
 def ray_cluster(world: World) -> Iterator[LoopThread]:
     """One local Ray cluster for every Ray end-to-end test; each test module deploys its own app."""
-    from services.runtime import ray_seam
+    from services.runtime import seam
 
     lt = LoopThread()
     settings = settings_for(world)
-    ray_seam.start_cluster(settings.model_copy(update={"ray": settings.ray.model_copy(update={"num_cpus": 2})}))
+    seam.start_cluster(settings.model_copy(update={"ray": settings.ray.model_copy(update={"num_cpus": 2})}))
     yield lt
-    ray_seam.shutdown()
+    seam.shutdown()
     lt.close()
 
 

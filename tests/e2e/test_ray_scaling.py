@@ -6,13 +6,15 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import grpc
 import pytest
 
 from creditauth.v1 import authorization_pb2 as pb
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
-from services.runtime.stack import Stack
+from services.runtime.channel import DirectBackend, Op
+from services.stack import Stack
 from tests.conftest import World
 from tests.e2e import api_checks as c
 from tests.e2e.conftest import LoopThread, ray_settings
@@ -46,15 +48,30 @@ def _load(
         return [r for r in pool.map(one, range(calls)) if r is not None]
 
 
+def _until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Wait for observed state (polled: the registry and the counters have no event to wait on)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _direct(stack: Stack) -> DirectBackend:
+    assert stack.frontend is not None
+    backend = stack.frontend._backend
+    assert isinstance(backend, DirectBackend)
+    return backend
+
+
 def test_second_replica_takes_load(ray_cluster: LoopThread, world: World) -> None:
     stack = Stack(ray_settings(world, "creditauth_two", replicas=2))
     ray_cluster.run(stack.__aenter__())
     try:
-        deadline = time.monotonic() + 60
-        backend = stack.frontend._backend  # type: ignore[union-attr]
-        while len(backend.replicas) < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert len(backend.replicas) == 2
+        backend = _direct(stack)
+        _until(lambda: len(backend.replicas) == 2, "both replicas connected")
+        info = ray_cluster.run(backend.broadcast(Op.INFO))  # a control op reaches every replica
+        assert set(info) == set(backend.replicas), info
+        assert all(isinstance(a, dict) and a["model_version"] and a["build"] for a in info.values()), info
         out = _load(stack.port, calls=40, size=50, workers=8)
         by_replica = Counter(_replica_of(r.decision_id) for resp in out for r in resp.responses if r.decision_id)
         assert len(by_replica) == 2, by_replica
@@ -70,7 +87,7 @@ def test_autoscaling_on_queue_depth_adds_a_replica(ray_cluster: LoopThread, worl
     stack = Stack(settings)
     ray_cluster.run(stack.__aenter__())
     try:
-        backend = stack.frontend._backend  # type: ignore[union-attr]
+        backend = _direct(stack)
         assert len(backend.replicas) == 1
         seen: Counter[str] = Counter()
         deadline = time.monotonic() + 150
@@ -89,13 +106,13 @@ def test_replica_killed_mid_load_loses_nothing(ray_cluster: LoopThread, world: W
     stack = Stack(ray_settings(world, "creditauth_loss", replicas=2))
     ray_cluster.run(stack.__aenter__())
     try:
-        backend = stack.frontend._backend  # type: ignore[union-attr]
-        deadline = time.monotonic() + 60
-        while len(backend.replicas) < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        backend = _direct(stack)
+        _until(lambda: len(backend.replicas) == 2, "both replicas connected")
+        assert stack.frontend is not None
+        batcher = stack.frontend.batcher
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             running = pool.submit(_load, stack.port, 60, 100, 6, 30)
-            time.sleep(1.0)
+            _until(lambda: batcher.stats.decisions >= 600, "load flowing through both replicas")
             names = [a for a in ray.util.list_named_actors(all_namespaces=True)
                      if a["name"].startswith("SERVE_REPLICA::creditauth_loss#Scorer")]
             assert names

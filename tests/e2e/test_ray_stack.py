@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from services.runtime.stack import Stack
+from services.stack import Stack
 from tests.conftest import World
 from tests.e2e import api_checks as c
 from tests.e2e.conftest import LoopThread, ray_settings

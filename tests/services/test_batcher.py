@@ -5,31 +5,38 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 from services.errors import BackendUnavailable, DeadlineExceeded, Overloaded, ShuttingDown
 from services.frontend.batcher import Answer, Batcher
-from services.frontend.codec import Item, to_batch
 from services.runtime import LocalBackend
-from services.scoring import RequestBatch, ResponseBatch
+from services.schema.records import REQUEST_DTYPE, DecisionBatch, RequestBatch
 from services.scoring.factory import build_engine
 from services.settings import load_settings
 from tests.conftest import World
 
 
 class SlowBackend:
-    """The real engine behind a delay, recording every batch it is given."""
+    """The real engine behind a delay (and, when ``gate`` is given, held until it opens),
+    recording every batch it is given; ``entered`` is set whenever a batch arrives."""
 
-    def __init__(self, inner: LocalBackend, delay_s: float, fail: bool = False) -> None:
+    def __init__(self, inner: LocalBackend, delay_s: float, fail: bool = False, gate: bool = False) -> None:
         self.inner = inner
         self.delay = delay_s
         self.sizes: list[int] = []
         self.fail = fail
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Event | None = asyncio.Event() if gate else None
 
-    async def score(self, batch: RequestBatch) -> ResponseBatch:
+    async def score(self, batch: RequestBatch) -> DecisionBatch:
         self.sizes.append(len(batch))
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
         await asyncio.sleep(self.delay)
         if self.fail:
             raise BackendUnavailable("replica died")
@@ -39,9 +46,31 @@ class SlowBackend:
         return None
 
 
-def _item(i: int, merchant: str = "M00000001") -> Item:
-    # Unique application ids: the session's world keeps an idempotency store.
-    return Item(f"b-{uuid.uuid4().hex[:12]}-{i}", merchant, 100_000, 0, 12, 1, 2, float("nan"), time.time() + 30)
+def _item(i: int, merchant: str = "M00000001", deadline: float = 0.0) -> bytes:
+    """One request record. Unique application ids: the session's world keeps an idempotency store."""
+    r = np.zeros(1, REQUEST_DTYPE)
+    r["application_id"] = f"b-{uuid.uuid4().hex[:12]}-{i}".encode()
+    r["merchant_id"] = merchant.encode()
+    r["amount_minor"], r["currency"], r["term_months"], r["product"], r["channel"] = 100_000, 0, 12, 1, 2
+    r["declared_revenue_minor"] = float("nan")
+    r["deadline"] = deadline or time.time() + 30
+    return r.tobytes()
+
+
+def _one(b: Batcher, record: bytes) -> Any:
+    return b.submit_one(record, float(np.frombuffer(record, REQUEST_DTYPE)["deadline"][0]))
+
+
+def to_batch(records: list[bytes]) -> RequestBatch:
+    return RequestBatch.of_records(records)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Yield to the loop until ``condition()`` holds (observed state, not a timed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +85,10 @@ def test_idle_dispatches_at_once_and_load_gathers(local: LocalBackend) -> None:
         b = Batcher(backend, max_batch=1000, max_wait_s=0.0, max_inflight=1, max_queue=10_000)
         b.start()
         t0 = time.perf_counter()
-        first = (await b.submit_one(_item(0))).rows()
+        first = (await _one(b, _item(0))).rows()
         assert time.perf_counter() - t0 < 0.5 and len(first) == 1
         # 200 concurrent arrivals while one call is out: they gather into few calls.
-        results = await asyncio.gather(*(b.submit_one(_item(i)) for i in range(200)))
+        results = await asyncio.gather(*(_one(b, _item(i)) for i in range(200)))
         assert all(len(r.rows()) == 1 for r in results)
         await b.close(5)
         return backend
@@ -71,12 +100,12 @@ def test_idle_dispatches_at_once_and_load_gathers(local: LocalBackend) -> None:
 
 
 def test_batches_never_exceed_max_and_results_go_to_their_callers(local: LocalBackend) -> None:
-    async def run() -> tuple[SlowBackend, list[ResponseBatch], list[ResponseBatch]]:
+    async def run() -> tuple[SlowBackend, list[DecisionBatch], list[DecisionBatch]]:
         backend = SlowBackend(local, 0.01)
         b = Batcher(backend, max_batch=64, max_wait_s=0.001, max_inflight=2, max_queue=10_000)
         b.start()
-        known = [b.submit_one(_item(i, "M00000005")) for i in range(50)]
-        unknown = [b.submit_one(_item(i, "NO-SUCH")) for i in range(50)]
+        known = [_one(b, _item(i, "M00000005")) for i in range(50)]
+        unknown = [_one(b, _item(i, "NO-SUCH")) for i in range(50)]
         batch = b.submit_batch(to_batch([_item(i, "NO-SUCH") for i in range(30)]))
         out = [a.rows() for a in await asyncio.gather(*known, *unknown, batch)]
         await b.close(5)
@@ -85,23 +114,26 @@ def test_batches_never_exceed_max_and_results_go_to_their_callers(local: LocalBa
     backend, known, rest = asyncio.run(run())
     assert max(backend.sizes) <= 64 and sum(backend.sizes) == 130
     # The unknown merchant's answers went to the unknown callers (NO_HISTORY -> pd NaN).
-    assert all(not np.isnan(r.pd[0]) for r in known)
-    assert all(np.isnan(r.pd).all() for r in rest)
+    assert all(not np.isnan(r["pd"][0]) for r in known)
+    assert all(np.isnan(r["pd"]).all() for r in rest)
     assert len(rest[-1]) == 30
 
 
 def test_queue_bound_refuses_fast(local: LocalBackend) -> None:
     async def run() -> None:
-        b = Batcher(SlowBackend(local, 0.2), max_batch=10, max_wait_s=0, max_inflight=1, max_queue=20)
+        backend = SlowBackend(local, 0.0, gate=True)
+        b = Batcher(backend, max_batch=10, max_wait_s=0, max_inflight=1, max_queue=20)
         b.start()
         first = asyncio.ensure_future(b.submit_batch(to_batch([_item(i) for i in range(10)])))
-        await asyncio.sleep(0.01)
+        await backend.entered.wait()  # the first batch is out, held by the backend
         queued = asyncio.ensure_future(b.submit_batch(to_batch([_item(i) for i in range(20)])))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queued == 20)
         t0 = time.perf_counter()
         with pytest.raises(Overloaded):
-            await b.submit_one(_item(99))
+            await _one(b, _item(99))
         assert time.perf_counter() - t0 < 0.05
+        assert backend.gate is not None
+        backend.gate.set()
         await asyncio.gather(first, queued)
         await b.close(5)
 
@@ -112,12 +144,12 @@ def test_backend_failure_fails_every_caller_never_hangs(local: LocalBackend) -> 
     async def run() -> None:
         b = Batcher(SlowBackend(local, 0.01, fail=True), max_batch=100, max_wait_s=0, max_inflight=1, max_queue=1000)
         b.start()
-        calls = [b.submit_one(_item(i)) for i in range(10)]
+        calls = [_one(b, _item(i)) for i in range(10)]
         results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
         assert all(isinstance(r, BackendUnavailable) for r in results)
         await b.close(5)
         with pytest.raises(ShuttingDown):
-            await b.submit_one(_item(0))
+            await _one(b, _item(0))
 
     asyncio.run(run())
 
@@ -132,7 +164,7 @@ def test_sheds_work_that_would_wait_too_long_and_drops_expired(local: LocalBacke
         shed = 0
         for i in range(600):
             try:
-                accepted.append(asyncio.ensure_future(b.submit_one(_item(i))))
+                accepted.append(asyncio.ensure_future(_one(b, _item(i))))
                 await asyncio.sleep(0)
             except Overloaded:
                 shed += 1
@@ -145,11 +177,12 @@ def test_sheds_work_that_would_wait_too_long_and_drops_expired(local: LocalBacke
         assert len(ok) > 50
 
         # An item whose deadline passes while queued is answered DEADLINE_EXCEEDED, not scored.
+        backend.entered.clear()
         blocker = asyncio.ensure_future(b.submit_batch(to_batch([_item(i) for i in range(20)])))
-        await asyncio.sleep(0.01)
-        soon = _item(1)._replace(deadline=time.time() + 0.02)
+        await backend.entered.wait()  # the blocker is out: the next item waits behind it
+        soon = _item(1, deadline=time.time() + 0.02)
         with pytest.raises(DeadlineExceeded):
-            await b.submit_one(soon)
+            await _one(b, soon)
         await blocker
         assert b.stats.expired >= 1
         await b.close(5)

@@ -1,8 +1,15 @@
-"""The direct channel: frames round-trip exactly; a replica lost mid-batch is retried elsewhere once."""
+"""The direct channel: frames round-trip exactly; a replica lost mid-batch is retried elsewhere once;
+busy replicas, deadlines, error codes, control ops and oversized frames behave as documented.
+
+Nothing here waits on a timer: a test that needs a call to be in a replica waits for the
+replica's score function to say so (a ``threading.Event``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -10,37 +17,59 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from services.errors import BackendUnavailable, DeadlineExceeded, Overloaded
-from services.frontend.codec import Item, to_batch
-from services.runtime.channel import ChannelServer, DirectBackend
-from services.runtime.channel.client import static_endpoints
-from services.scoring import RequestBatch, ResponseBatch
-from services.scoring.batch import STAGES
+from services.errors import (
+    BackendUnavailable,
+    CreditAuthError,
+    DeadlineExceeded,
+    InternalError,
+    ModelError,
+    Overloaded,
+    code_of,
+)
+from services.runtime.channel import ChannelServer, DirectBackend, Op, frames, static_endpoints
+from services.runtime.channel.connection import Connection
+from services.schema.codes import Code
+from services.schema.records import REQUEST_DTYPE, blank_decisions
+from services.scoring import DecisionBatch, RequestBatch
+
+WAIT_S = 10.0  # an upper bound on any event wait: a hang fails the test instead of the run
 
 
-def _response(batch: RequestBatch, tag: int) -> ResponseBatch:
+def _response(batch: RequestBatch, tag: int) -> DecisionBatch:
     n = len(batch)
-    return ResponseBatch(
-        status=np.zeros(n, np.int8), decision=np.full(n, tag, np.int8), approved_minor=batch.amount_minor.copy(),
-        apr_bps=np.full(n, 700, np.int32), grade=np.zeros(n, np.int8), pd=np.linspace(0, 1, n),
-        reason=np.full((n, 3), -1, np.int16), reason_contrib=np.zeros((n, 3), np.float32),
-        feature_age_s=np.ones(n, np.float32), stale=np.zeros(n, bool), degraded=np.zeros(n, bool),
-        version=np.zeros(n, np.int8), decision_ids=b"\n".join(b"d%d" % i for i in range(n)),
-        versions=(("m", "p"),), grade_letters=("A",), reason_table=(("X", "y"),), message="",
-        stage_s=np.arange(len(STAGES), dtype=np.float32),
-    )
+    rows = blank_decisions(n)
+    rows["decision"] = tag
+    rows["approved_minor"] = batch["amount_minor"]
+    rows["application_id"] = batch["application_id"]
+    rows["apr_bps"] = 700
+    rows["pd"] = np.linspace(0, 1, n)
+    rows["decision_id"] = [b"d%d" % i for i in range(n)]
+    rows["reason"][:, 0] = 0
+    return DecisionBatch(rows, reason_table=(("X", "y"),), message="", stage_s={"kernel": 0.25})
 
 
 def _batch(n: int, deadline_s: float = 10.0) -> RequestBatch:
-    return to_batch(
-        [Item(f"a{i}", f"M{i}", 100 + i, 0, 12, 1, 1, float("nan"), time.time() + deadline_s) for i in range(n)]
-    )
+    rows = np.zeros(n, REQUEST_DTYPE)
+    rows["application_id"] = [f"a{i}".encode() for i in range(n)]
+    rows["merchant_id"] = [f"M{i}".encode() for i in range(n)]
+    rows["amount_minor"] = 100 + np.arange(n)
+    rows["term_months"] = 12
+    rows["product"] = 1
+    rows["channel"] = 1
+    rows["declared_revenue_minor"] = np.nan
+    rows["deadline"] = time.time() + deadline_s
+    return RequestBatch(rows, trace="00-abc-def-01")
 
 
-def _server(score: Callable[[RequestBatch], ResponseBatch], **kw: object) -> ChannelServer:
+def _server(score: Callable[[RequestBatch], DecisionBatch], **kw: object) -> ChannelServer:
     s = ChannelServer(score, **kw)  # type: ignore[arg-type]
     s.start()
     return s
+
+
+async def _until(event: threading.Event) -> None:
+    """Wait for a replica-side event without blocking the loop."""
+    assert await asyncio.get_running_loop().run_in_executor(None, event.wait, WAIT_S)
 
 
 def test_round_trip_is_exact() -> None:
@@ -52,10 +81,9 @@ def test_round_trip_is_exact() -> None:
         b = _batch(257)
         got = await be.score(b)
         want = _response(b, 1)
-        for f in ("status", "decision", "approved_minor", "apr_bps", "pd", "reason", "stage_s"):
-            assert np.array_equal(getattr(got, f), getattr(want, f)), f
-        assert got.decision_ids == want.decision_ids and got.reason_table == want.reason_table
-        assert got.versions == want.versions
+        assert got.rows.dtype == want.rows.dtype
+        assert got.rows.tobytes() == want.rows.tobytes()
+        assert got.reason_table == want.reason_table and got.stage_s == want.stage_s
         await be.close()
 
     asyncio.run(run())
@@ -66,26 +94,27 @@ def test_replica_lost_mid_batch_is_retried_once_elsewhere() -> None:
     entered = threading.Event()
     release = threading.Event()
 
-    def stuck(b: RequestBatch) -> ResponseBatch:
+    def stuck(b: RequestBatch) -> DecisionBatch:
         entered.set()
-        release.wait(5)
+        release.wait(WAIT_S)
         return _response(b, 9)
 
     a = _server(stuck)
     b = _server(lambda batch: _response(batch, 2))
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([a.address]))
+        addresses = [a.address]
+        be = DirectBackend(static_endpoints(addresses))
         await be.start()
-        be._source = static_endpoints([a.address, b.address])  # the second replica registers later
+        addresses.append(b.address)  # the second replica registers later
         await be.refresh()
         assert len(be.replicas) == 2
         call = asyncio.ensure_future(_score_on(be, a.address))
-        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        await _until(entered)
         # Replica A dies while it holds the batch.
         await asyncio.get_running_loop().run_in_executor(None, lambda: a.stop(drain_s=0))
-        resp = await asyncio.wait_for(call, 10)
-        assert (resp.decision == 2).all()  # answered by B
+        resp = await asyncio.wait_for(call, WAIT_S)
+        assert (resp["decision"] == 2).all()  # answered by B
         assert be.retries == 1
         await be.close()
 
@@ -94,46 +123,186 @@ def test_replica_lost_mid_batch_is_retried_once_elsewhere() -> None:
     b.stop()
 
 
-async def _score_on(be: DirectBackend, address: str) -> ResponseBatch:
+async def _score_on(be: DirectBackend, address: str) -> DecisionBatch:
     # Force the first try onto ``address`` (least-loaded routing would pick either).
-    for c in be._conns.values():
+    for c in be.membership.live():
         c.inflight = 0 if c.address == address else 10**9
     return await be.score(_batch(50))
 
 
 def test_every_replica_lost_is_unavailable_never_a_hang() -> None:
-    srv = _server(lambda b: (time.sleep(0.2), _response(b, 1))[1])
+    entered = threading.Event()
+    release = threading.Event()
+
+    def stuck(b: RequestBatch) -> DecisionBatch:
+        entered.set()
+        release.wait(WAIT_S)
+        return _response(b, 1)
+
+    srv = _server(stuck)
 
     async def run() -> None:
         be = DirectBackend(static_endpoints([srv.address]))
         await be.start()
         call = asyncio.ensure_future(be.score(_batch(10)))
-        await asyncio.sleep(0.05)
+        await _until(entered)
         await asyncio.get_running_loop().run_in_executor(None, lambda: srv.stop(drain_s=0))
         with pytest.raises(BackendUnavailable):
-            await asyncio.wait_for(call, 5)
+            await asyncio.wait_for(call, WAIT_S)
+        assert not be.healthy()
         await be.close()
 
     asyncio.run(run())
+    release.set()
 
 
 def test_busy_replica_and_deadline() -> None:
+    entered = threading.Event()
     gate = threading.Event()
-    srv = _server(lambda b: (gate.wait(5), _response(b, 1))[1], max_inflight=1)
+
+    def gated(b: RequestBatch) -> DecisionBatch:
+        entered.set()
+        gate.wait(WAIT_S)
+        return _response(b, 1)
+
+    srv = _server(gated, max_inflight=1)
 
     async def run() -> None:
         be = DirectBackend(static_endpoints([srv.address]))
         await be.start()
         first = asyncio.ensure_future(be.score(_batch(5)))
-        await asyncio.sleep(0.1)
+        await _until(entered)
         with pytest.raises(Overloaded):  # the only replica says it is busy
             await be.score(_batch(5))
+        assert srv.stats.rejected == 1
         gate.set()
         await first
         gate.clear()
         with pytest.raises(DeadlineExceeded):  # no answer before the batch's deadline
             await be.score(_batch(5, deadline_s=0.2))
         gate.set()
+        await be.close()
+
+    asyncio.run(run())
+    srv.stop()
+
+
+def test_a_busy_replica_is_skipped_for_another() -> None:
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def gated(b: RequestBatch) -> DecisionBatch:
+        entered.set()
+        gate.wait(WAIT_S)
+        return _response(b, 1)
+
+    busy = _server(gated, max_inflight=1)
+    free = _server(lambda b: _response(b, 2))
+
+    async def run() -> None:
+        be = DirectBackend(static_endpoints([busy.address, free.address]))
+        await be.start()
+        await be.refresh()
+        first = asyncio.ensure_future(_score_on(be, busy.address))
+        await _until(entered)
+        resp = await _score_on(be, busy.address)  # tried on the busy one first, answered by the other
+        assert (resp["decision"] == 2).all() and busy.stats.rejected == 1
+        assert be.retries == 0  # busy is not lost: no retry counted
+        gate.set()
+        await first
+        await be.close()
+
+    asyncio.run(run())
+    busy.stop()
+    free.stop()
+
+
+def test_a_replica_error_arrives_as_the_services_error_for_its_code() -> None:
+    def failing(b: RequestBatch) -> DecisionBatch:
+        if len(b) == 1:
+            raise ModelError("no model loaded")
+        raise RuntimeError("a bug")
+
+    srv = _server(failing)
+
+    async def run() -> None:
+        be = DirectBackend(static_endpoints([srv.address]))
+        await be.start()
+        with pytest.raises(ModelError, match="no model loaded"):
+            await be.score(_batch(1))
+        with pytest.raises(CreditAuthError, match="RuntimeError: a bug") as bug:
+            await be.score(_batch(2))
+        assert code_of(bug.value) == Code.INTERNAL
+        assert be.healthy()  # an error answer is not a lost replica
+        await be.close()
+
+    asyncio.run(run())
+    srv.stop()
+
+
+def test_control_ops_and_unknown_ops_on_one_connection() -> None:
+    async def echo(payload: bytes) -> list[frames.Part]:
+        return frames.json_payload({"echo": frames.read_json(payload)})
+
+    srv = _server(lambda b: _response(b, 1), info=lambda: {"model_version": "m1"}, handlers={40: echo})
+
+    async def run() -> None:
+        conn = Connection(srv.address)
+        await conn.connect(WAIT_S)
+        assert frames.read_json(await conn.call(Op.PING, frames.json_payload({}))) == {"ok": True}
+        info = frames.read_json(await conn.call(Op.INFO, frames.json_payload({})))
+        assert info["model_version"] == "m1" and info["inflight_batches"] == 0
+        assert frames.read_json(await conn.call(40, frames.json_payload({"x": 1}))) == {"echo": {"x": 1}}
+        with pytest.raises(InternalError, match="no handler for op 99"):  # UNIMPLEMENTED
+            await conn.call(99, [])
+        assert conn.alive  # an unknown op is answered, not a dropped connection
+        assert frames.read_json(await conn.call(Op.PING, [])) == {"ok": True}
+        conn.close()
+
+    asyncio.run(run())
+    srv.stop()
+
+
+def test_broadcast_gathers_every_replicas_answer() -> None:
+    servers = [_server(lambda b: _response(b, 1), info=lambda k=k: {"policy_version": f"p{k}"}) for k in range(2)]
+
+    async def run() -> None:
+        be = DirectBackend(static_endpoints([s.address for s in servers]))
+        await be.start()
+        await be.refresh()
+        answers = await be.broadcast(Op.INFO)
+        assert set(answers) == {s.address for s in servers}
+        got = {addr: a["policy_version"] for addr, a in answers.items() if isinstance(a, dict)}
+        assert sorted(got.values()) == ["p0", "p1"]
+        with pytest.raises(ValueError, match="not a control operation"):
+            await be.broadcast(Op.SCORE)
+        unknown = await be.broadcast(77)  # every replica answers UNIMPLEMENTED; none is dropped
+        assert all(isinstance(a, InternalError) for a in unknown.values()) and len(be.replicas) == 2
+        await be.close()
+
+    asyncio.run(run())
+    for s in servers:
+        s.stop()
+
+
+def test_an_oversized_frame_closes_that_connection_only(caplog: pytest.LogCaptureFixture) -> None:
+    srv = _server(lambda b: _response(b, 1), max_frame=1 << 16)
+    host, port = srv.address.rsplit(":", 1)
+    with caplog.at_level(logging.WARNING), socket.create_connection((host, int(port)), WAIT_S) as raw:
+        raw.sendall(frames.FRAME.pack(1 << 30, 1, Op.SCORE))  # claims a 1 GiB payload
+        raw.settimeout(WAIT_S)
+        assert raw.recv(1) == b""  # closed before anything was allocated or read
+    assert any("limit 65536" in r.getMessage() for r in caplog.records)
+
+    async def run() -> None:
+        be = DirectBackend(static_endpoints([srv.address]))
+        await be.start()
+        assert len(await be.score(_batch(3))) == 3  # the server itself carries on
+        small = DirectBackend(static_endpoints([srv.address]), max_frame=1024)
+        await small.start()
+        with pytest.raises(BackendUnavailable):  # the answer is bigger than this client accepts
+            await small.score(_batch(50))
+        await small.close()
         await be.close()
 
     asyncio.run(run())

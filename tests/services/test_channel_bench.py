@@ -8,24 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from services.baselines.ray_channels import CHANNELS, Figure, _Probe, check_answer, median_by_case, request_batch
 from services.bench.channels import table
-from services.runtime.channel import codec
-from services.scoring import ResponseBatch
+from services.runtime.channel import frames
+from services.scoring import DecisionBatch
 
 
 def test_probe_answers_a_batch_of_the_same_size_and_wrong_answers_are_caught() -> None:
     probe = _Probe()
-    blob = b"".join(bytes(p) for p in codec.encode(request_batch(7)))
+    blob = b"".join(bytes(p) for p in frames.encode(request_batch(7)))
     out = probe.call(blob)
     check_answer(out, 7)  # the canned answer for 7 requests
     with pytest.raises(AssertionError):
         check_answer(out, 8)
-    resp, _ = codec.decode(ResponseBatch, memoryview(out))
-    bad = dataclasses.replace(resp, pd=np.zeros(7))
+    resp, _ = frames.decode(DecisionBatch, memoryview(out))
+    rows = resp.rows.copy()
+    rows["pd"] = 0.0
+    bad = dataclasses.replace(resp, rows=rows)
     with pytest.raises(AssertionError):
         check_answer(bad, 7)
 

@@ -12,10 +12,10 @@ import pytest
 
 from features.stores.redis.idempotency import RedisIdempotency as RedisStore
 from features.stores.sqlite.idempotency import SqliteIdempotency as SqliteStore
-from services.frontend.codec import Item, to_batch
 from services.policy.decide import APPROVE, DECLINE, REVIEW
+from services.schema.codes import Code
+from services.schema.records import REQUEST_DTYPE, RequestBatch
 from services.scoring import ScoringEngine
-from services.scoring.engine import ALREADY_EXISTS, DEADLINE_EXCEEDED
 from services.scoring.factory import build_engine
 from services.settings import load_settings
 from tests.conftest import World, feature_settings, requires_redis
@@ -35,54 +35,63 @@ def engine(world: World) -> Iterator[ScoringEngine]:
     e.close()
 
 
-def item(merchant: str = "M00000010", app: str | None = None, amount: int = 500_000, deadline: float = 0.0) -> Item:
-    return Item(
-        app or f"t-{uuid.uuid4().hex}", merchant, amount, 0, 12, 1, 1, float("nan"), deadline or time.time() + 60
-    )
+def item(merchant: str = "M00000010", app: str | None = None, amount: int = 500_000, deadline: float = 0.0) -> bytes:
+    """One request record (as the front end's codec decodes it)."""
+    r = np.zeros(1, REQUEST_DTYPE)
+    r["application_id"] = (app or f"t-{uuid.uuid4().hex}").encode()
+    r["merchant_id"] = merchant.encode()
+    r["amount_minor"], r["currency"], r["term_months"], r["product"], r["channel"] = amount, 0, 12, 1, 1
+    r["declared_revenue_minor"] = float("nan")
+    r["deadline"] = deadline or time.time() + 60
+    return r.tobytes()
+
+
+def to_batch(records: list[bytes]) -> RequestBatch:
+    return RequestBatch.of_records(records)
 
 
 def test_known_and_unknown_merchants(engine: ScoringEngine) -> None:
     resp = engine.score(to_batch([item(f"M{i:08d}") for i in range(200)] + [item("NOBODY")]))
     assert (resp.status == 0).all()
-    assert set(resp.decision[:200].tolist()) <= {APPROVE, DECLINE, REVIEW}
-    assert np.isfinite(resp.pd[:200]).all() and ((resp.pd[:200] > 0) & (resp.pd[:200] < 1)).all()
-    assert np.isnan(resp.pd[200]) and resp.decision[200] == REVIEW
-    first_reason = next(r for r in resp.reason[200] if r >= 0)
-    assert resp.reason_table[first_reason][0] == "NO_HISTORY"
-    ids = resp.decision_id_list()
+    assert set(resp["decision"][:200].tolist()) <= {APPROVE, DECLINE, REVIEW}
+    pd = resp["pd"]
+    assert np.isfinite(pd[:200]).all() and ((pd[:200] > 0) & (pd[:200] < 1)).all()
+    assert np.isnan(pd[200]) and resp["decision"][200] == REVIEW
+    assert resp.reason_codes(200)[0] == "NO_HISTORY"
+    ids = resp.decision_ids()
     assert len(set(ids)) == 201 and all(ids)
-    assert resp.versions[0] == (engine.model_version, engine.policy_version)
+    assert set(resp["model_version"].tolist()) == {engine.model_version.encode()}
+    assert set(resp["policy_version"].tolist()) == {engine.policy_version.encode()}
+    assert resp["application_id"][200] != b"" and set(resp["currency"].tolist()) == {0}
 
 
 def test_expired_items_are_not_scored(engine: ScoringEngine) -> None:
     past = time.time() - 1
     resp = engine.score(to_batch([item(deadline=past), item()]))
-    assert resp.status.tolist() == [DEADLINE_EXCEEDED, 0]
-    assert resp.decision_id_list()[0] == ""
+    assert resp.status.tolist() == [Code.DEADLINE_EXCEEDED, 0]
+    assert resp.decision_ids()[0] == ""
 
 
 def test_same_application_same_decision(engine: ScoringEngine) -> None:
     app = f"idem-{uuid.uuid4().hex}"
     first = engine.score(to_batch([item("M00000020", app)]))
     again = engine.score(to_batch([item("M00000020", app)]))
-    assert again.decision_id_list() == first.decision_id_list()
-    assert again.decision.tolist() == first.decision.tolist()
-    assert again.pd.tolist() == first.pd.tolist()
-    assert np.array_equal(again.reason, first.reason)
+    assert again.decision_ids() == first.decision_ids()
+    assert again.rows.tobytes() == first.rows.tobytes()
 
 
 def test_reused_id_with_another_request_is_refused(engine: ScoringEngine) -> None:
     app = f"idem-{uuid.uuid4().hex}"
     engine.score(to_batch([item("M00000021", app, amount=100_000)]))
     other = engine.score(to_batch([item("M00000021", app, amount=999_999)]))
-    assert other.status.tolist() == [ALREADY_EXISTS]
+    assert other.status.tolist() == [Code.ALREADY_EXISTS]
     assert "already used" in other.message
 
 
 def test_repeat_inside_one_batch(engine: ScoringEngine) -> None:
     app = f"idem-{uuid.uuid4().hex}"
     resp = engine.score(to_batch([item("M00000022", app), item("M00000023"), item("M00000022", app)]))
-    ids = resp.decision_id_list()
+    ids = resp.decision_ids()
     assert ids[0] == ids[2] != ids[1]
 
 
@@ -91,7 +100,7 @@ def test_two_replicas_share_decisions(world: World) -> None:
     app = f"idem-{uuid.uuid4().hex}"
     first = a.score(to_batch([item("M00000024", app)]))
     second = b.score(to_batch([item("M00000024", app)]))
-    assert first.decision_id_list() == second.decision_id_list()
+    assert first.decision_ids() == second.decision_ids()
     a.close()
     b.close()
 
@@ -124,5 +133,5 @@ def test_disabled_window_decides_afresh(world: World) -> None:
     app = f"idem-{uuid.uuid4().hex}"
     one = e.score(to_batch([item("M00000025", app)]))
     two = e.score(to_batch([item("M00000025", app)]))
-    assert one.decision_id_list() != two.decision_id_list()
+    assert one.decision_ids() != two.decision_ids()
     e.close()

@@ -213,12 +213,17 @@ def test_named_rules_review_decline_and_explain() -> None:
     names = [r.name for r in policy.config.rules]
     got = [[names[j] for j in np.flatnonzero(row)] for row in fired]
     assert got == [[], ["regional_downturn"], [], ["sudden_revenue_drop"], ["refund_abuse"], ["night_refunds"], []]
-    out = policy.decide(_inputs(7, rules_fired=fired))
+    # The policy fires its rules itself, from the features and tags it is given.
+    out = policy.decide(_inputs(7, features=matrix, tag_words=tags))
     assert out.decision.tolist() == [APPROVE, REVIEW, APPROVE, REVIEW, DECLINE, REVIEW, APPROVE]
     assert out.reason.shape[1] == policy.reason_columns(4)
     codes = [[policy.reason_table[r][0] for r in row if r >= 0] for row in out.reason]
     assert "EW_BUSINESS_SHOCK" in codes[1] and "HS_REFUND_ABUSE" in codes[4] and "EW_REVENUE_DROP" in codes[3]
     assert out.approved_minor[4] == 0
+    # Degraded: no features to trust, no rule fires, everything referred.
+    degraded = policy.decide(_inputs(7, features=matrix, tag_words=tags, degraded=True))
+    assert set(degraded.decision.tolist()) == {REVIEW}
+    assert not any(policy.reason_table[r][0] == "HS_REFUND_ABUSE" for r in degraded.reason[4] if r >= 0)
 
 
 def test_rules_naming_unknown_things_fail_at_load() -> None:

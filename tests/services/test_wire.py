@@ -1,14 +1,14 @@
-"""The C wire codec against the readable reference (codec.validate / codec.to_responses).
+"""The C wire codec against references: the protobuf library and a plain-Python reading of the rules.
 
-Generated requests of every shape, valid and not, must get the same verdict
-(same field, same message) and the same columns; responses encoded from the
-replica's columns must parse to exactly the protobuf objects the reference
-builds.
+Generated requests of every shape, valid and not, must get the reference's verdict (same
+field, same message) and the columns protobuf parses; responses encoded from decision
+records must parse to exactly the protobuf objects a plain-Python encoder builds.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -18,18 +18,74 @@ from hypothesis import strategies as st
 
 from creditauth.v1 import authorization_pb2 as pb
 from services.errors import InvalidRequest
-from services.frontend import _wire
-from services.frontend.codec import to_batch, to_responses, validate
-from services.frontend.servicer import CURRENCY_CODES, CURRENCY_TABLE, MAX_CHANNEL, MAX_PRODUCT
+from services.frontend import wire
+from services.schema.codes import Code
+from services.schema.columns import MAX_AMOUNT_MINOR
+from services.schema.currency import CURRENCIES, currency_index
+from services.schema.records import DECISION_DTYPE, REQUEST_DTYPE, DecisionBatch, RequestBatch
 from services.scoring.factory import build_engine
 from services.settings import load_settings
 from tests.conftest import World, feature_settings
 
+_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+
+
+def reference_verdict(req: pb.AuthorizeRequest) -> tuple[str, str] | None:
+    """The rules as the API documents them, read in plain Python: ``(field, message)`` or None."""
+    for name in ("application_id", "merchant_id"):
+        v = getattr(req, name)
+        if not v:
+            return name, "is required"
+        if not _ID.fullmatch(v):
+            return name, "must be 1-64 characters of [A-Za-z0-9._:-]"
+    if not req.HasField("requested_amount"):
+        return "requested_amount", "is required"
+    amount = req.requested_amount.amount_minor
+    if amount <= 0:
+        return "requested_amount.amount_minor", f"must be positive, got {amount}"
+    if amount > MAX_AMOUNT_MINOR:
+        return "requested_amount.amount_minor", f"must be at most {MAX_AMOUNT_MINOR}, got {amount}"
+    if currency_index(req.requested_amount.currency) < 0:
+        return "requested_amount.currency", f"unknown or unsupported currency {req.requested_amount.currency!r}"
+    if not 1 <= req.term_months <= 60:
+        return "term_months", f"must be 1-60, got {req.term_months}"
+    if req.product not in [v for v in pb.Product.values() if v]:
+        return "product", f"must be a known product, got {req.product}"
+    if req.channel not in [v for v in pb.Channel.values() if v]:
+        return "channel", f"must be a known channel, got {req.channel}"
+    if req.HasField("declared_monthly_revenue_minor"):
+        d = req.declared_monthly_revenue_minor
+        if d < 0 or d > MAX_AMOUNT_MINOR:
+            return "declared_monthly_revenue_minor", f"must be 0-{MAX_AMOUNT_MINOR}, got {d}"
+    return None
+
+
+def reference_record(req: pb.AuthorizeRequest, deadline: float) -> np.void:
+    r = np.zeros(1, REQUEST_DTYPE)[0]
+    r["application_id"] = req.application_id.encode()
+    r["merchant_id"] = req.merchant_id.encode()
+    r["amount_minor"] = req.requested_amount.amount_minor
+    r["currency"] = currency_index(req.requested_amount.currency)
+    r["term_months"] = req.term_months
+    r["product"] = req.product
+    r["channel"] = req.channel
+    has = req.HasField("declared_monthly_revenue_minor")
+    r["declared_revenue_minor"] = float(req.declared_monthly_revenue_minor) if has else math.nan
+    r["deadline"] = deadline
+    return r
+
+
+def _verdict(data: bytes) -> tuple[str, str] | None:
+    try:
+        wire.requests.decode_one(data, 0.0)
+    except wire.Violation as v:
+        e = wire.describe(v)
+        return e.field, e.message
+    return None
+
+
 ids = st.one_of(
-    st.from_regex(r"[A-Za-z0-9._:\-]{1,64}", fullmatch=True),
-    st.text(max_size=70),
-    st.just(""),
-    st.just("x" * 65),
+    st.from_regex(r"[A-Za-z0-9._:\-]{1,64}", fullmatch=True), st.text(max_size=70), st.just(""), st.just("x" * 65)
 )
 int32 = st.integers(-(2**31), 2**31 - 1)
 int64 = st.integers(-(2**63), 2**63 - 1)
@@ -53,38 +109,30 @@ def requests(draw: st.DrawFn) -> pb.AuthorizeRequest:
     return r
 
 
-def _verdict(r: pb.AuthorizeRequest) -> tuple[str, str] | None:
-    try:
-        validate(r, 0.0)
-    except InvalidRequest as exc:
-        return (exc.field, exc.message)
-    return None
+def _same_record(got: np.void, want: np.void) -> bool:
+    return all(
+        (math.isnan(got[f]) and math.isnan(want[f])) if f == "declared_revenue_minor" and math.isnan(want[f])
+        else got[f] == want[f]
+        for f in REQUEST_DTYPE.names or ()
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(requests(), min_size=0, max_size=12))
 def test_decode_agrees_with_reference(reqs: list[pb.AuthorizeRequest]) -> None:
     body = pb.AuthorizeBatchRequest(requests=reqs).SerializeToString()
-    d = _wire.decode(body, True, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
+    d = wire.decode_batch(body, 7.0, 1000, Code.INVALID_ARGUMENT)
     assert d.total == len(reqs)
-    errors = {pos: (field, msg) for pos, _, field, msg in d.errors}
-    valid = [i for i, r in enumerate(reqs) if _verdict(r) is None]
+    valid = [i for i, r in enumerate(reqs) if reference_verdict(r) is None]
     assert d.index.tolist() == valid
+    errors = {e.position: (e.field, e.message) for e in d.errors}
     for i, r in enumerate(reqs):
-        assert errors.get(i) == _verdict(r), (i, r)
-    items = [validate(reqs[i], 0.0) for i in valid]
-    ref = to_batch(items)
-    assert d.application_ids == ref.application_ids and d.merchant_ids == ref.merchant_ids
-    for mine, theirs in [
-        (d.amount, ref.amount_minor), (d.currency, ref.currency), (d.term, ref.term_months),
-        (d.product, ref.product), (d.channel, ref.channel),
-    ]:
-        assert mine.tolist() == theirs.tolist()
-    assert np.array_equal(d.declared, ref.declared_revenue_minor, equal_nan=True)
+        v = reference_verdict(r)
+        assert errors.get(i) == (None if v is None else (f"requests[{i}].{v[0]}", v[1])), (i, r)
+    for k, i in enumerate(valid):
+        assert _same_record(d.batch.rows[k], reference_record(reqs[i], 7.0)), (i, reqs[i])
     for r in reqs:  # the single-message path agrees too
-        one = _wire.decode_one(r.SerializeToString(), CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
-        v = _verdict(r)
-        assert (one[0] is False and (one[2], one[3]) == v) or (one[0] is True and v is None)
+        assert _verdict(r.SerializeToString()) == reference_verdict(r)
 
 
 def test_unknown_fields_are_skipped_and_last_value_wins() -> None:
@@ -94,16 +142,111 @@ def test_unknown_fields_are_skipped_and_last_value_wins() -> None:
     raw = r.SerializeToString()
     # field 99 varint (unknown), then term_months again (last wins), then more Money (merged).
     extra = bytes([0x98, 0x06, 0x01]) + bytes([0x20, 0x09]) + bytes([0x1A, 0x02, 0x08, 0x07])
-    one = _wire.decode_one(raw + extra, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
-    assert one[0] and one[5] == 9 and one[3] == 7 and one[4] == 0
+    rec = np.frombuffer(wire.requests.decode_one(raw + extra, 1.5), REQUEST_DTYPE)[0]
+    assert rec["term_months"] == 9 and rec["amount_minor"] == 7 and rec["currency"] == 0
+    assert rec["deadline"] == 1.5 and rec["application_id"] == b"a"
 
 
 @pytest.mark.parametrize("junk", [b"\x0a\xff", b"\x0a\x05abc", b"\x07", b"\x22\x80"])
 def test_malformed_bytes_are_a_wire_error(junk: bytes) -> None:
-    with pytest.raises(_wire.WireError):
-        _wire.decode_one(junk, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
-    with pytest.raises(_wire.WireError):
-        _wire.decode(b"\x0a" + bytes([len(junk)]) + junk, True, CURRENCY_TABLE, MAX_PRODUCT, MAX_CHANNEL)
+    with pytest.raises(wire.WireError):
+        wire.requests.decode_one(junk, 0.0)
+    with pytest.raises(wire.WireError):
+        wire.decode_batch(b"\x0a" + bytes([len(junk)]) + junk, 0.0, 10, Code.INVALID_ARGUMENT)
+
+
+def test_items_are_counted_before_anything_is_decoded() -> None:
+    one = pb.AuthorizeRequest(application_id="a").SerializeToString()
+    body = (b"\x0a" + bytes([len(one)]) + one) * 11
+    with pytest.raises(InvalidRequest, match="at most 10 per call, got 11"):
+        wire.decode_batch(body, 0.0, 10, Code.INVALID_ARGUMENT)
+
+
+def good(**over: object) -> pb.AuthorizeRequest:
+    req = pb.AuthorizeRequest(
+        application_id="app-1", merchant_id="M00000001", term_months=12,
+        product=pb.PRODUCT_WORKING_CAPITAL, channel=pb.CHANNEL_MOBILE_APP,
+    )
+    req.requested_amount.amount_minor = 1_000_00
+    req.requested_amount.currency = "CNY"
+    for k, v in over.items():
+        if k == "amount":
+            req.requested_amount.amount_minor = v  # type: ignore[assignment]
+        elif k == "currency":
+            req.requested_amount.currency = v  # type: ignore[assignment]
+        elif k == "no_amount":
+            req.ClearField("requested_amount")
+        else:
+            setattr(req, k, v)
+    return req
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"application_id": ""}, "application_id"),
+        ({"application_id": "bad id with spaces"}, "application_id"),
+        ({"application_id": "x" * 65}, "application_id"),
+        ({"merchant_id": ""}, "merchant_id"),
+        ({"merchant_id": "M\n1"}, "merchant_id"),
+        ({"no_amount": True}, "requested_amount"),
+        ({"amount": 0}, "requested_amount.amount_minor"),
+        ({"amount": -5}, "requested_amount.amount_minor"),
+        ({"amount": MAX_AMOUNT_MINOR + 1}, "requested_amount.amount_minor"),
+        ({"currency": "XXX"}, "requested_amount.currency"),
+        ({"currency": ""}, "requested_amount.currency"),
+        ({"currency": "cny"}, "requested_amount.currency"),
+        ({"term_months": 0}, "term_months"),
+        ({"term_months": 61}, "term_months"),
+        ({"product": pb.PRODUCT_UNSPECIFIED}, "product"),
+        ({"product": 99}, "product"),
+        ({"channel": pb.CHANNEL_UNSPECIFIED}, "channel"),
+        ({"declared_monthly_revenue_minor": -1}, "declared_monthly_revenue_minor"),
+    ],
+)
+def test_bad_fields_are_named(over: dict[str, object], field: str) -> None:
+    v = _verdict(good(**over).SerializeToString())
+    assert v is not None and v[0] == field
+    assert str(InvalidRequest(*v)).startswith(field + ":")
+
+
+def test_good_requests_become_one_batch_of_records() -> None:
+    a = wire.requests.decode_one(good().SerializeToString(), 10.0)
+    b = wire.requests.decode_one(
+        good(merchant_id="M2", currency="USD", amount=5, declared_monthly_revenue_minor=0).SerializeToString(), 20.0
+    )
+    batch = RequestBatch.of_records([a, b])
+    assert len(batch) == 2 and batch.merchant_ids() == ["M00000001", "M2"]
+    assert batch.application_ids() == ["app-1", "app-1"]
+    assert batch["currency"].tolist() == [currency_index("CNY"), currency_index("USD")]
+    assert batch["amount_minor"].tolist() == [100_000, 5] and batch.deadline.tolist() == [10.0, 20.0]
+    assert math.isnan(batch["declared_revenue_minor"][0]) and batch["declared_revenue_minor"][1] == 0.0
+    assert len(RequestBatch.of_records([])) == 0
+
+
+def reference_response(row: np.void, resp: DecisionBatch) -> pb.AuthorizeResponse:
+    """A plain-Python encoding of one decision record (what the C encoder must equal)."""
+    app = row["application_id"].decode()
+    if row["status"]:
+        return pb.AuthorizeResponse(
+            application_id=app, error=pb.ItemError(code=int(row["status"]), message=resp.message or "not decided")
+        )
+    r = pb.AuthorizeResponse(
+        application_id=app, decision_id=row["decision_id"].decode(), decision=int(row["decision"]),
+        apr_bps=int(row["apr_bps"]), risk_grade=row["risk_grade"].decode(),
+        probability_of_default=float(row["pd"]), model_version=row["model_version"].decode(),
+        policy_version=row["policy_version"].decode(), degraded=bool(row["degraded"]),
+    )
+    r.approved_limit.amount_minor = int(row["approved_minor"])
+    r.approved_limit.currency = CURRENCIES[row["currency"]].code
+    age = float(row["feature_age_s"])
+    r.freshness.max_age_seconds = 0.0 if math.isnan(age) else age
+    r.freshness.stale = bool(row["stale"])
+    for idx, contrib in zip(row["reason"].tolist(), row["reason_contrib"].tolist(), strict=True):
+        if idx >= 0:
+            code, desc = resp.reason_table[idx]
+            r.reasons.add(code=code, description=desc, contribution=contrib)
+    return r
 
 
 def test_encoded_responses_equal_the_reference(world: World) -> None:
@@ -111,32 +254,42 @@ def test_encoded_responses_equal_the_reference(world: World) -> None:
         None, {"features": feature_settings(world).model_dump(), "serving": {"idempotency_window_s": 0}}
     )
     engine = build_engine(settings_)
-    reqs = []
+    records = []
     for i in range(300):
-        r = pb.AuthorizeRequest(
+        r = good(
             application_id=f"w{i}", merchant_id=f"M{i * 7 % 3100:08d}", term_months=1 + i % 36,
-            product=1 + i % 4, channel=1 + i % 5,
+            product=1 + i % 4, channel=1 + i % 5, amount=10_000 + i * 997, currency=["CNY", "USD", "JPY", "EUR"][i % 4],
         )
-        r.requested_amount.amount_minor = 10_000 + i * 997
-        r.requested_amount.currency = ["CNY", "USD", "JPY", "EUR"][i % 4]
-        reqs.append(r)
-    items = [validate(r, time.time() + (60 if i % 29 else -1)) for i, r in enumerate(reqs)]
-    resp = engine.score(to_batch(items))
+        records.append(wire.requests.decode_one(r.SerializeToString(), time.time() + (60 if i % 29 else -1)))
+    resp = engine.score(RequestBatch.of_records(records))
     assert (resp.status != 0).any()  # some expired: error responses are covered too
-    ref = to_responses(items, resp)
-    enc = _wire.Encoder(resp, CURRENCY_CODES)
-    for k, it in enumerate(items):
-        got = pb.AuthorizeResponse.FromString(_wire.encode_one(enc, k, it.application_id.encode(), it.currency))
-        assert got == ref[k], k
+    assert resp.rows.dtype == DECISION_DTYPE
+    enc = wire.encoder(resp)
+    ref = [reference_response(row, resp) for row in resp.rows]
+    for k in range(len(records)):
+        assert pb.AuthorizeResponse.FromString(wire.encode_one(enc, k)) == ref[k], k
     # In a batch, with a bad request interleaved at position 2.
-    index = np.array([0, 1, *range(3, len(items) + 1)], dtype=np.int32)
-    errors = [(2, "bad-one", 3, "requests[2].term_months", "must be 1-60, got 0")]
-    body = _wire.encode_batch(
-        len(items) + 1, enc, index, [it.application_id.encode() for it in items],
-        np.array([it.currency for it in items], dtype=np.int8), errors,
-    )
-    out = pb.AuthorizeBatchResponse.FromString(body).responses
+    index = np.array([0, 1, *range(3, len(records) + 1)], dtype=np.int32)
+    errors = [(2, b"bad-one", 3, "requests[2].term_months", "must be 1-60, got 0")]
+    out = pb.AuthorizeBatchResponse.FromString(wire.encode_batch(len(records) + 1, enc, index, errors)).responses
     assert out[2].error.field == "requests[2].term_months" and out[2].application_id == "bad-one"
     assert [m for j, m in enumerate(out) if j != 2] == ref
     assert not any(math.isnan(m.probability_of_default) for m in out if m.decision)
     engine.close()
+
+
+def test_inconsistent_answers_are_refused_not_encoded() -> None:
+    rows = np.zeros(2, DECISION_DTYPE)
+    rows["reason"] = -1
+    rows["reason"][1, 0] = 5  # outside a table of one
+    enc = wire.encoder(DecisionBatch(rows, (("X", "x"),)))
+    assert pb.AuthorizeResponse.FromString(wire.encode_one(enc, 0)).decision == 0
+    with pytest.raises(ValueError, match="outside table"):
+        wire.encode_one(enc, 1)
+    with pytest.raises(IndexError):
+        wire.encode_one(enc, 2)
+    with pytest.raises(ValueError, match="another layout"):
+        wire.encoder(DecisionBatch(np.zeros(2, REQUEST_DTYPE)))
+    rows["currency"][0] = 100
+    with pytest.raises(ValueError, match="outside table"):
+        wire.encode_one(wire.encoder(DecisionBatch(rows, (("X", "x"),))), 0)

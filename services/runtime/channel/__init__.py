@@ -6,9 +6,17 @@ an open socket costs tens of microseconds. Replicas stay Ray Serve replicas
 (Serve starts, health-checks, scales and stops them); each one also listens on
 a socket and registers its address, and front ends keep connections to every
 registered replica.
+
+    frames      the wire format: framed ops (SCORE, RESULT, ERROR, PING, INFO), batch payloads
+    server      the replica's socket server: dispatches ops to handlers
+    connection  one multiplexed socket to one replica
+    membership  the replicas a front end is connected to (follows the registry)
+    router      picks a replica per call, retries once elsewhere, bounds waits by the deadline
+    client      ``DirectBackend``: the ``ScoringBackend`` made of the three above
 """
 
-from services.runtime.channel.client import DirectBackend
+from services.runtime.channel.client import DirectBackend, static_endpoints
+from services.runtime.channel.frames import Op
 from services.runtime.channel.server import ChannelServer
 
-__all__ = ["ChannelServer", "DirectBackend"]
+__all__ = ["ChannelServer", "DirectBackend", "Op", "static_endpoints"]

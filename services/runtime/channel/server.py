@@ -1,8 +1,13 @@
 """Replica side of the direct channel: a socket server on its own thread and loop.
 
-It runs beside Serve's own machinery inside the replica process. Scoring runs
-on a small thread pool (the feature read and the kernel release the GIL), at
-most ``max_inflight`` batches at a time; past that the server answers
+It runs beside Serve's own machinery inside the replica process. Each frame is
+dispatched by its op code to the handler registered for it at construction
+(SCORE, PING and INFO, plus any the replica adds); an op with no handler is answered
+with an UNIMPLEMENTED error frame, and a handler's error with its status code
+(``services.errors.code_of``), so the connection outlives any one bad call.
+
+Scoring runs on a small thread pool (the feature read and the kernel release the GIL),
+at most ``max_inflight`` batches at a time; past that the server answers
 RESOURCE_EXHAUSTED at once rather than queueing without bound.
 """
 
@@ -10,20 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from services.runtime.channel import codec
-from services.scoring import RequestBatch, ResponseBatch
+from services.errors import CreditAuthError, InternalError, Overloaded, code_of
+from services.runtime.channel import frames
+from services.runtime.channel.frames import MAX_FRAME, Op, Part
+from services.schema.codes import Code
+from services.scoring import DecisionBatch, RequestBatch
 
 log = logging.getLogger(__name__)
-RESOURCE_EXHAUSTED = 8
-INTERNAL = 13
+# A handler gets a frame's payload and returns its RESULT payload, or raises.
+Handler = Callable[[bytes], Awaitable[list[Part]]]
 
 
 @dataclass
@@ -39,24 +47,37 @@ class ChannelStats:
 class ChannelServer:
     def __init__(
         self,
-        score: Callable[[RequestBatch], ResponseBatch],
+        score: Callable[[RequestBatch], DecisionBatch],
         *,
+        info: Callable[[], Mapping[str, Any]] | None = None,
+        handlers: Mapping[int, Handler] | None = None,
         host: str = "127.0.0.1",
         ports: tuple[int, int] | None = None,
         max_inflight: int = 8,
         workers: int = 2,
         inline_max: int = 0,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         self._inline_max = inline_max
         self._score = score
+        self._info = info or dict
         self._host = host
         self._ports = ports
         self._max_inflight = max_inflight
+        self._max_frame = max_frame
+        self._handlers: dict[int, Handler] = {
+            Op.SCORE: self._on_score,
+            Op.PING: self._on_ping,
+            Op.INFO: self._on_info,
+            **(handlers or {}),
+        }
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="score")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="channel", daemon=True)
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._idle = asyncio.Event()  # no batch being scored (what a drain waits for)
+        self._idle.set()
         self.stats = ChannelStats()
         self.address = ""
 
@@ -87,9 +108,10 @@ class ChannelServer:
         async def _stop() -> None:
             if self._server is not None:
                 self._server.close()
-            deadline = time.monotonic() + drain_s
-            while self.stats.inflight_batches and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain_s)
+            except asyncio.TimeoutError:
+                log.warning("channel stopping with %d batches in flight", self.stats.inflight_batches)
             # Close every connection so front ends see this replica go (and retry
             # whatever was still in flight elsewhere) instead of waiting on it.
             for w in list(self._writers):
@@ -105,19 +127,16 @@ class ChannelServer:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
         self._writers.add(writer)
         try:
             while True:
-                head = await reader.readexactly(codec.FRAME.size)
-                length, call_id, kind = codec.FRAME.unpack(head)
-                payload = await reader.readexactly(length - 9)
-                if kind != codec.KIND_SCORE:
-                    raise ConnectionError(f"unexpected frame kind {kind}")
-                t = asyncio.ensure_future(self._handle(call_id, payload, writer, lock))
+                call_id, op, payload = await frames.read_frame(reader, self._max_frame)
+                t = asyncio.ensure_future(self._dispatch(call_id, op, payload, writer))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
+        except frames.FrameError as exc:
+            log.warning("closing channel connection from %s: %s", writer.get_extra_info("peername"), exc)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
@@ -126,20 +145,36 @@ class ChannelServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _handle(self, call_id: int, payload: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    async def _dispatch(self, call_id: int, op: int, payload: bytes, writer: asyncio.StreamWriter) -> None:
+        handler = self._handlers.get(op)
+        if handler is None:
+            answer, parts = Op.ERROR, frames.error_payload(Code.UNIMPLEMENTED, f"no handler for op {op}")
+        else:
+            try:
+                answer, parts = Op.RESULT, await handler(payload)
+            except Exception as exc:  # the caller gets an answer, whatever happened
+                if not isinstance(exc, CreditAuthError):
+                    log.exception("op %d failed", op)
+                answer, parts = Op.ERROR, frames.error_payload(code_of(exc), _message(exc))
+        try:
+            writer.writelines(frames.frame(call_id, answer, parts))
+            await writer.drain()
+        except (ConnectionError, OSError):  # the front end went away: nobody to answer
+            pass
+
+    async def _on_score(self, payload: bytes) -> list[Part]:
         st = self.stats
         if st.inflight_batches >= self._max_inflight:
             st.rejected += 1
-            await self._send_error(writer, lock, call_id, RESOURCE_EXHAUSTED, "replica busy")
-            return
+            raise Overloaded("replica busy")
         try:
-            batch, _ = codec.decode(RequestBatch, memoryview(payload))
-        except (ValueError, KeyError, TypeError) as exc:
-            await self._send_error(writer, lock, call_id, INTERNAL, f"undecodable batch: {exc}")
-            return
+            batch, _ = frames.decode(RequestBatch, memoryview(payload))
+        except frames.FrameError as exc:
+            raise InternalError(f"undecodable batch: {exc}") from exc
         n = len(batch)
         st.inflight_batches += 1
         st.inflight_decisions += n
+        self._idle.clear()
         t0 = time.perf_counter()
         try:
             if n <= self._inline_max:
@@ -147,27 +182,28 @@ class ChannelServer:
                 resp = self._score(batch)
             else:
                 resp = await self._loop.run_in_executor(self._pool, self._score, batch)
-        except Exception as exc:  # the caller gets an answer, whatever happened
-            log.exception("scoring failed")
-            await self._send_error(writer, lock, call_id, INTERNAL, f"scoring failed: {exc!r}")
-            return
         finally:
             st.inflight_batches -= 1
             st.inflight_decisions -= n
             st.busy_s += time.perf_counter() - t0
+            if not st.inflight_batches:
+                self._idle.set()
         st.batches += 1
         st.decisions += n
-        parts = codec.encode(resp)
-        size = sum(len(p) for p in parts)
-        async with lock:
-            writer.write(codec.frame_header(size, call_id, codec.KIND_RESULT))
-            writer.writelines(parts)
-            await writer.drain()
+        return frames.encode(resp)
 
-    async def _send_error(
-        self, writer: asyncio.StreamWriter, lock: asyncio.Lock, call_id: int, code: int, message: str
-    ) -> None:
-        body = json.dumps({"code": code, "message": message}).encode()
-        async with lock:
-            writer.write(codec.frame_header(len(body), call_id, codec.KIND_ERROR) + body)
-            await writer.drain()
+    async def _on_ping(self, payload: bytes) -> list[Part]:
+        return frames.json_payload({"ok": True})
+
+    async def _on_info(self, payload: bytes) -> list[Part]:
+        return frames.json_payload(self.info())
+
+    def info(self) -> dict[str, Any]:
+        """What INFO answers: the replica's own facts (versions, build) and the channel's counters."""
+        return {**self._info(), **asdict(self.stats)}
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, CreditAuthError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,7 +1,8 @@
-"""The whole serving stack in one process: Ray cluster, Serve app, gRPC front end.
+"""The composition root: the whole serving stack in one process (Ray cluster, Serve app, gRPC front end).
 
-``creditauth serve`` runs ``serve_forever``; the demo and the end-to-end tests
-use ``Stack`` as an async context manager.
+This is the one module that joins the layers (front end, runtime, scoring, telemetry);
+the runtime never imports the front end. ``creditauth serve`` runs ``serve_forever``;
+the demo and the end-to-end tests use ``Stack`` as an async context manager.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from types import TracebackType
 import yaml
 
 from services.frontend import FrontEnd
-from services.runtime import ray_seam
-from services.runtime.backend import ScoringBackend
+from services.runtime import open_backend, seam
 from services.settings import Settings
 from services.telemetry import NullTelemetry, setup
 
@@ -46,21 +46,15 @@ class Stack:
 
     async def __aenter__(self) -> Stack:
         loop = asyncio.get_running_loop()
-        backend: ScoringBackend
+        # Ray start-up, deployment and engine loading block: keep them off the event loop.
         if self.settings.serving.channel == "local":
-            from services.runtime.backend import LocalBackend
-            from services.scoring.factory import build_engine
-
             self._cluster = "none"
-            backend = LocalBackend(await loop.run_in_executor(None, build_engine, self.settings))
         else:
-            # Ray start-up and deployment block: keep them off the event loop.
-            self._cluster = await loop.run_in_executor(None, ray_seam.start_cluster, self.settings)
+            self._cluster = await loop.run_in_executor(None, seam.start_cluster, self.settings)
             if self._deploy:
-                await loop.run_in_executor(None, ray_seam.deploy, self.settings)
-            backend = ray_seam.backend(self.settings)
-            if hasattr(backend, "start"):
-                await backend.start()
+                await loop.run_in_executor(None, seam.deploy, self.settings)
+        backend = await loop.run_in_executor(None, open_backend, self.settings)
+        await backend.start()
         self.telemetry = setup(self.settings.telemetry, "creditauth-frontend")
         self.frontend = FrontEnd(backend, self.settings.serving, self.telemetry)
         await self.frontend.start()
@@ -71,7 +65,7 @@ class Stack:
     def _spawn_frontends(self) -> None:
         """More front-end processes on the same port (SO_REUSEPORT), joining this cluster."""
         assert self.frontend is not None
-        address = ray_seam.cluster_address() if self._cluster != "none" else None
+        address = seam.cluster_address() if self._cluster != "none" else None
         serving = self.settings.serving.model_copy(update={"port": self.frontend.port, "frontends": 1})
         ray = self.settings.ray.model_copy(update={"address": address})
         tel = self.settings.telemetry
@@ -115,14 +109,14 @@ class Stack:
         if self._cluster == "none":
             return
         if self._cluster == "local":
-            await loop.run_in_executor(None, ray_seam.shutdown)
+            await loop.run_in_executor(None, seam.shutdown)
             return
         # Someone else's cluster: remove only the app we deployed (a front end that
         # only joined must never stop Serve for everyone), then leave.
         if self._deploy:
-            await loop.run_in_executor(None, ray_seam.undeploy, self.settings)
+            await loop.run_in_executor(None, seam.undeploy, self.settings)
         if self._cluster == "remote":
-            await loop.run_in_executor(None, ray_seam.disconnect)
+            await loop.run_in_executor(None, seam.disconnect)
 
 
 async def serve_forever(settings: Settings, ready: asyncio.Event | None = None, *, deploy: bool = True) -> None:

@@ -1,0 +1,145 @@
+"""Batches as records: one fixed-size numpy record per request and per decision.
+
+The record dtypes are derived from the declaration (``services.schema.columns``). A batch
+is one structured array, so it crosses the direct channel as one buffer (no per-item
+objects), a unary request is one ``bytes`` record that the batcher joins with others
+without touching numpy per request, the C codec reads and writes fields at the
+offsets of these dtypes, and the idempotency store keeps a decision as its record's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.schema.columns import DECISION, MAX_ID, MAX_REASONS, REQUEST
+
+Rows = npt.NDArray[np.void]
+
+
+def _dtype(columns: Sequence[Any]) -> np.dtype[np.void]:
+    spec: list[Any] = []
+    for c in columns:
+        shape = getattr(c, "shape", 0)
+        spec.append((c.name, c.dtype, (shape,)) if shape else (c.name, c.dtype))
+    return np.dtype(spec)
+
+
+REQUEST_DTYPE = _dtype(REQUEST)
+DECISION_DTYPE = _dtype(DECISION)
+# Names the decision record's layout (and how fingerprints are computed): the idempotency
+# store keeps records under it, so a changed layout never reads a record of another.
+_FINGERPRINT_VERSION = 2
+RECORD_SCHEMA = hashlib.sha1(f"{DECISION_DTYPE.descr}|{_FINGERPRINT_VERSION}".encode()).hexdigest()[:12]
+_FINGERPRINTED = tuple(c.name for c in REQUEST if c.fingerprint)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def fingerprints(rows: Rows) -> npt.NDArray[np.uint64]:
+    """A stable 64-bit digest per request of what was asked (not when, not under which id).
+
+    Each fingerprinted column's bytes are read as little-endian 64-bit words and mixed in,
+    in declaration order; vectorized over the batch.
+    """
+    n = rows.shape[0]
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for name in _FINGERPRINTED:
+            col = np.ascontiguousarray(rows[name])
+            width = col.dtype.itemsize
+            raw = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
+            raw[:, :width] = col.view(np.uint8).reshape(n, width)
+            for word in raw.view("<u8").T:
+                h = (h ^ word) * _MIX
+                h ^= h >> np.uint64(29)
+    return h
+
+
+@dataclass(frozen=True)
+class RequestBatch:
+    """Validated requests, one ``REQUEST_DTYPE`` record each, plus the sampled traces inside."""
+
+    rows: Rows
+    trace: str = ""  # "\n"-joined W3C traceparents of the sampled requests inside
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, column: str) -> npt.NDArray[Any]:
+        return self.rows[column]
+
+    @property
+    def deadline(self) -> npt.NDArray[np.float64]:
+        return self.rows["deadline"]
+
+    def merchant_ids(self) -> list[str]:
+        ids: list[str] = self.rows["merchant_id"].astype(f"U{MAX_ID}").tolist()  # ASCII by validation
+        return ids
+
+    def application_ids(self) -> list[str]:
+        ids: list[str] = self.rows["application_id"].astype(f"U{MAX_ID}").tolist()
+        return ids
+
+    @staticmethod
+    def of_records(records: Sequence[bytes], trace: str = "") -> RequestBatch:
+        """A batch of ``bytes`` records (as the codec decodes unary requests)."""
+        return RequestBatch(np.frombuffer(b"".join(records), dtype=REQUEST_DTYPE), trace)
+
+    @staticmethod
+    def concat(batches: Sequence[RequestBatch]) -> RequestBatch:
+        if len(batches) == 1:
+            return batches[0]
+        return RequestBatch(
+            np.concatenate([b.rows for b in batches]) if batches else np.zeros(0, REQUEST_DTYPE),
+            "\n".join(b.trace for b in batches if b.trace),
+        )
+
+
+def blank_decisions(n: int) -> Rows:
+    """``n`` decision records with no decision in them yet (no grade, no reasons)."""
+    rows = np.zeros(n, dtype=DECISION_DTYPE)
+    rows["reason"] = -1
+    return rows
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """A replica's answer: one ``DECISION_DTYPE`` record per request, in request order.
+
+    ``reason`` columns index ``reason_table`` (``(code, description)``); ``message`` says
+    why the items with a non-zero ``status`` were not decided; ``stage_s`` holds the
+    replica's seconds per pipeline stage for this batch (recorded by the front end).
+    """
+
+    rows: Rows
+    reason_table: tuple[tuple[str, str], ...] = ()
+    message: str = ""
+    stage_s: Mapping[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __getitem__(self, column: str) -> npt.NDArray[Any]:
+        return self.rows[column]
+
+    @property
+    def status(self) -> npt.NDArray[np.int8]:
+        return self.rows["status"]
+
+    def decision_ids(self) -> list[str]:
+        return [d.decode() for d in self.rows["decision_id"].tolist()]
+
+    def reason_codes(self, i: int) -> list[str]:
+        """The reason codes of row ``i``, most adverse first (for tests and tools)."""
+        return [self.reason_table[r][0] for r in self.rows["reason"][i].tolist() if r >= 0]
+
+    def slice(self, start: int, stop: int) -> DecisionBatch:
+        return DecisionBatch(self.rows[start:stop], self.reason_table, self.message, self.stage_s)
+
+
+assert DECISION_DTYPE["reason"].shape == (MAX_REASONS,)
