@@ -104,3 +104,71 @@ def test_only_entry_points_read_the_environment() -> None:
             if path.suffix == ".py" and ("os.environ" in path.read_text() or "os.getenv" in path.read_text()):
                 readers.append(str(path.relative_to(ROOT)))
     assert set(readers) <= {"services/cli/main.py"}, readers
+
+
+def _store_kind_literals(path: Path) -> list[int]:
+    """Lines where a store kind ("sqlite"/"redis") is compared with something: a branch on the kind."""
+    from features.stores import STORE_KINDS
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Constant) and o.value in STORE_KINDS for o in operands):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Match):
+            lines += [c.pattern.lineno for c in node.cases if "redis" in ast.dump(c.pattern)]
+    return lines
+
+
+def test_only_the_store_factory_branches_on_the_store_kind() -> None:
+    factory = ROOT / "features" / "stores" / "__init__.py"
+    branches = []
+    for package in ("services", "features", "kernels", "loadtest"):
+        for path in _sources(package):
+            if path.suffix == ".py" and path != factory:
+                branches += [f"{path.relative_to(ROOT)}:{n}" for n in _store_kind_literals(path)]
+    assert not branches, "branches on the store kind outside features.stores.open_backend:\n" + "\n".join(branches)
+
+
+def test_only_the_redis_store_imports_a_redis_client() -> None:
+    importers = []
+    for package in ("services", "features", "kernels"):
+        for path in _sources(package):
+            if path.suffix == ".py" and any(m == "redis" or m.startswith("redis.") for m in _imports(path)):
+                importers.append(str(path.relative_to(ROOT)))
+    assert all(p.startswith("features/stores/redis/") for p in importers), importers
+
+
+def test_the_online_path_imports_neither_polars_nor_the_generator(tmp_path: Path) -> None:
+    """A replica's imports (the engine, its factory, a store backend and a reader of each kind)
+    pull in neither polars nor the population generator nor Feast itself."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import services.scoring.factory, services.runtime.seam.replica, services.frontend\n"
+        "from features.settings import FeatureSettings\n"
+        "from features.stores import open_backend\n"
+        f"s = FeatureSettings(data_dir={str(tmp_path)!r})\n"
+        "open_backend(s); open_backend(s.model_copy(update={'online_store': 'redis'}))\n"
+        "import features.stores.sqlite.reader, features.stores.redis.reader\n"
+        "import features.stores.sqlite.velocity, features.stores.redis.velocity\n"
+        "import features.stores.sqlite.idempotency, features.stores.redis.idempotency\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('polars', 'feast')"
+        " or m.startswith('features.population') or m in ('features.training', 'features.materialize'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "", f"the online path imports {out.stdout.strip()}"
+
+
+def test_the_architecture_picture_is_up_to_date() -> None:
+    import subprocess
+    import sys
+
+    script = ROOT / "docs" / "diagrams" / "request_path.py"
+    out = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
