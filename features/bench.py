@@ -3,6 +3,7 @@
     python -m features.bench                       # reads + materialization, both stores
     python -m features.bench --stores redis --merchants 20000
     python -m features.bench scale --merchants 1000000 --data-dir /tmp/pop1m
+    python -m features.bench clients --merchants 5000   # our RESP client vs redis-py + hiredis
 
 ``compare`` (the default) builds one synthetic world, then per store:
 
@@ -16,6 +17,12 @@
 
 ``scale`` times the bulk materializer alone on a big population into Redis (the
 "1M merchants within 60 s" check) and removes what it wrote.
+
+``clients`` materializes a small world into Redis and times the Redis work of a replica
+(batched reads, the velocity script, idempotency lookup and save) on the project's RESP
+client and on redis-py with hiredis, interleaved (``features.stores.redis.bench``).
+
+Every store-specific step (server CPU, cleanup) goes through the store backend.
 
 The runtime never imports this module.
 """
@@ -32,7 +39,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 
@@ -55,10 +61,8 @@ class Row:
 
 
 def _settings(root: Path, store: str, project: str) -> FeatureSettings:
-    kw: dict[str, object] = {"online_store": store, "max_feature_age_s": 1e9}
-    if store == "redis":
-        kw["project"] = project
-    return FeatureSettings(data_dir=root, **kw)
+    # A fresh project per run on every store: a shared Redis keeps runs (and their cleanup) apart.
+    return FeatureSettings(data_dir=root, online_store=store, project=project, max_feature_age_s=1e9)
 
 
 def _world(root: Path, merchants: int) -> None:
@@ -79,18 +83,10 @@ def _fresh_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _drop_redis(project: str) -> None:
-    import redis
+def _drop(s: FeatureSettings) -> None:
+    from features.stores import open_backend
 
-    client = redis.Redis()
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=b"*" + project.encode(), count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
+    open_backend(s).drop_project()
 
 
 def _latency(calls: list[float]) -> tuple[float, float]:
@@ -156,8 +152,7 @@ def bench_materialize(src: Path, work: Path, store: str) -> list[Row]:
             out.append(Row(store, "materialize", engine, entity_rows / secs))
             print(f"# {store} {engine}: {entity_rows:,} entity rows in {secs:.1f} s", flush=True)
         finally:
-            if store == "redis":
-                _drop_redis(project)
+            _drop(s)
     return out
 
 
@@ -236,8 +231,7 @@ def compare(args: argparse.Namespace) -> None:
             rows += bench_reads(s, args.merchants, args.sizes, args.seconds)
             rows += bench_velocity(s, args.merchants, 100, args.seconds / 2)
         finally:
-            if store == "redis":
-                _drop_redis(project)
+            _drop(s)
         rows += bench_materialize(mat_root, root / f"mat_{store}", store)
     print(f"\n# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}; "
@@ -252,55 +246,71 @@ def scale(args: argparse.Namespace) -> None:
     from features.feast_repo import apply
     from features.materialize import materialize
     from features.population.__main__ import peak_rss_mib
+    from features.stores import open_backend
 
     if args.data_dir is None:
         raise SystemExit("scale needs --data-dir with a generated population (python -m features.population)")
     project = f"cascale{uuid.uuid4().hex[:8]}"
     s = _settings(args.data_dir, args.stores[0], project)
-    if s.online_store == "sqlite" and s.sqlite_path.exists():
-        s.sqlite_path.unlink()
+    open_backend(s).drop_project()  # start from an empty online store
     apply(s)
 
-    def server_cpu() -> float:
-        if s.online_store != "redis":
-            return 0.0
-        import redis
-
-        info = cast(dict[str, Any], redis.Redis().info("cpu"))
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
+    backend = open_backend(s)
     try:
-        cpu0, proc0 = server_cpu(), time.process_time()
+        cpu0, proc0 = backend.server_cpu_s(), time.process_time()
         report = materialize(s, *WINDOW, dedup=not args.skip_dedup)
-        cpu, proc = server_cpu() - cpu0, time.process_time() - proc0
+        cpu, proc = backend.server_cpu_s() - cpu0, time.process_time() - proc0
         print(f"bulk materialize into {s.online_store}: {report.entities:,} entity rows, "
               f"{report.values:,} values in {report.seconds:.1f} s "
               f"({report.entities / report.seconds:,.0f} rows/s), peak RSS {peak_rss_mib():,.0f} MiB, "
-              f"CPU: this process {proc:.1f} s" + (f", redis-server {cpu:.1f} s" if cpu else ""))
-        if s.online_store == "redis":
-            import redis
-
-            info = cast(dict[str, Any], redis.Redis().info("memory"))
-            print(f"redis used_memory: {info['used_memory_human']}")
+              f"CPU: this process {proc:.1f} s" + (f", {s.online_store} server {cpu:.1f} s" if cpu else ""))
+        print(f"{s.online_store} store memory: {backend.server_memory_bytes() / 2**30:.2f} GiB")
     finally:
-        if s.online_store == "redis" and not args.keep:
-            _drop_redis(project)
+        if not args.keep:
+            backend.drop_project()
+
+
+def clients(args: argparse.Namespace) -> None:
+    """Our RESP client against redis-py + hiredis on a replica's Redis work (Redis only, by nature)."""
+    from importlib.metadata import version
+
+    from features.feast_repo import apply
+    from features.materialize import materialize
+    from features.stores import open_backend
+    from features.stores.redis.bench import compare_clients, parser_name, print_rows
+
+    root = args.data_dir or Path(tempfile.mkdtemp(prefix="features-bench-"))
+    _world(root, args.merchants)
+    s = _settings(_fresh_copy(root, root / "read_clients"), "redis", f"cabench{uuid.uuid4().hex[:8]}")
+    apply(s)
+    try:
+        materialize(s, *WINDOW)
+        rows = compare_clients(s, args.merchants, args.seconds, args.sizes)
+    finally:
+        open_backend(s).drop_project()
+    print(f"\n# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"{platform.processor() or platform.machine()}, python {platform.python_version()}, "
+          f"redis-py {version('redis')} ({parser_name()}), hiredis {version('hiredis')}; "
+          f"{args.merchants:,} merchants, {args.seconds:g} s per case, calls interleaved")
+    print_rows(rows)
+    if args.data_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m features.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", nargs="?", choices=["compare", "scale"], default="compare")
+    p.add_argument("mode", nargs="?", choices=["compare", "scale", "clients"], default="compare")
     p.add_argument("--merchants", type=int, default=20_000, help="population the reads draw from")
     p.add_argument("--mat-merchants", type=int, default=10_000, help="population both materializers write")
     p.add_argument("--stores", type=lambda v: v.split(","), default=["sqlite", "redis"])
     p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 100, 1000])
-    p.add_argument("--seconds", type=float, default=8.0, help="wall time per read case")
+    p.add_argument("--seconds", type=float, default=8.0, help="wall time per read case (clients: per case)")
     p.add_argument("--data-dir", type=Path, default=None, help="reuse/keep a world here")
     p.add_argument("--skip-dedup", action="store_true", help="scale: Feast's skip_dedup semantics")
     p.add_argument("--keep", action="store_true", help="scale: leave the data in Redis")
     args = p.parse_args(argv)
-    modes: dict[str, Callable[[argparse.Namespace], None]] = {"compare": compare, "scale": scale}
+    modes: dict[str, Callable[[argparse.Namespace], None]] = {"compare": compare, "scale": scale, "clients": clients}
     modes[args.mode](args)
     return 0
 

@@ -69,6 +69,10 @@ class StoreBackend(Protocol):
         """CPU seconds the store's server has used so far (0 for an embedded store), for benchmarks."""
         ...
 
+    def server_memory_bytes(self) -> int:
+        """Memory the store's data takes (Redis ``used_memory``; the SQLite file's size), for benchmarks."""
+        ...
+
     def drop_project(self) -> None:
         """Delete everything this project keeps in the store (benchmarks and tests clean up with it)."""
         ...

@@ -81,6 +81,14 @@ def _record(s: FeatureSettings) -> None:
     open_backend(s).velocity().record(["M00000001"])
 
 
+def _lookup(s: FeatureSettings) -> None:
+    open_backend(s).idempotency(window_s=60).lookup(["app-1"])
+
+
+def _save(s: FeatureSettings) -> None:
+    open_backend(s).idempotency(window_s=60).save(["app-1"], [b"record"])
+
+
 def _timed_failure(call: Callable[[FeatureSettings], None], s: FeatureSettings) -> tuple[float, str]:
     t0 = time.monotonic()
     with pytest.raises(OnlineStoreUnavailable) as info:
@@ -88,14 +96,14 @@ def _timed_failure(call: Callable[[FeatureSettings], None], s: FeatureSettings) 
     return time.monotonic() - t0, str(info.value)
 
 
-@pytest.mark.parametrize("call", [_read, _record], ids=["read", "record"])
+@pytest.mark.parametrize("call", [_read, _record, _lookup, _save], ids=["read", "record", "lookup", "save"])
 def test_closed_port_fails_fast(call: Callable[[FeatureSettings], None]) -> None:
     elapsed, msg = _timed_failure(call, _settings(_free_port()))
     assert elapsed < TIMEOUT + 0.5 and "127.0.0.1" in msg
 
 
 @pytest.mark.parametrize("server", [None], indirect=True)
-@pytest.mark.parametrize("call", [_read, _record], ids=["read", "record"])
+@pytest.mark.parametrize("call", [_read, _record, _lookup, _save], ids=["read", "record", "lookup", "save"])
 def test_listener_that_never_answers_times_out(server: _FakeServer, call: Callable[[FeatureSettings], None]) -> None:
     elapsed, msg = _timed_failure(call, _settings(server.port))
     assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 0.5
@@ -122,9 +130,20 @@ def test_transient_server_error_is_unavailable(server: _FakeServer) -> None:
 
 @requires_redis
 def test_reader_recovers_after_a_broken_connection(redis_world: World) -> None:
-    reader = open_backend(feature_settings(redis_world)).reader()
+    import redis
+
+    from features.stores.redis import RedisBackend
+
+    backend = open_backend(feature_settings(redis_world))
+    assert isinstance(backend, RedisBackend)
+    reader = backend.reader()
     assert reader.read(["M00000001"]).found.all()
-    reader._conn._sock.close()  # type: ignore[attr-defined]  # the connection dies under it
+    # The connection dies under it: the server drops it (redis-py as an independent client).
+    admin = redis.Redis()
+    ours = [c["id"] for c in admin.client_list() if c["name"] == backend.client.name]
+    assert len(ours) == 1
+    assert admin.client_kill_filter(_id=ours[0]) == 1
+    admin.close()
     with pytest.raises(OnlineStoreUnavailable):
         reader.read(["M00000001"])
     assert reader.read(["M00000001"]).found.all()  # reconnected

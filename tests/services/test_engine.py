@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.stores.redis.idempotency import RedisIdempotency as RedisStore
+from features.stores.redis import RedisBackend
 from features.stores.sqlite.idempotency import SqliteIdempotency as SqliteStore
 from services.policy.decide import APPROVE, DECLINE, REVIEW
 from services.schema.codes import Code
@@ -118,7 +118,7 @@ def test_window_expiry_allows_a_new_decision(tmp_path: Path) -> None:
 @requires_redis
 def test_redis_store_first_writer_wins(world: World) -> None:
     settings = feature_settings(world).model_copy(update={"project": f"idemtest{uuid.uuid4().hex[:6]}"})
-    store = RedisStore(settings, window_s=5)
+    store = RedisBackend(settings).idempotency(window_s=5)
     key = f"r-{uuid.uuid4().hex}"
     assert store.save([key], [b"one"]) == {}
     assert store.save([key], [b"two"]) == {key: b"one"}

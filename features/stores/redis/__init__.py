@@ -1,8 +1,15 @@
-"""The production store: Feast's Redis online store, with velocity and idempotency beside it."""
+"""The production store: Feast's Redis online store, with velocity and idempotency beside it.
+
+One ``RedisBackend`` holds one ``RedisClient`` (created on first use), and every runtime
+part it builds (reader, velocity state, idempotency store, admin helpers) shares it: a
+process holds one pool of connections, sized by its concurrent callers. The bulk writer
+alone opens its own connection (see ``writer``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from features.settings import FeatureSettings
 from features.stores.base import OnlineReader, StoreKind, Writer
@@ -10,19 +17,34 @@ from features.stores.idempotency import IdempotencyStore, NoIdempotency
 from features.tags import TagCatalog
 from features.velocity import VelocityRecorder
 
+if TYPE_CHECKING:
+    from features.stores.redis.client import RedisClient
+
 
 class RedisBackend:
     kind: StoreKind = "redis"
 
     def __init__(self, settings: FeatureSettings) -> None:
         self.settings = settings
+        self._client: RedisClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> RedisClient:
+        """The connection pool this backend's parts share (created on first use; connects lazily)."""
+        with self._lock:
+            if self._client is None:
+                from features.stores.redis.client import RedisClient
+
+                self._client = RedisClient(self.settings)
+            return self._client
 
     def reader(self, tag_bytes: int | None = None) -> OnlineReader:
         from features.stores.redis.reader import RedisReader
 
         if tag_bytes is None:
             tag_bytes = TagCatalog.load(self.settings).n_bytes
-        return RedisReader(self.settings, tag_bytes)
+        return RedisReader(self.client, self.settings, tag_bytes)
 
     def writer(self, *, dedup: bool = True) -> Writer:
         from features.stores.redis.writer import RedisWriter
@@ -32,14 +54,14 @@ class RedisBackend:
     def velocity(self) -> VelocityRecorder:
         from features.stores.redis.velocity import RedisVelocity
 
-        return VelocityRecorder(RedisVelocity(self.settings))
+        return VelocityRecorder(RedisVelocity(self.client, self.settings))
 
     def idempotency(self, window_s: float, namespace: str = "") -> IdempotencyStore:
         from features.stores.redis.idempotency import RedisIdempotency
 
         if window_s <= 0:
             return NoIdempotency()
-        return RedisIdempotency(self.settings, window_s, namespace)
+        return RedisIdempotency(self.client, self.settings, window_s, namespace)
 
     def feast_online_store(self) -> dict[str, Any]:
         host, port, db = self.settings.redis_host_port_db()
@@ -48,9 +70,14 @@ class RedisBackend:
     def server_cpu_s(self) -> float:
         from features.stores.redis.admin import server_cpu_s
 
-        return server_cpu_s(self.settings)
+        return server_cpu_s(self.client)
+
+    def server_memory_bytes(self) -> int:
+        from features.stores.redis.admin import server_memory_bytes
+
+        return server_memory_bytes(self.client)
 
     def drop_project(self) -> None:
         from features.stores.redis.admin import drop_project
 
-        drop_project(self.settings)
+        drop_project(self.client, self.settings.project)

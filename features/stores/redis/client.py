@@ -1,32 +1,49 @@
-"""A minimal Redis connection: one socket, whole batches per round trip, bounded time.
+"""The project's Redis client: one small pool of RESP connections per process.
 
-Every call has a deadline (``FeatureSettings.timeout_s`` from its start): connecting,
-authenticating, sending and receiving all share it, so a dead host, a closed port or
-a server that accepts and never answers becomes ``OnlineStoreUnavailable`` within the
-configured time, never a hang. After any failure the socket is dropped (its stream
-position is unknown) and the next call reconnects.
+``RespConnection`` is one socket that sends whole batches per round trip within a
+deadline; ``RedisClient`` is the pool a ``RedisBackend`` creates once and hands to its
+reader, velocity state, idempotency store and admin helpers, so a replica holds as
+many connections as it has concurrent callers (2-4 scoring threads), not one per part.
+
+Every call has a deadline (``FeatureSettings.timeout_s`` from its start): waiting for a
+pooled connection, connecting, authenticating, sending and receiving all share it, so a
+dead host, a closed port or a server that accepts and never answers becomes
+``OnlineStoreUnavailable`` within the configured time, never a hang. After any failure
+the socket is dropped (its stream position is unknown) and the next call reconnects.
 
 The byte-level work (building the batch, decoding replies into arrays) is in the
-compiled ``_resp`` module; this class only moves bytes.
+compiled ``_resp`` modules; this module only moves bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
+import os
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from features.errors import FeatureConfigError, FeatureDataError, OnlineStoreUnavailable
+from features.errors import FeatureConfigError, FeatureDataError, FeatureError, OnlineStoreUnavailable
 from features.settings import FeatureSettings
 from features.stores.redis import _resp, _resp_build
 
 _INITIAL_BUFFER = 1 << 20
 # Server errors that mean "not now" rather than "bad data".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOAUTH", "READONLY")
+# Connections one client opens at most: replicas score on 2-4 threads, and a caller holds
+# a connection for one round trip only, so more than this means callers are piling up.
+MAX_CONNECTIONS = 8
+# CLIENT SETNAME prefix: operators (and tests) find this project's connections in CLIENT LIST.
+CLIENT_NAME = "creditauth"
+_CLIENT_NUMBERS = itertools.count(1)
 
 
 class Decoder(Protocol):
@@ -36,15 +53,28 @@ class Decoder(Protocol):
     def feed(self, buf: bytearray, start: int, end: int) -> int: ...
 
 
+def server_error(address: str, err: _resp.RespServerError, context: str = "") -> FeatureError:
+    """The feature-layer error for a Redis error reply."""
+    msg = str(err)
+    code = msg.split(" ", 1)[0]
+    where = f"Redis {address}" + (f" ({context})" if context else "")
+    if code in _TRANSIENT:
+        return OnlineStoreUnavailable(f"{where}: {msg}")
+    if code in ("WRONGPASS", "NOPERM"):
+        return FeatureConfigError(f"{where} rejected the credentials: {msg}")
+    return FeatureDataError(f"{where} refused a command: {msg}")
+
+
 class RespConnection:
     """One Redis connection used by one caller at a time (a lock makes that so)."""
 
-    def __init__(self, settings: FeatureSettings, *, timeout_s: float | None = None) -> None:
+    def __init__(self, settings: FeatureSettings, *, timeout_s: float | None = None, name: str | None = None) -> None:
         u = urlparse(settings.redis_url)
         self._host, self._port, self._db = settings.redis_host_port_db()
         self._user = unquote(u.username) if u.username else None
         self._password = unquote(u.password) if u.password else None
         self._tls = u.scheme == "rediss"
+        self._name = name
         self.timeout_s = settings.timeout_s if timeout_s is None else timeout_s
         self._sock: socket.socket | None = None
         self._buf = bytearray(_INITIAL_BUFFER)
@@ -97,13 +127,7 @@ class RespConnection:
 
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, _resp.RespServerError):
-            msg = str(exc)
-            code = msg.split(" ", 1)[0]
-            if code in _TRANSIENT:
-                return OnlineStoreUnavailable(f"Redis {self.address}: {msg}")
-            if code in ("WRONGPASS", "NOPERM"):
-                return FeatureConfigError(f"Redis {self.address} rejected the credentials: {msg}")
-            return FeatureDataError(f"Redis {self.address} refused a command: {msg}")
+            return server_error(self.address, exc)
         if isinstance(exc, _resp.RespValueError):
             return FeatureDataError(f"Redis {self.address}: {exc}")
         if isinstance(exc, OSError | _resp.RespProtocolError):
@@ -134,6 +158,8 @@ class RespConnection:
                 hello.append(auth)
             if self._db:
                 hello.append([b"SELECT", str(self._db).encode()])
+            if self._name:
+                hello.append([b"CLIENT", b"SETNAME", self._name.encode()])
             if hello:
                 collector = _resp.ReplyCollector(len(hello))
                 self._send(sock, b"".join(_resp_build.encode_command(c) for c in hello), deadline)
@@ -193,3 +219,140 @@ class RespConnection:
         self._start = self._end = 0
         if len(self._buf) > 4 * _INITIAL_BUFFER:  # don't keep a one-off huge buffer
             self._buf = bytearray(_INITIAL_BUFFER)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script run by ``EVALSHA`` (loaded on first ``NOSCRIPT``)."""
+
+    body: bytes
+    sha: bytes
+
+    @classmethod
+    def load(cls, package: str, name: str) -> Script:
+        body = resources.files(package).joinpath(name).read_bytes()
+        return cls(body, hashlib.sha1(body).hexdigest().encode())
+
+
+class RedisClient:
+    """The process's Redis connections: a pool of ``RespConnection``s, one per concurrent caller.
+
+    A caller checks a connection out for one round trip (``connection()``, or the helpers
+    below) and gives it back; connections are created only when every existing one is busy,
+    up to ``max_connections`` (then callers wait, within their deadline). The idle one used
+    most recently is handed out first, so a process that never has more than ``k`` callers
+    at once holds ``k`` connections. Each one names itself ``name`` (``CLIENT SETNAME``).
+    """
+
+    def __init__(
+        self, settings: FeatureSettings, *, max_connections: int = MAX_CONNECTIONS, name: str | None = None
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.settings = settings
+        self.timeout_s = settings.timeout_s
+        # Project, pid and client number in the name: CLIENT LIST tells replicas and projects
+        # apart, and shows a process that holds more than the one client it should.
+        self.name = name or f"{CLIENT_NAME}:{settings.project}:{os.getpid()}:{next(_CLIENT_NUMBERS)}"
+        self._max = max_connections
+        self._idle: list[RespConnection] = []  # a stack: most recently returned last
+        self._created = 0
+        self._cond = threading.Condition()
+        host, port, db = settings.redis_host_port_db()
+        self.address = f"{host}:{port}/{db}"
+
+    @property
+    def connections(self) -> int:
+        """Connections this client has created (open or reconnecting on demand)."""
+        with self._cond:
+            return self._created
+
+    @contextlib.contextmanager
+    def connection(self, *, timeout_s: float | None = None) -> Iterator[RespConnection]:
+        """A connection of this client's for the caller alone until the block ends."""
+        conn = self._checkout(time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s))
+        try:
+            yield conn
+        finally:
+            self._checkin(conn)
+
+    def call(self, payload: bytes | bytearray, decoder: Decoder, *, timeout_s: float | None = None) -> None:
+        """Send ``payload`` on a pooled connection and feed the replies to ``decoder``."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        conn = self._checkout(deadline)
+        try:
+            conn.call(payload, decoder, timeout_s=max(deadline - time.monotonic(), 1e-6))
+        finally:
+            self._checkin(conn)
+
+    def pipeline(self, commands: Sequence[Sequence[bytes]], *, timeout_s: float | None = None) -> list[object]:
+        """Every command in one round trip; replies in order, error replies as ``RespServerError`` values."""
+        collector = _resp.ReplyCollector(len(commands))
+        self.call(b"".join(_resp_build.encode_command(list(c)) for c in commands), collector, timeout_s=timeout_s)
+        return collector.replies
+
+    def command(self, *args: bytes, timeout_s: float | None = None, context: str = "") -> object:
+        """One command's reply; an error reply is raised as the feature layer's typed error."""
+        return self.check(self.pipeline([args], timeout_s=timeout_s)[0], context)
+
+    def eval_script(
+        self, script: Script, keys: Sequence[bytes], args: Sequence[bytes], *,
+        timeout_s: float | None = None, context: str = "",
+    ) -> object:
+        """``EVALSHA`` of ``script``; on ``NOSCRIPT`` (first use on this server, or its script
+        cache was flushed) ``SCRIPT LOAD`` and the same ``EVALSHA`` go in one more round trip."""
+        evalsha = _resp_build.encode_command([b"EVALSHA", script.sha, str(len(keys)).encode(), *keys, *args])
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        conn = self._checkout(deadline)
+        try:
+            collector = _resp.ReplyCollector(1)
+            conn.call(evalsha, collector, timeout_s=max(deadline - time.monotonic(), 1e-6))
+            reply = collector.replies[0]
+            if isinstance(reply, _resp.RespServerError) and str(reply).startswith("NOSCRIPT"):
+                load = _resp_build.encode_command([b"SCRIPT", b"LOAD", script.body])
+                collector = _resp.ReplyCollector(2)
+                conn.call(load + evalsha, collector, timeout_s=max(deadline - time.monotonic(), 1e-6))
+                reply = collector.replies[1]
+        finally:
+            self._checkin(conn)
+        return self.check(reply, context)
+
+    def check(self, reply: object, context: str = "") -> object:
+        """``reply``, unless it is an error reply: then the typed error it stands for."""
+        if isinstance(reply, _resp.RespServerError):
+            raise server_error(self.address, reply, context)
+        return reply
+
+    def close(self) -> None:
+        """Close the idle connections (one in use keeps its socket until it is next closed).
+
+        The client stays usable: a later call reconnects, so closing one part of a backend
+        (a reader, say) never breaks the parts still in use; it only costs them a reconnect.
+        """
+        with self._cond:
+            idle = list(self._idle)
+        for conn in idle:
+            conn.close()  # waits for nobody: an idle connection's lock is free
+
+    # --- the pool ---------------------------------------------------------------
+
+    def _checkout(self, deadline: float) -> RespConnection:
+        with self._cond:
+            while not self._idle and self._created >= self._max:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OnlineStoreUnavailable(
+                        f"Redis {self.address}: all {self._max} connections busy until the deadline "
+                        f"(timeout {self.timeout_s:g} s)"
+                    )
+                self._cond.wait(remaining)
+            if self._idle:
+                return self._idle.pop()
+            # A new connection object only: it connects on its first call, under that call's deadline.
+            self._created += 1
+        return RespConnection(self.settings, name=self.name)
+
+    def _checkin(self, conn: RespConnection) -> None:
+        with self._cond:
+            self._idle.append(conn)
+            self._cond.notify()

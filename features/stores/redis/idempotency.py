@@ -2,37 +2,31 @@
 
 Records are opaque bytes keyed by application id under ``<project>:idem:<namespace>:``
 (the namespace names the record schema, so a changed record layout never reads an old
-one); the first replica to decide an application wins.
+one); the first replica to decide an application wins. Everything goes over the
+backend's shared ``RedisClient``, so a failure is the same typed error, within the same
+deadline, as a feature read's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import resources
-from typing import Any
 
-from features.errors import OnlineStoreUnavailable
+from features.errors import FeatureDataError
 from features.settings import FeatureSettings
 from features.stores.idempotency import decode_table, encode_table
+from features.stores.redis.client import RedisClient, Script
 
-_SAVE_LUA = resources.files(__package__).joinpath("idempotency.lua").read_text()
+SCRIPT = Script.load(__package__, "idempotency.lua")
 
 
 class RedisIdempotency:
-    """SET NX EX per decision, in one pipeline per batch."""
+    """MGET per lookup, one ``EVALSHA`` of ``idempotency.lua`` per save."""
 
-    def __init__(self, settings: FeatureSettings, window_s: float, namespace: str = "") -> None:
-        import redis
-
-        host, port, db = settings.redis_host_port_db()
-        self._client = redis.Redis(
-            host=host, port=port, db=db, socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s
-        )
+    def __init__(self, client: RedisClient, settings: FeatureSettings, window_s: float, namespace: str = "") -> None:
+        self._client = client
         space = f"{namespace}:" if namespace else ""
         self._prefix = f"{settings.project}:idem:{space}".encode()
-        self._window = max(1, int(window_s))
-        self._error = redis.RedisError
-        self._save_script = self._client.register_script(_SAVE_LUA)
+        self._window = str(max(1, int(window_s))).encode()
 
     def _key(self, app_id: str) -> bytes:
         return self._prefix + app_id.encode()
@@ -40,35 +34,34 @@ class RedisIdempotency:
     def lookup(self, app_ids: Sequence[str]) -> dict[str, bytes]:
         if not app_ids:
             return {}
-        try:
-            values: Any = self._client.mget([self._key(a) for a in app_ids])
-        except self._error as exc:
-            raise OnlineStoreUnavailable(f"idempotency store unreachable: {exc}") from exc
-        return {a: v for a, v in zip(app_ids, values, strict=True) if v is not None}
+        values = self._client.command(b"MGET", *(self._key(a) for a in app_ids), context="idempotency lookup")
+        if not isinstance(values, list) or len(values) != len(app_ids):
+            raise FeatureDataError(f"idempotency lookup returned {values!r:.200}")
+        return {a: v for a, v in zip(app_ids, values, strict=True) if isinstance(v, bytes)}
 
     def save(self, app_ids: Sequence[str], records: Sequence[bytes]) -> dict[str, bytes]:
         if not app_ids:
             return {}
-        try:
-            # One EVAL per batch: SET NX EX for every id server-side, returning the
-            # positions another replica had already decided.
-            lost_at: Any = self._save_script(
-                keys=[self._key(a) for a in app_ids], args=[self._window, *records]
-            )
-        except self._error as exc:
-            raise OnlineStoreUnavailable(f"idempotency store unreachable: {exc}") from exc
+        # SET NX EX for every id server-side; the script returns the (1-based) positions
+        # another replica had already decided, whose records we then read back.
+        lost_at = self._client.eval_script(
+            SCRIPT, [self._key(a) for a in app_ids], [self._window, *records], context="idempotency save"
+        )
+        if not isinstance(lost_at, list):
+            raise FeatureDataError(f"idempotency save returned {lost_at!r:.200}")
         lost = [app_ids[int(i) - 1] for i in lost_at]
         return self.lookup(lost) if lost else {}
 
     def put_reasons(self, policy_version: str, table: tuple[tuple[str, str], ...]) -> None:
-        try:
-            self._client.set(self._prefix + b"reasons:" + policy_version.encode(), encode_table(table))
-        except self._error as exc:
-            raise OnlineStoreUnavailable(f"idempotency store unreachable: {exc}") from exc
+        self._client.command(b"SET", self._reasons_key(policy_version), encode_table(table).encode(),
+                             context="reason table")
 
     def reasons(self, policy_version: str) -> tuple[tuple[str, str], ...] | None:
-        raw: Any = self._client.get(self._prefix + b"reasons:" + policy_version.encode())
-        return decode_table(raw) if raw else None
+        raw = self._client.command(b"GET", self._reasons_key(policy_version), context="reason table")
+        return decode_table(raw) if isinstance(raw, bytes) and raw else None
+
+    def _reasons_key(self, policy_version: str) -> bytes:
+        return self._prefix + b"reasons:" + policy_version.encode()
 
     def close(self) -> None:
         self._client.close()

@@ -5,7 +5,7 @@ project name; each field is the 4-byte little-endian murmur3 of ``"view:feature"
 and ``_ts:view`` holds the view's event time. A batch is one buffer of HMGETs (one
 per distinct merchant, every field the matrix needs, the tag bitset and each view's
 timestamp) sent with one ``sendall``; replies are decoded in C straight into the
-matrix (``_resp.HmgetDecoder``).
+matrix (``_resp.HmgetDecoder``), on a connection of the backend's shared ``RedisClient``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from features.settings import FeatureSettings
 from features.stores import layout
 from features.stores.layout import field_hash, ts_field
 from features.stores.redis import _resp, _resp_build
-from features.stores.redis.client import RespConnection
+from features.stores.redis.client import RedisClient
 
 
 class RedisReader:
-    def __init__(self, settings: FeatureSettings, tag_bytes: int) -> None:
-        self._conn = RespConnection(settings)
+    def __init__(self, client: RedisClient, settings: FeatureSettings, tag_bytes: int) -> None:
+        self._client = client
         self._suffix = settings.project.encode()
         self._tag_bytes = tag_bytes
         self._max_age = settings.max_feature_age_s
@@ -60,8 +60,8 @@ class RedisReader:
             keys = layout.entity_keys(uniq)
             payload = _resp_build.encode_hmget(keys, self._suffix, self._tail, self._n_fields)
             decoder = _resp.HmgetDecoder(self._kinds, self._cols, matrix, tags, view_ts)
-            self._conn.call(payload, decoder)
+            self._client.call(payload, decoder)
         return assemble(matrix, tags, view_ts, inverse, self._max_age)
 
     def close(self) -> None:
-        self._conn.close()
+        self._client.close()

@@ -4,6 +4,11 @@ The ``HSET`` Feast sends per entity and view (``_ts:view`` + every field), with 
 entity's views in one command when they come aligned, pipelined over one socket. With
 ``dedup`` (Feast's default) it reads each entity's ``_ts:view`` first and skips rows not
 newer than what is stored, as Feast does.
+
+The writer keeps its own ``RespConnection`` instead of the backend's shared
+``RedisClient``: it is the materializer, not a replica, it holds the socket for a whole
+pipelined run (replies of earlier slices are read while later ones are sent), and its
+deadline is a bulk write's, not a read's.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from features.settings import FeatureSettings
 from features.stores.frames import columns
 from features.stores.layout import field_hash, ts_field
 from features.stores.redis import _resp, _resp_build
-from features.stores.redis.client import RespConnection
+from features.stores.redis.client import CLIENT_NAME, RespConnection
 
 # Entities per Redis buffer (~2.5 MB with every view) and buffers in flight: Redis keeps
 # about half a second of queued work, enough to ride out a pause on this side.
@@ -42,7 +47,9 @@ class RedisWriter:
     aligned = True  # one HSET per entity carries all its views: a fifth of the commands
 
     def __init__(self, settings: FeatureSettings, *, dedup: bool = True) -> None:
-        self._conn = RespConnection(settings, timeout_s=max(settings.timeout_s, _WRITE_TIMEOUT_S))
+        self._conn = RespConnection(
+            settings, timeout_s=max(settings.timeout_s, _WRITE_TIMEOUT_S), name=f"{CLIENT_NAME}-writer"
+        )
         self._suffix = settings.project.encode()
         self._dedup = dedup
         # Decoders of the replies still to come, in the order their commands were sent.

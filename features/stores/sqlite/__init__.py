@@ -54,5 +54,9 @@ class SqliteBackend:
     def server_cpu_s(self) -> float:
         return 0.0  # embedded: the store's work is this process's own CPU
 
+    def server_memory_bytes(self) -> int:
+        path = self.settings.sqlite_path
+        return path.stat().st_size if path.exists() else 0
+
     def drop_project(self) -> None:
         self.settings.sqlite_path.unlink(missing_ok=True)
