@@ -128,6 +128,14 @@ def validate_tree(tree: TreeIR, n_features: int, where: str) -> None:
     Every internal node and every leaf must be reached exactly once from the
     root, so the arrays form a proper binary tree; indices must be in range.
     """
+    _check_shapes(tree, where)
+    if tree.n_internal == 0:
+        return
+    _check_node_values(tree, n_features, where)
+    _check_reachability(tree, where)
+
+
+def _check_shapes(tree: TreeIR, where: str) -> None:
     n_int = tree.n_internal
     n_leaf = tree.n_leaves
     if n_leaf < 1:
@@ -150,8 +158,10 @@ def validate_tree(tree: TreeIR, n_features: int, where: str) -> None:
     for name, arr in arrays.items():
         if arr.shape != (n_int,):
             raise ModelFormatError(f"{where}: {name} has shape {arr.shape}, expected ({n_int},)")
-    if n_int == 0:
-        return
+
+
+def _check_node_values(tree: TreeIR, n_features: int, where: str) -> None:
+    """Split features, missing types, thresholds and categorical bitset ranges."""
     if np.any(tree.split_feature < 0) or np.any(tree.split_feature >= n_features):
         raise ModelFormatError(f"{where}: split feature index outside [0, {n_features})")
     if np.any(tree.missing > MISSING_NAN):
@@ -164,6 +174,12 @@ def validate_tree(tree: TreeIR, n_features: int, where: str) -> None:
         raise ModelFormatError(f"{where}: negative categorical bitset offset/length")
     if np.any(tree.cat_offset[cat] + tree.cat_length[cat] > tree.cat_words.shape[0]):
         raise ModelFormatError(f"{where}: categorical bitset runs past cat_threshold")
+
+
+def _check_reachability(tree: TreeIR, where: str) -> None:
+    """Every internal node and leaf is reached exactly once from the root."""
+    n_int = tree.n_internal
+    n_leaf = tree.n_leaves
     seen_node = np.zeros(n_int, dtype=np.int32)
     seen_leaf = np.zeros(n_leaf, dtype=np.int32)
     seen_node[0] = 1
@@ -171,18 +187,18 @@ def validate_tree(tree: TreeIR, n_features: int, where: str) -> None:
     while stack:
         node = stack.pop()
         for child in (int(tree.left[node]), int(tree.right[node])):
-            if child >= 0:
-                if child >= n_int:
-                    raise ModelFormatError(f"{where}: child index {child} out of range")
-                seen_node[child] += 1
-                if seen_node[child] > 1:
-                    raise ModelFormatError(f"{where}: node {child} reached twice (not a tree)")
-                stack.append(child)
-            else:
+            if child < 0:
                 leaf = ~child
                 if leaf >= n_leaf:
                     raise ModelFormatError(f"{where}: leaf index {leaf} out of range")
                 seen_leaf[leaf] += 1
+                continue
+            if child >= n_int:
+                raise ModelFormatError(f"{where}: child index {child} out of range")
+            seen_node[child] += 1
+            if seen_node[child] > 1:
+                raise ModelFormatError(f"{where}: node {child} reached twice (not a tree)")
+            stack.append(child)
     if not np.all(seen_node == 1) or not np.all(seen_leaf == 1):
         raise ModelFormatError(f"{where}: some nodes or leaves are unreachable or shared")
 

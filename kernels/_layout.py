@@ -145,50 +145,88 @@ class Layout:
     n_features: int
 
 
-def build_layout(forest: ForestIR) -> Layout:
-    col_key: dict[tuple[int, int, int], int] = {}  # (feature, kind, cat bitset id) -> column
-    col_feature: list[int] = []
-    col_kind: list[int] = []
-    col_cat_off: list[int] = []
-    col_cat_len: list[int] = []
-    cat_words: list[np.ndarray] = []
-    cat_ids: dict[bytes, tuple[int, int, int]] = {}
-    n_words = 0
-    thresholds: dict[int, set[float]] = {}
+def _cat_bitset(tree: TreeIR, i: int) -> np.ndarray:
+    """Categorical node ``i``'s bitset words, trailing zero words dropped."""
+    words = tree.cat_words[tree.cat_offset[i] : tree.cat_offset[i] + tree.cat_length[i]]
+    return np.trim_zeros(words.astype(np.uint32), "b")
 
-    # Pass 1: gather distinct thresholds per feature and the columns.
-    for tree in forest.trees:
+
+def _cat_key(f: int, words: np.ndarray) -> bytes:
+    return f.to_bytes(4, "little") + words.tobytes()
+
+
+class _Columns:
+    """Pass 1: the distinct columns and each feature's distinct thresholds.
+
+    A numerical column is (feature, view); a categorical one is (feature, bitset),
+    equal bitsets sharing their words.
+    """
+
+    def __init__(self) -> None:
+        self.col_key: dict[tuple[int, int, int], int] = {}  # (feature, kind, cat bitset id) -> column
+        self.col_feature: list[int] = []
+        self.col_kind: list[int] = []
+        self.col_cat_off: list[int] = []
+        self.col_cat_len: list[int] = []
+        self.cat_words: list[np.ndarray] = []
+        self.cat_ids: dict[bytes, tuple[int, int, int]] = {}  # key -> (id, word offset, words)
+        self.n_words = 0
+        self.thresholds: dict[int, set[float]] = {}
+
+    def add_tree(self, tree: TreeIR) -> None:
         for i in range(tree.n_internal):
             f = int(tree.split_feature[i])
             if tree.is_categorical[i]:
-                words = tree.cat_words[tree.cat_offset[i] : tree.cat_offset[i] + tree.cat_length[i]]
-                words = np.trim_zeros(words.astype(np.uint32), "b")
-                key_bytes = f.to_bytes(4, "little") + words.tobytes()
-                if key_bytes not in cat_ids:
-                    cat_ids[key_bytes] = (len(cat_ids), n_words, int(words.shape[0]))
-                    cat_words.append(words)
-                    n_words += int(words.shape[0])
-                cid, off, ln = cat_ids[key_bytes]
-                key = (f, VIEW_CATEGORICAL, cid)
-                if key not in col_key:
-                    col_key[key] = len(col_feature)
-                    col_feature.append(f)
-                    col_kind.append(VIEW_CATEGORICAL)
-                    col_cat_off.append(off)
-                    col_cat_len.append(ln)
+                self._add_categorical(f, _cat_bitset(tree, i))
             else:
-                thresholds.setdefault(f, set()).add(float(tree.threshold[i]))
+                self.thresholds.setdefault(f, set()).add(float(tree.threshold[i]))
                 kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
-                key = (f, kind, -1)
-                if key not in col_key:
-                    col_key[key] = len(col_feature)
-                    col_feature.append(f)
-                    col_kind.append(kind)
-                    col_cat_off.append(0)
-                    col_cat_len.append(0)
+                self._add_column((f, kind, -1), 0, 0)
 
+    def _add_categorical(self, f: int, words: np.ndarray) -> None:
+        key_bytes = _cat_key(f, words)
+        if key_bytes not in self.cat_ids:
+            self.cat_ids[key_bytes] = (len(self.cat_ids), self.n_words, int(words.shape[0]))
+            self.cat_words.append(words)
+            self.n_words += int(words.shape[0])
+        cid, off, ln = self.cat_ids[key_bytes]
+        self._add_column((f, VIEW_CATEGORICAL, cid), off, ln)
+
+    def _add_column(self, key: tuple[int, int, int], cat_off: int, cat_len: int) -> None:
+        if key not in self.col_key:
+            self.col_key[key] = len(self.col_feature)
+            self.col_feature.append(key[0])
+            self.col_kind.append(key[1])
+            self.col_cat_off.append(cat_off)
+            self.col_cat_len.append(cat_len)
+
+    def column_of(self, tree: TreeIR, i: int) -> int:
+        """The column internal node ``i`` of ``tree`` reads (after ``add_tree(tree)``)."""
+        f = int(tree.split_feature[i])
+        if tree.is_categorical[i]:
+            cid = self.cat_ids[_cat_key(f, _cat_bitset(tree, i))][0]
+            return self.col_key[(f, VIEW_CATEGORICAL, cid)]
+        kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
+        return self.col_key[(f, kind, -1)]
+
+
+@dataclass(frozen=True)
+class _RankSets:
+    """One rank set per feature with numerical splits: its sorted distinct thresholds, padded."""
+
+    features: list[int]
+    index: dict[int, int]  # feature -> rank set
+    sorted_thr: dict[int, np.ndarray]  # feature -> distinct thresholds, ascending
+    offset: list[int]
+    count: list[int]
+    pad: list[int]
+    zero_rank: list[int]
+    parts: list[np.ndarray]  # thresholds padded with +inf to ``pad``
+    finite: bool
+
+
+def _rank_sets(thresholds: dict[int, set[float]]) -> _RankSets:
     rs_feature = sorted(thresholds)
-    rs_index = {f: j for j, f in enumerate(rs_feature)}
     sorted_thr = {f: np.array(sorted(thresholds[f]), dtype=np.float64) for f in rs_feature}
     rs_offset, rs_count, rs_pad, rs_zero_rank, rs_parts = [], [], [], [], []
     off = 0
@@ -204,181 +242,231 @@ def build_layout(forest: ForestIR) -> Layout:
         rs_zero_rank.append(int(np.searchsorted(u, 0.0, side="left")))
         rs_parts.append(np.concatenate([u, np.full(pad - k, np.inf)]))
         off += pad
-    finite = all(bool(np.all(np.isfinite(sorted_thr[f]))) for f in rs_feature)
-
-    columns = ColumnLayout(
-        col_feature=np.array(col_feature, dtype=np.int32),
-        col_kind=np.array(col_kind, dtype=np.int32),
-        col_rankset=np.array(
-            [rs_index[f] if kd != VIEW_CATEGORICAL else -1
-             for f, kd in zip(col_feature, col_kind, strict=True)],
-            dtype=np.int32,
-        ),
-        col_cat_off=np.array(col_cat_off, dtype=np.int32),
-        col_cat_len=np.array(col_cat_len, dtype=np.int32),
-        cat_words=(np.concatenate(cat_words).astype(np.uint32) if cat_words
-                   else np.zeros(0, dtype=np.uint32)),
-        rs_feature=np.array(rs_feature, dtype=np.int32),
-        rs_offset=np.array(rs_offset, dtype=np.int32),
-        rs_count=np.array(rs_count, dtype=np.int32),
-        rs_pad=np.array(rs_pad, dtype=np.int32),
-        rs_zero_rank=np.array(rs_zero_rank, dtype=np.int32),
-        rs_thresholds=(np.concatenate(rs_parts) if rs_parts else np.zeros(0)),
+    return _RankSets(
+        features=rs_feature,
+        index={f: j for j, f in enumerate(rs_feature)},
+        sorted_thr=sorted_thr,
+        offset=rs_offset,
+        count=rs_count,
+        pad=rs_pad,
+        zero_rank=rs_zero_rank,
+        parts=rs_parts,
+        finite=all(bool(np.all(np.isfinite(sorted_thr[f]))) for f in rs_feature),
     )
 
-    # Pass 2: nodes, leaves, masks, Saabas paths.
-    node_col: list[np.ndarray] = []
-    node_rank: list[np.ndarray] = []
-    node_thr: list[np.ndarray] = []
-    node_clear: list[np.ndarray] = []
-    node_rmask: list[np.ndarray] = []
-    node_feature: list[np.ndarray] = []
-    node_dl: list[np.ndarray] = []
-    node_dr: list[np.ndarray] = []
-    node_left: list[np.ndarray] = []
-    node_right: list[np.ndarray] = []
-    tree_node_off = [0]
-    tree_leaf_off = [0]
-    tree_root: list[int] = []
-    leaf_values: list[np.ndarray] = []
-    path_off = [0]
-    path_feature: list[int] = []
-    path_delta: list[float] = []
-    node_base = 0
-    leaf_base = 0
-    for tree in forest.trees:
+
+def _column_layout(cols: _Columns, rs: _RankSets) -> ColumnLayout:
+    return ColumnLayout(
+        col_feature=np.array(cols.col_feature, dtype=np.int32),
+        col_kind=np.array(cols.col_kind, dtype=np.int32),
+        col_rankset=np.array(
+            [rs.index[f] if kd != VIEW_CATEGORICAL else -1
+             for f, kd in zip(cols.col_feature, cols.col_kind, strict=True)],
+            dtype=np.int32,
+        ),
+        col_cat_off=np.array(cols.col_cat_off, dtype=np.int32),
+        col_cat_len=np.array(cols.col_cat_len, dtype=np.int32),
+        cat_words=(np.concatenate(cols.cat_words).astype(np.uint32) if cols.cat_words
+                   else np.zeros(0, dtype=np.uint32)),
+        rs_feature=np.array(rs.features, dtype=np.int32),
+        rs_offset=np.array(rs.offset, dtype=np.int32),
+        rs_count=np.array(rs.count, dtype=np.int32),
+        rs_pad=np.array(rs.pad, dtype=np.int32),
+        rs_zero_rank=np.array(rs.zero_rank, dtype=np.int32),
+        rs_thresholds=(np.concatenate(rs.parts) if rs.parts else np.zeros(0)),
+    )
+
+
+def _subtree_masks(n_leaf: int, lo: np.ndarray, hi: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """QuickScorer masks: the leaf bits of each node's left and right subtrees (zero past 64 leaves)."""
+    n_int = lo.shape[0]
+    clear = np.zeros(n_int, dtype=np.uint64)
+    rmask = np.zeros(n_int, dtype=np.uint64)
+    if n_leaf <= MAX_BLOCK_LEAVES:
+        for i in range(n_int):
+            width = int(hi[i] - lo[i])
+            clear[i] = np.uint64(((1 << width) - 1) << int(lo[i]))
+            width = int(end[i] - hi[i])
+            rmask[i] = np.uint64(((1 << width) - 1) << int(hi[i]))
+    return clear, rmask
+
+
+def _child_value(tree: TreeIR, child: np.ndarray) -> np.ndarray:
+    """The node output (internal value or leaf value) of each child."""
+    out: np.ndarray = np.where(
+        child >= 0,
+        tree.internal_value[np.maximum(child, 0)],
+        tree.leaf_value[np.maximum(~child, 0)],
+    )
+    return out
+
+
+def _global_child(child: np.ndarray, node_base: int, leaf_base: int, pos: np.ndarray) -> np.ndarray:
+    """Children renumbered across the forest: global node, or ~global left-to-right leaf."""
+    out: np.ndarray = np.where(
+        child >= 0, child + node_base, ~(pos[np.maximum(~child, 0)] + leaf_base)
+    ).astype(np.int32)
+    return out
+
+
+def _saabas_paths(tree: TreeIR, pos: np.ndarray) -> list[dict[int, float]]:
+    """Per leaf (left-to-right), the root-to-leaf deltas accumulated per feature."""
+    paths: list[dict[int, float]] = [dict() for _ in range(tree.n_leaves)]
+    stack: list[tuple[int, dict[int, float]]] = [(0, {})]
+    while stack:
+        node, acc = stack.pop()
+        f = int(tree.split_feature[node])
+        for child in (int(tree.left[node]), int(tree.right[node])):
+            cv = (tree.internal_value[child] if child >= 0
+                  else tree.leaf_value[~child])
+            d = dict(acc)
+            d[f] = d.get(f, 0.0) + float(cv - tree.internal_value[node])
+            if child >= 0:
+                stack.append((child, d))
+            else:
+                paths[int(pos[~child])] = d
+    return paths
+
+
+class _Nodes:
+    """Pass 2: every tree's nodes, leaves, masks and Saabas paths, numbered across the forest."""
+
+    def __init__(self, cols: _Columns, rs: _RankSets) -> None:
+        self._cols = cols
+        self._sorted_thr = rs.sorted_thr
+        self.node_col: list[np.ndarray] = []
+        self.node_rank: list[np.ndarray] = []
+        self.node_thr: list[np.ndarray] = []
+        self.node_clear: list[np.ndarray] = []
+        self.node_rmask: list[np.ndarray] = []
+        self.node_feature: list[np.ndarray] = []
+        self.node_dl: list[np.ndarray] = []
+        self.node_dr: list[np.ndarray] = []
+        self.node_left: list[np.ndarray] = []
+        self.node_right: list[np.ndarray] = []
+        self.tree_node_off = [0]
+        self.tree_leaf_off = [0]
+        self.tree_root: list[int] = []
+        self.leaf_values: list[np.ndarray] = []
+        self.path_off = [0]
+        self.path_feature: list[int] = []
+        self.path_delta: list[float] = []
+        self.node_base = 0
+        self.leaf_base = 0
+
+    def add_tree(self, tree: TreeIR) -> None:
         n_int = tree.n_internal
         n_leaf = tree.n_leaves
         pos, lo, hi, end = _inorder_leaves(tree)
         ordered = np.empty(n_leaf)
         ordered[pos] = tree.leaf_value
-        leaf_values.append(ordered)
+        self.leaf_values.append(ordered)
         if n_int == 0:
-            tree_root.append(~leaf_base)
-            path_off.append(path_off[-1])
+            self.tree_root.append(~self.leaf_base)
+            self.path_off.append(self.path_off[-1])
         else:
-            tree_root.append(node_base)
-            cols = np.empty(n_int, dtype=np.int32)
-            ranks = np.zeros(n_int, dtype=np.int32)
-            thr = np.empty(n_int)
-            for i in range(n_int):
-                f = int(tree.split_feature[i])
-                if tree.is_categorical[i]:
-                    words = tree.cat_words[
-                        tree.cat_offset[i] : tree.cat_offset[i] + tree.cat_length[i]
-                    ]
-                    words = np.trim_zeros(words.astype(np.uint32), "b")
-                    cid = cat_ids[f.to_bytes(4, "little") + words.tobytes()][0]
-                    cols[i] = col_key[(f, VIEW_CATEGORICAL, cid)]
-                    thr[i] = 0.5
-                else:
-                    kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
-                    cols[i] = col_key[(f, kind, -1)]
-                    t = float(tree.threshold[i])
-                    ranks[i] = int(np.searchsorted(sorted_thr[f], t, side="left"))
-                    thr[i] = t
-            clear = np.zeros(n_int, dtype=np.uint64)
-            rmask = np.zeros(n_int, dtype=np.uint64)
-            if n_leaf <= MAX_BLOCK_LEAVES:
-                for i in range(n_int):
-                    width = int(hi[i] - lo[i])
-                    clear[i] = np.uint64(((1 << width) - 1) << int(lo[i]))
-                    width = int(end[i] - hi[i])
-                    rmask[i] = np.uint64(((1 << width) - 1) << int(hi[i]))
+            self.tree_root.append(self.node_base)
+            self._add_internal(tree, pos, lo, hi, end)
+        self.node_base += n_int
+        self.leaf_base += n_leaf
+        self.tree_node_off.append(self.node_base)
+        self.tree_leaf_off.append(self.leaf_base)
 
-            def child_value(child: np.ndarray, tr: TreeIR = tree) -> np.ndarray:
-                out: np.ndarray = np.where(
-                    child >= 0,
-                    tr.internal_value[np.maximum(child, 0)],
-                    tr.leaf_value[np.maximum(~child, 0)],
-                )
-                return out
+    def _split_columns(self, tree: TreeIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per internal node: its column, its threshold's rank in the rank set, and its threshold."""
+        n_int = tree.n_internal
+        cols = np.empty(n_int, dtype=np.int32)
+        ranks = np.zeros(n_int, dtype=np.int32)
+        thr = np.empty(n_int)
+        for i in range(n_int):
+            cols[i] = self._cols.column_of(tree, i)
+            if tree.is_categorical[i]:
+                thr[i] = 0.5
+            else:
+                t = float(tree.threshold[i])
+                ranks[i] = int(np.searchsorted(self._sorted_thr[int(tree.split_feature[i])], t, side="left"))
+                thr[i] = t
+        return cols, ranks, thr
 
-            node_rmask.append(rmask)
-            node_feature.append(tree.split_feature.astype(np.int32))
-            node_dl.append(child_value(tree.left) - tree.internal_value)
-            node_dr.append(child_value(tree.right) - tree.internal_value)
+    def _add_internal(self, tree: TreeIR, pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, end: np.ndarray) -> None:
+        cols, ranks, thr = self._split_columns(tree)
+        clear, rmask = _subtree_masks(tree.n_leaves, lo, hi, end)
+        self.node_rmask.append(rmask)
+        self.node_feature.append(tree.split_feature.astype(np.int32))
+        self.node_dl.append(_child_value(tree, tree.left) - tree.internal_value)
+        self.node_dr.append(_child_value(tree, tree.right) - tree.internal_value)
+        self.node_col.append(cols)
+        self.node_rank.append(ranks)
+        self.node_thr.append(thr)
+        self.node_clear.append(clear)
+        self.node_left.append(_global_child(tree.left, self.node_base, self.leaf_base, pos))
+        self.node_right.append(_global_child(tree.right, self.node_base, self.leaf_base, pos))
+        for p in _saabas_paths(tree, pos):
+            for f, v in sorted(p.items()):
+                self.path_feature.append(f)
+                self.path_delta.append(v)
+            self.path_off.append(len(self.path_feature))
 
-            def glob(child: np.ndarray, nb: int = node_base, lb: int = leaf_base,
-                     p: np.ndarray = pos) -> np.ndarray:
-                out: np.ndarray = np.where(
-                    child >= 0, child + nb, ~(p[np.maximum(~child, 0)] + lb)
-                ).astype(np.int32)
-                return out
 
-            node_col.append(cols)
-            node_rank.append(ranks)
-            node_thr.append(thr)
-            node_clear.append(clear)
-            node_left.append(glob(tree.left))
-            node_right.append(glob(tree.right))
-            # Saabas paths: walk root->leaf accumulating per-feature deltas.
-            paths: list[dict[int, float]] = [dict() for _ in range(n_leaf)]
-            stack: list[tuple[int, dict[int, float]]] = [(0, {})]
-            while stack:
-                node, acc = stack.pop()
-                f = int(tree.split_feature[node])
-                for child in (int(tree.left[node]), int(tree.right[node])):
-                    cv = (tree.internal_value[child] if child >= 0
-                          else tree.leaf_value[~child])
-                    d = dict(acc)
-                    d[f] = d.get(f, 0.0) + float(cv - tree.internal_value[node])
-                    if child >= 0:
-                        stack.append((child, d))
-                    else:
-                        paths[int(pos[~child])] = d
-            for p in paths:
-                for f, v in sorted(p.items()):
-                    path_feature.append(f)
-                    path_delta.append(v)
-                path_off.append(len(path_feature))
-        node_base += n_int
-        leaf_base += n_leaf
-        tree_node_off.append(node_base)
-        tree_leaf_off.append(leaf_base)
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0), dtype=dtype)
 
-    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0), dtype=dtype)
 
+def build_layout(forest: ForestIR) -> Layout:
+    # Pass 1: gather distinct thresholds per feature and the columns.
+    cols = _Columns()
+    for tree in forest.trees:
+        cols.add_tree(tree)
+    rs = _rank_sets(cols.thresholds)
+    # Pass 2: nodes, leaves, masks, Saabas paths.
+    nodes = _Nodes(cols, rs)
+    for tree in forest.trees:
+        nodes.add_tree(tree)
     return Layout(
-        columns=columns,
+        columns=_column_layout(cols, rs),
         n_trees=len(forest.trees),
-        node_col=cat(node_col, np.int32),
-        node_rank=cat(node_rank, np.int32),
-        node_thr=cat(node_thr, np.float64),
-        node_clear=cat(node_clear, np.uint64),
-        node_rmask=cat(node_rmask, np.uint64),
-        node_feature=cat(node_feature, np.int32),
-        node_dl=cat(node_dl, np.float64),
-        node_dr=cat(node_dr, np.float64),
-        node_left=cat(node_left, np.int32),
-        node_right=cat(node_right, np.int32),
-        tree_node_off=np.array(tree_node_off, dtype=np.int32),
-        tree_root=np.array(tree_root, dtype=np.int32),
-        tree_leaf_off=np.array(tree_leaf_off, dtype=np.int32),
-        leaf_value=cat(leaf_values, np.float64),
-        path_off=np.array(path_off, dtype=np.int32),
-        path_feature=np.array(path_feature, dtype=np.int32),
-        path_delta=np.array(path_delta, dtype=np.float64),
+        node_col=_cat(nodes.node_col, np.int32),
+        node_rank=_cat(nodes.node_rank, np.int32),
+        node_thr=_cat(nodes.node_thr, np.float64),
+        node_clear=_cat(nodes.node_clear, np.uint64),
+        node_rmask=_cat(nodes.node_rmask, np.uint64),
+        node_feature=_cat(nodes.node_feature, np.int32),
+        node_dl=_cat(nodes.node_dl, np.float64),
+        node_dr=_cat(nodes.node_dr, np.float64),
+        node_left=_cat(nodes.node_left, np.int32),
+        node_right=_cat(nodes.node_right, np.int32),
+        tree_node_off=np.array(nodes.tree_node_off, dtype=np.int32),
+        tree_root=np.array(nodes.tree_root, dtype=np.int32),
+        tree_leaf_off=np.array(nodes.tree_leaf_off, dtype=np.int32),
+        leaf_value=_cat(nodes.leaf_values, np.float64),
+        path_off=np.array(nodes.path_off, dtype=np.int32),
+        path_feature=np.array(nodes.path_feature, dtype=np.int32),
+        path_delta=np.array(nodes.path_delta, dtype=np.float64),
         max_leaves=forest.max_leaves(),
-        finite_thresholds=finite,
+        finite_thresholds=rs.finite,
         n_features=forest.n_features,
     )
 
 
-def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
-    """Arrays for ``_fast.FastKernel`` (names match its constructor)."""
-    cols = layout.columns
+def _set_columns(cols: ColumnLayout) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of each rank set's columns: ``(set_col_off, set_cols)``."""
     n_sets = int(cols.rs_feature.shape[0])
     set_cols: list[int] = []
     set_col_off = [0]
     for s in range(n_sets):
         set_cols.extend(int(c) for c in np.flatnonzero(cols.col_rankset == s))
         set_col_off.append(len(set_cols))
-    # Saabas paths padded to a fixed width per tree (padding entry j adds 0.0 to
-    # dummy slot n_features + j % 4): the kernels' inner loop then has a trip
-    # count that is constant for a tree, so it does not mispredict once per row
-    # and tree, and consecutive padding adds do not chain through one slot.
+    return np.array(set_col_off, dtype=np.int32), np.array(set_cols, dtype=np.int32)
+
+
+def _padded_paths(layout: Layout) -> dict[str, np.ndarray]:
+    """Saabas paths padded to a fixed width per tree.
+
+    Padding entry j adds 0.0 to dummy slot n_features + j % 4: the kernels' inner
+    loop then has a trip count that is constant for a tree, so it does not
+    mispredict once per row and tree, and consecutive padding adds do not chain
+    through one slot.
+    """
     nf = layout.n_features
     widths = np.zeros(layout.n_trees, dtype=np.int32)
     path_offs = np.zeros(layout.n_trees + 1, dtype=np.int32)
@@ -398,13 +486,32 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         feat_parts.append(pf.ravel())
         delta_parts.append(pdl.ravel())
         path_offs[t + 1] = path_offs[t] + (l1 - l0) * w
-    # Single-row QuickScorer: per column, nodes sorted by threshold rank, and
-    # qs_cum[c][b] = number of the column's nodes with rank < b (those go right
-    # for a row of rank b). Categorical columns have ranks 0/1.
+    return {
+        "tree_path_off": path_offs,
+        "tree_path_width": widths,
+        "path_feature": (np.concatenate(feat_parts) if feat_parts else np.zeros(0, np.int32)),
+        "path_delta": (np.concatenate(delta_parts) if delta_parts else np.zeros(0)),
+    }
+
+
+@dataclass(frozen=True)
+class _PrefixLists:
+    """Nodes sorted into rank-ordered lists, and per list the count of nodes below each rank."""
+
+    order: np.ndarray  # node indices, list after list
+    list_off: np.ndarray  # int32: list j is order[list_off[j]:list_off[j + 1]]
+    cum_off: np.ndarray  # int32: list j's counts start at cum[cum_off[j]]
+    cum: np.ndarray  # int32
+
+
+def _column_lists(layout: Layout) -> _PrefixLists:
+    """Single-row QuickScorer: per column, nodes sorted by threshold rank.
+
+    qs_cum[c][b] = number of the column's nodes with rank < b (those go right for
+    a row of rank b). Categorical columns have ranks 0/1.
+    """
+    cols = layout.columns
     n_nodes = int(layout.node_col.shape[0])
-    node_tree = np.repeat(
-        np.arange(layout.n_trees, dtype=np.int32), np.diff(layout.tree_node_off)
-    )
     order = np.lexsort((layout.node_rank, layout.node_col)) if n_nodes else np.zeros(0, int)
     n_cols = int(cols.col_feature.shape[0])
     qs_col_off = np.zeros(n_cols + 1, dtype=np.int32)
@@ -422,14 +529,22 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         qs_cum_off[c] = total
         qs_cum_parts.append(cum)
         total += top + 1
-    keep64 = ~layout.node_clear
-    keep32 = keep64 & np.uint64(0xFFFFFFFF)
-    # Narrow models, single rows: a value that no view substitutes (not NaN, and
-    # not 0.0 when the feature has zero-as-missing views) has the same rank in
-    # every numerical view of its feature, so the nodes of all those views form
-    # one rank-sorted list per rank set (qm_*): one prefix per feature instead
-    # of one per view, which halves the loops whose exits mispredict (each
-    # costs ~30-40 cycles here, the next list's first loads included).
+    qs_cum = np.concatenate(qs_cum_parts) if qs_cum_parts else np.zeros(0, np.int32)
+    return _PrefixLists(order=order, list_off=qs_col_off, cum_off=qs_cum_off, cum=qs_cum)
+
+
+def _merged_lists(layout: Layout) -> _PrefixLists:
+    """Narrow models, single rows: one rank-sorted list per rank set (qm_*).
+
+    A value that no view substitutes (not NaN, and not 0.0 when the feature has
+    zero-as-missing views) has the same rank in every numerical view of its
+    feature, so the nodes of all those views form one rank-sorted list per rank
+    set: one prefix per feature instead of one per view, which halves the loops
+    whose exits mispredict (each costs ~30-40 cycles here, the next list's first
+    loads included).
+    """
+    cols = layout.columns
+    n_sets = int(cols.rs_feature.shape[0])
     node_set = np.where(cols.col_kind[layout.node_col] == VIEW_CATEGORICAL, -1,
                         cols.col_rankset[layout.node_col]).astype(np.int64)
     numerical = np.flatnonzero(node_set >= 0)
@@ -446,10 +561,51 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         qm_cum_off[s] = total
         qm_cum_parts.append(below.astype(np.int32))
         total += int(cols.rs_count[s]) + 1
-    set_zero = np.zeros(n_sets, dtype=np.int32)
-    for c in range(n_cols):
+    qm_cum = np.concatenate(qm_cum_parts) if qm_cum_parts else np.zeros(0, np.int32)
+    return _PrefixLists(order=morder, list_off=qm_off, cum_off=qm_cum_off, cum=qm_cum)
+
+
+def _set_zero(cols: ColumnLayout) -> np.ndarray:
+    """1 for the rank sets whose feature has zero-as-missing views."""
+    set_zero = np.zeros(int(cols.rs_feature.shape[0]), dtype=np.int32)
+    for c in range(int(cols.col_feature.shape[0])):
         if cols.col_kind[c] in (VIEW_ZERO_LEFT, VIEW_ZERO_RIGHT):
             set_zero[cols.col_rankset[c]] = 1
+    return set_zero
+
+
+def _leaf_contrib(layout: Layout) -> tuple[int, np.ndarray]:
+    """Block-kernel reason codes: ``(nv, table)``; ``nv == 0`` when not built.
+
+    Per leaf, its Saabas path summed per feature (paths are already one entry
+    per feature), float32, features padded to a multiple of 8. A row's reasons
+    are then one vector add per tree. Built for up to LEAF_CONTRIB_MAX_FEATURES
+    features and LEAF_CONTRIB_MAX_BYTES of table; otherwise the kernel walks the
+    nodes.
+    """
+    n_leaves = int(layout.leaf_value.shape[0])
+    nv = (layout.n_features + 7) // 8
+    if nv <= LEAF_CONTRIB_MAX_FEATURES // 8 and n_leaves * nv * 32 <= LEAF_CONTRIB_MAX_BYTES:
+        lc = np.zeros((n_leaves, 8 * nv))
+        leaf_of_entry = np.repeat(np.arange(n_leaves), np.diff(layout.path_off))
+        lc[leaf_of_entry, layout.path_feature] = layout.path_delta
+        return nv, lc.astype(np.float32).ravel()
+    return 0, np.zeros(0, dtype=np.float32)
+
+
+def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
+    """Arrays for ``_fast.FastKernel`` (names match its constructor)."""
+    cols = layout.columns
+    set_col_off, set_cols = _set_columns(cols)
+    paths = _padded_paths(layout)
+    node_tree = np.repeat(
+        np.arange(layout.n_trees, dtype=np.int32), np.diff(layout.tree_node_off)
+    )
+    qs = _column_lists(layout)
+    qm = _merged_lists(layout)
+    keep64 = ~layout.node_clear
+    keep32 = keep64 & np.uint64(0xFFFFFFFF)
+
     # Narrow models' packed entries, keep32 | (tree << 32): the merged lists,
     # then the per-column lists (from index qs_base), then PACK_PAD neutral
     # entries (tree 0, keep every bit) -- the kernel always reads a fixed-size
@@ -460,24 +616,9 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         return out
 
     q_pack = np.concatenate(
-        [packed(morder), packed(order), np.full(PACK_PAD, np.uint64(0xFFFFFFFF), np.uint64)])
-    # Block-kernel reason codes: per leaf, its Saabas path summed per feature
-    # (paths are already one entry per feature), float32, features padded to a
-    # multiple of 8. A row's reasons are then one vector add per tree.
-    # Built for up to LEAF_CONTRIB_MAX_FEATURES features and
-    # LEAF_CONTRIB_MAX_BYTES of table; otherwise the kernel walks the nodes.
-    n_leaves = int(layout.leaf_value.shape[0])
-    nv = (nf + 7) // 8
-    if nv <= LEAF_CONTRIB_MAX_FEATURES // 8 and n_leaves * nv * 32 <= LEAF_CONTRIB_MAX_BYTES:
-        lc = np.zeros((n_leaves, 8 * nv))
-        leaf_of_entry = np.repeat(np.arange(n_leaves), np.diff(layout.path_off))
-        lc[leaf_of_entry, layout.path_feature] = layout.path_delta
-        leaf_contrib = lc.astype(np.float32).ravel()
-    else:
-        nv = 0
-        leaf_contrib = np.zeros(0, dtype=np.float32)
+        [packed(qm.order), packed(qs.order), np.full(PACK_PAD, np.uint64(0xFFFFFFFF), np.uint64)])
+    nv, leaf_contrib = _leaf_contrib(layout)
     kids = np.empty(2 * layout.node_col.shape[0], dtype=np.int32)
-
     kids[0::2] = layout.node_left
     kids[1::2] = layout.node_right
     return {
@@ -492,8 +633,8 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         "rs_pad": cols.rs_pad,
         "rs_zero_rank": cols.rs_zero_rank,
         "rs_thr": cols.rs_thresholds,
-        "set_col_off": np.array(set_col_off, dtype=np.int32),
-        "set_cols": np.array(set_cols, dtype=np.int32),
+        "set_col_off": set_col_off,
+        "set_cols": set_cols,
         "cat_cols": np.flatnonzero(cols.col_kind == VIEW_CATEGORICAL).astype(np.int32),
         "node_col": layout.node_col,
         "node_rank": layout.node_rank,
@@ -510,22 +651,18 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         "tree_root": layout.tree_root,
         "tree_leaf_off": layout.tree_leaf_off,
         "leaf": layout.leaf_value,
-        "qs_col_off": qs_col_off,
-        "qs_cum_off": qs_cum_off,
-        "qs_cum": (np.concatenate(qs_cum_parts) if qs_cum_parts else np.zeros(0, np.int32)),
-        "qs_tree": node_tree[order],
-        "qs_keep64": keep64[order],
+        "qs_col_off": qs.list_off,
+        "qs_cum_off": qs.cum_off,
+        "qs_cum": qs.cum,
+        "qs_tree": node_tree[qs.order],
+        "qs_keep64": keep64[qs.order],
         "q_pack": q_pack,
-        "qs_base": np.array([morder.shape[0]], dtype=np.int32),
-        "qm_off": qm_off,
-        "qm_cum_off": qm_cum_off,
-        "qm_cum": (np.concatenate(qm_cum_parts) if qm_cum_parts else np.zeros(0, np.int32)),
-        "set_zero": set_zero,
+        "qs_base": np.array([qm.order.shape[0]], dtype=np.int32),
+        "qm_off": qm.list_off,
+        "qm_cum_off": qm.cum_off,
+        "qm_cum": qm.cum,
+        "set_zero": _set_zero(cols),
         "leaf_contrib": leaf_contrib,
         "leaf_contrib_nv": np.array(nv, dtype=np.int32),
-        "tree_path_off": path_offs,
-        "tree_path_width": widths,
-        "path_feature": (np.concatenate(feat_parts) if feat_parts else np.zeros(0, np.int32)),
-        "path_delta": (np.concatenate(delta_parts) if delta_parts else np.zeros(0)),
+        **paths,
     }
-

@@ -87,20 +87,31 @@ def _parse_objective(line: str) -> tuple[str, str, float]:
     raise UnsupportedModelError(f"LightGBM objective '{line}' is not supported")
 
 
-def _parse_tree(fields: dict[str, str], n_features: int, where: str) -> TreeIR:
-    def need(key: str) -> str:
-        if key not in fields:
-            raise ModelFormatError(f"{where}: missing '{key}'")
-        return fields[key]
+def _need(fields: dict[str, str], key: str, where: str) -> str:
+    if key not in fields:
+        raise ModelFormatError(f"{where}: missing '{key}'")
+    return fields[key]
 
+
+# The per-node arrays every tree with splits has: (key, parser).
+_NODE_ARRAYS = (
+    ("split_feature", _ints),
+    ("threshold", _floats),
+    ("decision_type", _ints),
+    ("left_child", _ints),
+    ("right_child", _ints),
+)
+
+
+def _parse_tree(fields: dict[str, str], n_features: int, where: str) -> TreeIR:
     if fields.get("is_linear", "0").strip() not in ("0", ""):
         raise UnsupportedModelError(f"{where}: linear_tree models (is_linear=1) are not supported")
     try:
-        num_leaves = int(need("num_leaves"))
+        num_leaves = int(_need(fields, "num_leaves", where))
         num_cat = int(fields.get("num_cat", "0") or "0")
     except ValueError:
         raise ModelFormatError(f"{where}: bad num_leaves/num_cat") from None
-    leaf_value = _floats(need("leaf_value"), "leaf_value", where)
+    leaf_value = _floats(_need(fields, "leaf_value", where), "leaf_value", where)
     if num_leaves < 1 or leaf_value.shape[0] != num_leaves:
         raise ModelFormatError(
             f"{where}: num_leaves={num_leaves} but {leaf_value.shape[0]} leaf values"
@@ -108,58 +119,30 @@ def _parse_tree(fields: dict[str, str], n_features: int, where: str) -> TreeIR:
     if num_leaves == 1:
         return single_leaf_tree(float(leaf_value[0]))
     n_int = num_leaves - 1
-    split_feature = _ints(need("split_feature"), "split_feature", where)
-    threshold = _floats(need("threshold"), "threshold", where)
-    decision_type = _ints(need("decision_type"), "decision_type", where)
-    left = _ints(need("left_child"), "left_child", where)
-    right = _ints(need("right_child"), "right_child", where)
+    arrays = {key: parse(_need(fields, key, where), key, where) for key, parse in _NODE_ARRAYS}
     internal_value = _floats(fields.get("internal_value", ""), "internal_value", where)
-    for name, arr in (
-        ("split_feature", split_feature),
-        ("threshold", threshold),
-        ("decision_type", decision_type),
-        ("left_child", left),
-        ("right_child", right),
-    ):
+    for name, arr in arrays.items():
         if arr.shape[0] != n_int:
             raise ModelFormatError(f"{where}: {name} has {arr.shape[0]} entries, expected {n_int}")
     if internal_value.shape[0] != n_int:
         # Saabas reasons need it; predictions do not. Old files always have it.
         raise ModelFormatError(f"{where}: internal_value missing or wrong length")
+    decision_type = arrays["decision_type"]
     if np.any(decision_type < 0) or np.any(decision_type > 0xFF):
         raise ModelFormatError(f"{where}: bad decision_type")
     is_cat = (decision_type & _CATEGORICAL_MASK) != 0
-    default_left = (decision_type & _DEFAULT_LEFT_MASK) != 0
-    missing = ((decision_type >> 2) & 3).astype(np.uint8)
-    cat_offset = np.zeros(n_int, dtype=np.int32)
-    cat_length = np.zeros(n_int, dtype=np.int32)
-    cat_words = np.zeros(0, dtype=np.uint32)
+    threshold = arrays["threshold"]
+    cat_offset, cat_length, cat_words = _cat_bitsets(fields, is_cat, threshold, num_cat=num_cat, where=where)
     if np.any(is_cat):
-        if num_cat <= 0:
-            raise ModelFormatError(f"{where}: categorical split but num_cat=0")
-        bounds = _ints(need("cat_boundaries"), "cat_boundaries", where)
-        words = _ints(need("cat_threshold"), "cat_threshold", where)
-        if bounds.shape[0] != num_cat + 1 or bounds[0] != 0 or np.any(np.diff(bounds) < 0):
-            raise ModelFormatError(f"{where}: bad cat_boundaries")
-        if bounds[-1] != words.shape[0] or np.any(words < 0) or np.any(words > 0xFFFFFFFF):
-            raise ModelFormatError(f"{where}: cat_threshold does not match cat_boundaries")
-        cat_words = words.astype(np.uint32)
-        for i in np.flatnonzero(is_cat):
-            t = threshold[i]
-            if not (t >= 0 and t == int(t) and int(t) < num_cat):
-                raise ModelFormatError(f"{where}: categorical node {i} has bad bitset index {t}")
-            ci = int(t)
-            cat_offset[i] = bounds[ci]
-            cat_length[i] = bounds[ci + 1] - bounds[ci]
         threshold = np.where(is_cat, 0.0, threshold)
     tree = TreeIR(
-        split_feature=split_feature.astype(np.int32),
+        split_feature=arrays["split_feature"].astype(np.int32),
         threshold=threshold,
         is_categorical=is_cat,
-        default_left=default_left,
-        missing=missing,
-        left=left.astype(np.int32),
-        right=right.astype(np.int32),
+        default_left=(decision_type & _DEFAULT_LEFT_MASK) != 0,
+        missing=((decision_type >> 2) & 3).astype(np.uint8),
+        left=arrays["left_child"].astype(np.int32),
+        right=arrays["right_child"].astype(np.int32),
         internal_value=internal_value,
         leaf_value=leaf_value,
         cat_offset=cat_offset,
@@ -170,13 +153,38 @@ def _parse_tree(fields: dict[str, str], n_features: int, where: str) -> TreeIR:
     return tree
 
 
-def parse_lightgbm(text: str) -> ForestIR:
-    """Parse a LightGBM text model. Raises ModelFormatError / UnsupportedModelError."""
-    if not isinstance(text, str):
-        raise ModelFormatError("LightGBM model must be given as text (Booster.model_to_string())")
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "tree":
-        raise ModelFormatError("not a LightGBM text model (first line is not 'tree')")
+def _cat_bitsets(
+    fields: dict[str, str], is_cat: np.ndarray, threshold: np.ndarray, *, num_cat: int, where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cat_offset, cat_length, cat_words)`` of a tree's nodes; all zero/empty without categorical splits.
+
+    A categorical node's threshold is the index of its bitset in ``cat_boundaries``.
+    """
+    n_int = is_cat.shape[0]
+    cat_offset = np.zeros(n_int, dtype=np.int32)
+    cat_length = np.zeros(n_int, dtype=np.int32)
+    if not np.any(is_cat):
+        return cat_offset, cat_length, np.zeros(0, dtype=np.uint32)
+    if num_cat <= 0:
+        raise ModelFormatError(f"{where}: categorical split but num_cat=0")
+    bounds = _ints(_need(fields, "cat_boundaries", where), "cat_boundaries", where)
+    words = _ints(_need(fields, "cat_threshold", where), "cat_threshold", where)
+    if bounds.shape[0] != num_cat + 1 or bounds[0] != 0 or np.any(np.diff(bounds) < 0):
+        raise ModelFormatError(f"{where}: bad cat_boundaries")
+    if bounds[-1] != words.shape[0] or np.any(words < 0) or np.any(words > 0xFFFFFFFF):
+        raise ModelFormatError(f"{where}: cat_threshold does not match cat_boundaries")
+    for i in np.flatnonzero(is_cat):
+        t = threshold[i]
+        if not (t >= 0 and t == int(t) and int(t) < num_cat):
+            raise ModelFormatError(f"{where}: categorical node {i} has bad bitset index {t}")
+        ci = int(t)
+        cat_offset[i] = bounds[ci]
+        cat_length[i] = bounds[ci + 1] - bounds[ci]
+    return cat_offset, cat_length, words.astype(np.uint32)
+
+
+def _read_header(lines: list[str]) -> tuple[dict[str, str], set[str], int]:
+    """The ``key=value`` header lines and bare flags before the first tree, and where the trees start."""
     header: dict[str, str] = {}
     flags: set[str] = set()
     i = 1
@@ -192,6 +200,11 @@ def parse_lightgbm(text: str) -> ForestIR:
             header[k] = v
         else:
             flags.add(line)
+    return header, flags, i
+
+
+def _n_features(header: dict[str, str]) -> int:
+    """The model's feature count, once the header is known to describe a supported model."""
     version = header.get("version", "")
     if version not in ("v2", "v3", "v4"):
         raise UnsupportedModelError(f"LightGBM model version '{version}' is not supported")
@@ -207,11 +220,11 @@ def parse_lightgbm(text: str) -> ForestIR:
     n_features = int(header["max_feature_idx"]) + 1
     if n_features < 1:
         raise ModelFormatError("LightGBM model has no features")
-    objective, link, scale = _parse_objective(header.get("objective", ""))
-    names = tuple(header.get("feature_names", "").split())
-    if len(names) != n_features:
-        names = tuple(f"Column_{j}" for j in range(n_features))
+    return n_features
 
+
+def _read_trees(lines: list[str], i: int, n_features: int) -> list[TreeIR]:
+    """Every ``Tree=`` block from line ``i`` up to ``end of trees``."""
     trees: list[TreeIR] = []
     while i < len(lines):
         line = lines[i].strip()
@@ -233,6 +246,23 @@ def parse_lightgbm(text: str) -> ForestIR:
         raise ModelFormatError("LightGBM model text is truncated (no 'end of trees')")
     if not trees:
         raise ModelFormatError("LightGBM model has no trees")
+    return trees
+
+
+def parse_lightgbm(text: str) -> ForestIR:
+    """Parse a LightGBM text model. Raises ModelFormatError / UnsupportedModelError."""
+    if not isinstance(text, str):
+        raise ModelFormatError("LightGBM model must be given as text (Booster.model_to_string())")
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "tree":
+        raise ModelFormatError("not a LightGBM text model (first line is not 'tree')")
+    header, flags, first_tree = _read_header(lines)
+    n_features = _n_features(header)
+    objective, link, scale = _parse_objective(header.get("objective", ""))
+    names = tuple(header.get("feature_names", "").split())
+    if len(names) != n_features:
+        names = tuple(f"Column_{j}" for j in range(n_features))
+    trees = _read_trees(lines, first_tree, n_features)
     return ForestIR(
         source="lightgbm",
         objective=objective,

@@ -98,38 +98,48 @@ def _node_means(left: np.ndarray, right: np.ndarray, leaf_val: np.ndarray,
     return means
 
 
-def _parse_tree(t: Any, n_features: int, where: str) -> TreeIR:
+def _tree_arrays(t: Any, where: str) -> dict[str, np.ndarray]:
+    """A tree's node arrays, all of one length, for a supported (scalar-leaf, numerical) tree."""
     try:
         left = np.asarray(_get(t, "left_children", where), dtype=np.int64)
-        right = np.asarray(_get(t, "right_children", where), dtype=np.int64)
-        cond = np.asarray(_get(t, "split_conditions", where), dtype=np.float64)
-        index = np.asarray(_get(t, "split_indices", where), dtype=np.int64)
-        dleft = np.asarray(_get(t, "default_left", where), dtype=np.int64)
-        stype = np.asarray(t.get("split_type", [0] * len(left)), dtype=np.int64)
-        hess = np.asarray(t.get("sum_hessian", [1.0] * len(left)), dtype=np.float64)
+        arrays = {
+            "left_children": left,
+            "right_children": np.asarray(_get(t, "right_children", where), dtype=np.int64),
+            "split_conditions": np.asarray(_get(t, "split_conditions", where), dtype=np.float64),
+            "split_indices": np.asarray(_get(t, "split_indices", where), dtype=np.int64),
+            "default_left": np.asarray(_get(t, "default_left", where), dtype=np.int64),
+            "split_type": np.asarray(t.get("split_type", [0] * len(left)), dtype=np.int64),
+            "sum_hessian": np.asarray(t.get("sum_hessian", [1.0] * len(left)), dtype=np.float64),
+        }
         size_leaf = int(t.get("tree_param", {}).get("size_leaf_vector", "1"))
     except (TypeError, ValueError) as exc:
         raise ModelFormatError(f"{where}: malformed arrays: {exc}") from None
     n = left.shape[0]
     if n == 0:
         raise ModelFormatError(f"{where}: empty tree")
-    for name, arr in (("right_children", right), ("split_conditions", cond),
-                      ("split_indices", index), ("default_left", dleft),
-                      ("split_type", stype), ("sum_hessian", hess)):
-        if arr.ndim != 1 or arr.shape[0] != n:
+    for name, arr in arrays.items():
+        if name != "left_children" and (arr.ndim != 1 or arr.shape[0] != n):
             raise ModelFormatError(f"{where}: {name} length differs from left_children")
     if size_leaf > 1:
         raise UnsupportedModelError(
             f"{where}: vector leaves (multi-target trees) are not supported"
         )
-    if np.any(stype != 0):
+    if np.any(arrays["split_type"] != 0):
         raise UnsupportedModelError(f"{where}: XGBoost categorical splits are not supported")
+    right = arrays["right_children"]
     if np.any((left < -1) | (left >= n) | (right < -1) | (right >= n)) or np.any(
         (left == -1) != (right == -1)
     ):
         raise ModelFormatError(f"{where}: bad child indices")
-    # Renumber reachable nodes: internal nodes 0.. in DFS order, leaves 0.. in
-    # left-to-right order (the leaf order the block kernel's bit masks rely on).
+    return arrays
+
+
+def _renumber(left: np.ndarray, right: np.ndarray, where: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Renumber reachable nodes: internal nodes 0.. in DFS order, leaves 0.. in left-to-right order.
+
+    Left to right is the leaf order the block kernel's bit masks rely on.
+    """
+    n = left.shape[0]
     internal_ids: dict[int, int] = {}
     leaf_ids: dict[int, int] = {}
     stack = [0]
@@ -145,6 +155,14 @@ def _parse_tree(t: Any, n_features: int, where: str) -> TreeIR:
             internal_ids[node] = len(internal_ids)
             stack.append(int(right[node]))
             stack.append(int(left[node]))
+    return internal_ids, leaf_ids
+
+
+def _parse_tree(t: Any, n_features: int, where: str) -> TreeIR:
+    arrays = _tree_arrays(t, where)
+    left, right = arrays["left_children"], arrays["right_children"]
+    cond, hess = arrays["split_conditions"], arrays["sum_hessian"]
+    internal_ids, leaf_ids = _renumber(left, right, where)
     if len(internal_ids) == 0:
         leaf = float(np.float32(cond[0]))
         from kernels._ir import single_leaf_tree
@@ -158,14 +176,14 @@ def _parse_tree(t: Any, n_features: int, where: str) -> TreeIR:
     means = _node_means(left, right, cond.astype(np.float32).astype(np.float64), hess, 0)
     old_int = sorted(internal_ids, key=internal_ids.__getitem__)
     old_leaf = sorted(leaf_ids, key=leaf_ids.__getitem__)
-    feat = index[old_int]
+    feat = arrays["split_indices"][old_int]
     if np.any(feat < 0) or np.any(feat >= n_features):
         raise ModelFormatError(f"{where}: split index outside [0, {n_features})")
     tree = TreeIR(
         split_feature=feat.astype(np.int32),
         threshold=_f32_prev(cond[old_int]),
         is_categorical=np.zeros(n_int, dtype=np.bool_),
-        default_left=dleft[old_int] != 0,
+        default_left=arrays["default_left"][old_int] != 0,
         missing=np.full(n_int, MISSING_NAN, dtype=np.uint8),
         left=np.array([enc(int(left[o])) for o in old_int], dtype=np.int32),
         right=np.array([enc(int(right[o])) for o in old_int], dtype=np.int32),
@@ -179,21 +197,8 @@ def _parse_tree(t: Any, n_features: int, where: str) -> TreeIR:
     return tree
 
 
-def parse_xgboost_json(text: str | bytes | bytearray) -> ForestIR:
-    """Parse an XGBoost JSON model. Raises ModelFormatError / UnsupportedModelError."""
-    from kernels._traverse import xgb_base_margin
-
-    try:
-        doc = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise ModelFormatError(f"not an XGBoost JSON model: {exc}") from None
-    learner = _get(doc, "learner", "document")
-    booster = _get(learner, "gradient_booster", "learner")
-    name = _get(booster, "name", "gradient_booster")
-    if name != "gbtree":
-        raise UnsupportedModelError(f"XGBoost booster '{name}' is not supported (only gbtree)")
-    model = _get(booster, "model", "gradient_booster")
-    param = _get(learner, "learner_model_param", "learner")
+def _n_features(param: Any) -> int:
+    """The feature count of a single-output model's ``learner_model_param``."""
     num_class = int(param.get("num_class", "0"))
     num_target = int(param.get("num_target", "1"))
     if num_class > 1:
@@ -207,27 +212,30 @@ def parse_xgboost_json(text: str | bytes | bytearray) -> ForestIR:
     n_features = int(_get(param, "num_feature", "learner_model_param"))
     if n_features < 1:
         raise ModelFormatError("XGBoost model has num_feature < 1")
-    objective = str(_get(_get(learner, "objective", "learner"), "name", "objective"))
-    base = _parse_base_score(_get(param, "base_score", "learner_model_param"))
+    return n_features
+
+
+def _link_and_margin(objective: str, base: float) -> tuple[str, float]:
+    """The objective's link, and ``base_score`` as a margin (XGBoost's ``ProbToMargin``, in float32)."""
+    from kernels._traverse import xgb_base_margin
+
     if objective in _SIGMOID_OBJECTIVES:
         if not 0.0 < base < 1.0:
             raise ModelFormatError(f"XGBoost {objective}: base_score {base} not in (0, 1)")
-        margin = xgb_base_margin(base, 1)
-        link = LINK_SIGMOID
-    elif objective == _LOGIT_RAW:
+        return LINK_SIGMOID, xgb_base_margin(base, 1)
+    if objective == _LOGIT_RAW:
         # XGBoost 2+/3.x keep logitraw's base_score as a margin (no logit).
-        margin = float(np.float32(base))
-        link = LINK_IDENTITY
-    elif objective in _EXP_OBJECTIVES:
+        return LINK_IDENTITY, float(np.float32(base))
+    if objective in _EXP_OBJECTIVES:
         if not base > 0.0:
             raise ModelFormatError(f"XGBoost {objective}: base_score {base} must be > 0")
-        margin = xgb_base_margin(base, 2)
-        link = LINK_EXP
-    elif objective in _IDENTITY_OBJECTIVES:
-        margin = float(np.float32(base))
-        link = LINK_IDENTITY
-    else:
-        raise UnsupportedModelError(f"XGBoost objective '{objective}' is not supported")
+        return LINK_EXP, xgb_base_margin(base, 2)
+    if objective in _IDENTITY_OBJECTIVES:
+        return LINK_IDENTITY, float(np.float32(base))
+    raise UnsupportedModelError(f"XGBoost objective '{objective}' is not supported")
+
+
+def _feature_names(learner: Any, n_features: int) -> tuple[str, ...]:
     types = learner.get("feature_types") or []
     if any(str(ft) == "c" for ft in types):
         raise UnsupportedModelError(
@@ -236,7 +244,10 @@ def parse_xgboost_json(text: str | bytes | bytearray) -> ForestIR:
     names_raw = learner.get("feature_names") or []
     if names_raw and len(names_raw) != n_features:
         raise ModelFormatError("XGBoost feature_names length differs from num_feature")
-    names = tuple(str(v) for v in names_raw) or tuple(f"f{j}" for j in range(n_features))
+    return tuple(str(v) for v in names_raw) or tuple(f"f{j}" for j in range(n_features))
+
+
+def _parse_trees(model: Any, n_features: int) -> tuple[TreeIR, ...]:
     trees_raw = _get(model, "trees", "gbtree model")
     info = model.get("tree_info", [0] * len(trees_raw))
     if any(int(g) != 0 for g in info):
@@ -246,6 +257,28 @@ def parse_xgboost_json(text: str | bytes | bytearray) -> ForestIR:
     )
     if not trees:
         raise ModelFormatError("XGBoost model has no trees")
+    return trees
+
+
+def parse_xgboost_json(text: str | bytes | bytearray) -> ForestIR:
+    """Parse an XGBoost JSON model. Raises ModelFormatError / UnsupportedModelError."""
+    try:
+        doc = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"not an XGBoost JSON model: {exc}") from None
+    learner = _get(doc, "learner", "document")
+    booster = _get(learner, "gradient_booster", "learner")
+    name = _get(booster, "name", "gradient_booster")
+    if name != "gbtree":
+        raise UnsupportedModelError(f"XGBoost booster '{name}' is not supported (only gbtree)")
+    model = _get(booster, "model", "gradient_booster")
+    param = _get(learner, "learner_model_param", "learner")
+    n_features = _n_features(param)
+    objective = str(_get(_get(learner, "objective", "learner"), "name", "objective"))
+    base = _parse_base_score(_get(param, "base_score", "learner_model_param"))
+    link, margin = _link_and_margin(objective, base)
+    names = _feature_names(learner, n_features)
+    trees = _parse_trees(model, n_features)
     return ForestIR(
         source="xgboost",
         objective=objective,

@@ -84,21 +84,30 @@ def _int(value: Any, what: str, where: str) -> int:
 def _parse_condition(raw: Any, where: str) -> Condition:
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where}: a condition must be a mapping, got {raw!r}")
-    op = raw.get("op")
     if "feature" in raw:
-        if set(raw) - {"feature", "op", "value"}:
-            raise SpecError(f"{where}: unknown keys {sorted(set(raw) - {'feature', 'op', 'value'})}")
-        if op not in FEATURE_OPS:
-            raise SpecError(f"{where}: feature op must be one of {sorted(FEATURE_OPS)}, got {op!r}")
-        feature = _int(raw["feature"], "'feature'", where)
-        if op in _VALUELESS:
-            if "value" in raw:
-                raise SpecError(f"{where}: op {op!r} takes no 'value'")
-            return Condition(op=op, feature=feature)
-        value = raw.get("value")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise SpecError(f"{where}: op {op!r} needs a numeric, non-NaN 'value'")
-        return Condition(op=op, feature=feature, value=float(value))
+        return _feature_condition(raw, where)
+    return _tag_condition(raw, where)
+
+
+def _feature_condition(raw: Mapping[str, Any], where: str) -> Condition:
+    op = raw.get("op")
+    if set(raw) - {"feature", "op", "value"}:
+        raise SpecError(f"{where}: unknown keys {sorted(set(raw) - {'feature', 'op', 'value'})}")
+    if op not in FEATURE_OPS:
+        raise SpecError(f"{where}: feature op must be one of {sorted(FEATURE_OPS)}, got {op!r}")
+    feature = _int(raw["feature"], "'feature'", where)
+    if op in _VALUELESS:
+        if "value" in raw:
+            raise SpecError(f"{where}: op {op!r} takes no 'value'")
+        return Condition(op=op, feature=feature)
+    value = raw.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SpecError(f"{where}: op {op!r} needs a numeric, non-NaN 'value'")
+    return Condition(op=op, feature=feature, value=float(value))
+
+
+def _tag_condition(raw: Mapping[str, Any], where: str) -> Condition:
+    op = raw.get("op")
     if op not in TAG_OPS:
         raise SpecError(
             f"{where}: condition needs 'feature' or a tag op in {sorted(TAG_OPS)}, got {op!r}"

@@ -94,6 +94,15 @@ def _parse_characteristic(i: int, raw: Any, names: set[str]) -> Characteristic:
     feature = raw.get("feature")
     if isinstance(feature, bool) or not isinstance(feature, int) or feature < 0:
         raise SpecError(f"{where}: 'feature' must be a column index >= 0, got {feature!r}")
+    edges, points = _bins(raw, where)
+    if "missing_points" not in raw:
+        raise SpecError(f"{where}: 'missing_points' is required (points for a missing value)")
+    missing = _number(raw["missing_points"], "missing_points", where)
+    return Characteristic(name, feature, edges, points, missing, _out_of_range(raw, where))
+
+
+def _bins(raw: Mapping[str, Any], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(edges, points)``: strictly increasing edges and one points value per bin."""
     edges_raw = raw.get("edges")
     if not isinstance(edges_raw, Sequence) or isinstance(edges_raw, str) or len(edges_raw) < 2:
         raise SpecError(f"{where}: 'edges' must be a list of at least 2 numbers")
@@ -108,18 +117,17 @@ def _parse_characteristic(i: int, raw: Any, names: set[str]) -> Characteristic:
         raise SpecError(
             f"{where}: {len(edges)} edges make {len(edges) - 1} bins but {len(points)} points given"
         )
-    if "missing_points" not in raw:
-        raise SpecError(f"{where}: 'missing_points' is required (points for a missing value)")
-    missing = _number(raw["missing_points"], "missing_points", where)
+    return edges, points
+
+
+def _out_of_range(raw: Mapping[str, Any], where: str) -> float | None:
+    """Points for an out-of-range value, or None to clamp to the first / last bin."""
     oor_raw = raw.get("out_of_range", "clamp")
-    oor: float | None
     if oor_raw == "clamp":
-        oor = None
-    elif isinstance(oor_raw, Mapping) and set(oor_raw) == {"points"}:
-        oor = _number(oor_raw["points"], "out_of_range points", where)
-    else:
-        raise SpecError(f"{where}: 'out_of_range' must be \"clamp\" or {{\"points\": number}}")
-    return Characteristic(name, feature, edges, points, missing, oor)
+        return None
+    if isinstance(oor_raw, Mapping) and set(oor_raw) == {"points"}:
+        return _number(oor_raw["points"], "out_of_range points", where)
+    raise SpecError(f"{where}: 'out_of_range' must be \"clamp\" or {{\"points\": number}}")
 
 
 class Scorecard:

@@ -8,6 +8,7 @@ with the file, line and key path, all problems at once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,17 +176,57 @@ def parse_campaign(text: str, path: Path | str = "<campaign>") -> Campaign:
     if top is None:
         raise CampaignError(r.problems)
     kw: dict[str, object] = {"path": str(path)}
-    for key in ("name", "target_label"):
-        if key in top:
-            kw[key] = r.string(top[key], key, pattern=_LABEL)
-    for key in ("description", "data_dir"):
-        if key in top:
-            kw[key] = r.string(top[key], key)
-    if "allowed_hosts" in top:
-        kw["allowed_hosts"] = tuple(
-            h for i, n in enumerate(r.sequence(top["allowed_hosts"], "allowed_hosts"))
-            if (h := r.string(n, f"allowed_hosts[{i}]")) is not None
-        )
+    _read_keys(r, top, _TOP_NAMING, kw)
+    _read_targets(r, top, kw)
+    _read_keys(r, top, _TOP_LIMITS, kw)
+    arrivals = r.choice(top["arrivals"], "arrivals", ARRIVALS) if "arrivals" in top else "uniform"
+    mix = _mix(r, top["mix"]) if "mix" in top else Mix()
+    kw["mix"] = mix
+    slo = _slo(r, top["slo"], "slo") if "slo" in top else Slo()
+    phases = _phases(r, top, mix=mix, slo=slo, arrivals=arrivals or "uniform")
+    if r.problems:
+        raise CampaignError(r.problems)
+    return Campaign(phases=tuple(phases), **kw)  # type: ignore[arg-type]
+
+
+_KeyReader = Callable[[Reader, yaml.Node, str], object]
+
+
+def _hosts(r: Reader, node: yaml.Node, where: str) -> tuple[str, ...]:
+    return tuple(
+        h for i, n in enumerate(r.sequence(node, where)) if (h := r.string(n, f"{where}[{i}]")) is not None
+    )
+
+
+# How each plain top-level key is read: (key, reader(r, node, where)), in reading (and so
+# reporting) order. Naming keys come before the targets (which need allowed_hosts), limits after.
+_TOP_NAMING: tuple[tuple[str, _KeyReader], ...] = (
+    ("name", lambda r, n, w: r.string(n, w, pattern=_LABEL)),
+    ("target_label", lambda r, n, w: r.string(n, w, pattern=_LABEL)),
+    ("description", lambda r, n, w: r.string(n, w)),
+    ("data_dir", lambda r, n, w: r.string(n, w)),
+    ("allowed_hosts", _hosts),
+)
+_TOP_LIMITS: tuple[tuple[str, _KeyReader], ...] = (
+    ("processes", lambda r, n, w: r.integer(n, w, lo=1, hi=64)),
+    ("seed", lambda r, n, w: r.integer(n, w, lo=0)),
+    ("max_in_flight", lambda r, n, w: r.integer(n, w, lo=1, hi=1_000_000)),
+    ("timeout", lambda r, n, w: r.duration(n, w, hi=3600.0)),
+    ("connect_timeout", lambda r, n, w: r.duration(n, w, hi=3600.0)),
+    ("drain", lambda r, n, w: r.duration(n, w, lo_open=False, hi=3600.0)),
+)
+
+
+def _read_keys(
+    r: Reader, m: dict[str, yaml.Node], readers: tuple[tuple[str, _KeyReader], ...], kw: dict[str, object]
+) -> None:
+    for key, read in readers:
+        if key in m:
+            kw[key] = read(r, m[key], key)
+
+
+def _read_targets(r: Reader, top: dict[str, yaml.Node], kw: dict[str, object]) -> None:
+    """``target`` and ``compare``, each checked against the allowed hosts already read into ``kw``."""
     allowed = kw.get("allowed_hosts", ())
     if "target" in top:
         kw["target"] = _target(r, top["target"], "target", allowed)  # type: ignore[arg-type]
@@ -196,26 +237,13 @@ def parse_campaign(text: str, path: Path | str = "<campaign>") -> Campaign:
                 kw["compare"] = _target(r, cmp["target"], "compare.target", allowed)  # type: ignore[arg-type]
             if "label" in cmp:
                 kw["compare_label"] = r.string(cmp["label"], "compare.label", pattern=_LABEL)
-    if "processes" in top:
-        kw["processes"] = r.integer(top["processes"], "processes", lo=1, hi=64)
-    if "seed" in top:
-        kw["seed"] = r.integer(top["seed"], "seed", lo=0)
-    if "max_in_flight" in top:
-        kw["max_in_flight"] = r.integer(top["max_in_flight"], "max_in_flight", lo=1, hi=1_000_000)
-    if "timeout" in top:
-        kw["timeout"] = r.duration(top["timeout"], "timeout", hi=3600.0)
-    if "connect_timeout" in top:
-        kw["connect_timeout"] = r.duration(top["connect_timeout"], "connect_timeout", hi=3600.0)
-    if "drain" in top:
-        kw["drain"] = r.duration(top["drain"], "drain", lo_open=False, hi=3600.0)
-    arrivals = r.choice(top["arrivals"], "arrivals", ARRIVALS) if "arrivals" in top else "uniform"
-    mix = _mix(r, top["mix"]) if "mix" in top else Mix()
-    kw["mix"] = mix
-    slo = _slo(r, top["slo"], "slo") if "slo" in top else Slo()
+
+
+def _phases(r: Reader, top: dict[str, yaml.Node], *, mix: Mix, slo: Slo, arrivals: str) -> list[Phase]:
     phases = []
     names: set[str] = set()
     for i, node in enumerate(r.sequence(top["phases"], "phases", min_len=1) if "phases" in top else []):
-        ph = _phase(r, node, f"phases[{i}]", mix=mix, slo=slo, arrivals=arrivals or "uniform")
+        ph = _phase(r, node, f"phases[{i}]", mix=mix, slo=slo, arrivals=arrivals)
         if ph is not None:
             if ph.name in names:
                 r.fail(node, f"phases[{i}].name", f"duplicate phase name {ph.name!r}")
@@ -224,9 +252,7 @@ def parse_campaign(text: str, path: Path | str = "<campaign>") -> Campaign:
     total = sum(p.duration for p in phases)
     if total > MAX_TOTAL_S:
         r.fail(top.get("phases"), "phases", f"total duration {total:g} s exceeds {MAX_TOTAL_S:g} s")
-    if r.problems:
-        raise CampaignError(r.problems)
-    return Campaign(phases=tuple(phases), **kw)  # type: ignore[arg-type]
+    return phases
 
 
 def _target(r: Reader, node: yaml.Node, where: str, allowed: tuple[str, ...]) -> str | None:
@@ -294,37 +320,11 @@ def _phase(r: Reader, node: yaml.Node, where: str, *, mix: Mix, slo: Slo, arriva
     concurrency = 0
     max_requests: int | None = None
     if mode == "open":
-        if closed or "max_requests" in m:
-            key = "concurrency" if closed else "max_requests"
-            r.fail(m[key], f"{where}.{key}", "only closed-loop phases (mode: closed) take this key")
-        if len(shapes) != 1:
-            r.fail(node, where, f"an open-loop phase needs exactly one of {', '.join(_SHAPES)}; got "
-                   f"{', '.join(shapes) or 'none'}")
-        elif shapes[0] == "steps":
-            if "duration" in m:
-                r.fail(m["duration"], f"{where}.duration", "is implied by steps (rates x each); remove it")
-            schedule = _steps(r, m["steps"], f"{where}.steps")
-        elif duration is None and "duration" not in m:
-            r.fail(node, where, "missing required key 'duration'")
-        elif duration is not None:
-            schedule = _shape(r, shapes[0], m[shapes[0]], f"{where}.{shapes[0]}", duration)
+        schedule = _open_schedule(r, node, m, where, shapes=shapes, duration=duration)
         if schedule is not None:
             duration = schedule.duration
-            if schedule.peak_rate > MAX_RATE:
-                r.fail(node, where, f"peak rate {schedule.peak_rate:g}/s exceeds {MAX_RATE:g}/s")
-            if schedule.total < 1:
-                r.fail(node, where, "the schedule asks for no requests at all")
     else:
-        if shapes:
-            r.fail(m[shapes[0]], f"{where}.{shapes[0]}", "a closed-loop phase takes concurrency, not a rate")
-        if not closed:
-            r.fail(node, where, "a closed-loop phase needs 'concurrency'")
-        else:
-            concurrency = r.integer(m["concurrency"], f"{where}.concurrency", lo=1, hi=100_000) or 0
-        if "max_requests" in m:
-            max_requests = r.integer(m["max_requests"], f"{where}.max_requests", lo=1)
-        if duration is None and "duration" not in m:
-            r.fail(node, where, "missing required key 'duration' (closed-loop phases are bounded in time too)")
+        concurrency, max_requests = _closed_limits(r, node, m, where, shapes=shapes, duration=duration)
     rpc = r.choice(m["rpc"], f"{where}.rpc", RPCS) if "rpc" in m else mix.rpc
     batch = r.integer(m["batch_size"], f"{where}.batch_size", lo=1, hi=100_000) if "batch_size" in m else None
     arr = r.choice(m["arrivals"], f"{where}.arrivals", ARRIVALS) if "arrivals" in m else arrivals
@@ -337,6 +337,52 @@ def _phase(r: Reader, node: yaml.Node, where: str, *, mix: Mix, slo: Slo, arriva
         max_requests=max_requests, rpc=rpc or mix.rpc, batch_size=batch or mix.batch_size,
         arrivals=arr or "uniform", gate=bool(gate), slo=slo.merged(own),
     )
+
+
+def _open_schedule(
+    r: Reader, node: yaml.Node, m: dict[str, yaml.Node], where: str, *, shapes: list[str], duration: float | None
+) -> Schedule | None:
+    """The rate schedule of an open-loop phase: exactly one shape, within the rate bounds."""
+    if "concurrency" in m or "max_requests" in m:
+        key = "concurrency" if "concurrency" in m else "max_requests"
+        r.fail(m[key], f"{where}.{key}", "only closed-loop phases (mode: closed) take this key")
+    schedule: Schedule | None = None
+    if len(shapes) != 1:
+        r.fail(node, where, f"an open-loop phase needs exactly one of {', '.join(_SHAPES)}; got "
+               f"{', '.join(shapes) or 'none'}")
+    elif shapes[0] == "steps":
+        if "duration" in m:
+            r.fail(m["duration"], f"{where}.duration", "is implied by steps (rates x each); remove it")
+        schedule = _steps(r, m["steps"], f"{where}.steps")
+    elif duration is None and "duration" not in m:
+        r.fail(node, where, "missing required key 'duration'")
+    elif duration is not None:
+        schedule = _shape(r, shapes[0], m[shapes[0]], f"{where}.{shapes[0]}", duration)
+    if schedule is not None:
+        if schedule.peak_rate > MAX_RATE:
+            r.fail(node, where, f"peak rate {schedule.peak_rate:g}/s exceeds {MAX_RATE:g}/s")
+        if schedule.total < 1:
+            r.fail(node, where, "the schedule asks for no requests at all")
+    return schedule
+
+
+def _closed_limits(
+    r: Reader, node: yaml.Node, m: dict[str, yaml.Node], where: str, *, shapes: list[str], duration: float | None
+) -> tuple[int, int | None]:
+    """``(concurrency, max_requests)`` of a closed-loop phase, which takes no rate shape."""
+    if shapes:
+        r.fail(m[shapes[0]], f"{where}.{shapes[0]}", "a closed-loop phase takes concurrency, not a rate")
+    concurrency = 0
+    max_requests: int | None = None
+    if "concurrency" not in m:
+        r.fail(node, where, "a closed-loop phase needs 'concurrency'")
+    else:
+        concurrency = r.integer(m["concurrency"], f"{where}.concurrency", lo=1, hi=100_000) or 0
+    if "max_requests" in m:
+        max_requests = r.integer(m["max_requests"], f"{where}.max_requests", lo=1)
+    if duration is None and "duration" not in m:
+        r.fail(node, where, "missing required key 'duration' (closed-loop phases are bounded in time too)")
+    return concurrency, max_requests
 
 
 def _rate(r: Reader, node: yaml.Node, where: str, *, zero_ok: bool = False) -> float | None:

@@ -12,6 +12,12 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loadtest.campaign import Campaign
+    from loadtest.progress import Progress
+    from loadtest.results import TargetRun
 
 _DESCRIPTION = """Load tests against the creditauth gRPC API: quick runs, campaigns, reports, capacity.
 
@@ -68,50 +74,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
-    from loadtest.campaign import CampaignError, load_campaign
-    from loadtest.mix import population_files
     from loadtest.progress import Progress
     from loadtest.report import default_report_dir, write_report
-    from loadtest.results import TargetRun, campaign_summary, evaluate_gates
-    from loadtest.runner import run_target
+    from loadtest.results import campaign_summary
 
-    try:
-        campaign = load_campaign(args.file).with_overrides(
-            target=args.target, compare=args.compare, compare_label=args.compare_label,
-            data_dir=str(args.data_dir) if args.data_dir else None, processes=args.processes,
-        )
-        population_files(Path(campaign.data_dir))
-    except CampaignError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as exc:
-        print(f"loadtest: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    campaign = _load_campaign_for_run(args)
+    if isinstance(campaign, int):
+        return campaign
     progress = Progress(enabled=not args.quiet)
-    targets = [(campaign.target_label, campaign.target)]
-    if campaign.compare:
-        targets.append((campaign.compare_label, campaign.compare))
-    runs: list[TargetRun] = []
-    interrupted = False
-    for label, target in targets:
-        try:
-            run = run_target(campaign, target, label, progress=progress, inline=args.inline)
-        except KeyboardInterrupt:
-            interrupted = True
-            break
-        runs.append(run)
-        if run.status == "interrupted":
-            interrupted = True
-            break
+    runs, interrupted = _run_targets(campaign, progress, inline=args.inline)
     if not runs:
         return EXIT_INTERRUPTED
     summary = campaign_summary(campaign, runs)
-    for rs, run in zip(summary["runs"], runs, strict=True):
-        progress.table(rs)
-        if run.status == "complete":
-            progress.gates(evaluate_gates(run))
-        else:
-            progress.say(f"  gates not evaluated: the run is {run.status}")
+    _show_runs(progress, summary, runs)
     report_dir = args.report_dir or default_report_dir(campaign.name)
     page = write_report(report_dir, summary, runs)
     status = runs[0].status
@@ -129,6 +104,56 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     if any(r.status == "failed" for r in runs):
         return EXIT_RUN_FAILED
     return EXIT_PASS if summary["passed"] else EXIT_GATE_FAILED
+
+
+def _load_campaign_for_run(args: argparse.Namespace) -> Campaign | int:
+    """The campaign with the command line's overrides, or ``EXIT_USAGE`` (reported) if it or its data is wrong."""
+    from loadtest.campaign import CampaignError, load_campaign
+    from loadtest.mix import population_files
+
+    try:
+        campaign = load_campaign(args.file).with_overrides(
+            target=args.target, compare=args.compare, compare_label=args.compare_label,
+            data_dir=str(args.data_dir) if args.data_dir else None, processes=args.processes,
+        )
+        population_files(Path(campaign.data_dir))
+    except CampaignError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return campaign
+
+
+def _run_targets(campaign: Campaign, progress: Progress, *, inline: bool) -> tuple[list[TargetRun], bool]:
+    """Run the campaign against its target, then its comparison target; ``(runs, interrupted)``."""
+    from loadtest.runner import run_target
+
+    targets = [(campaign.target_label, campaign.target)]
+    if campaign.compare:
+        targets.append((campaign.compare_label, campaign.compare))
+    runs: list[TargetRun] = []
+    for label, target in targets:
+        try:
+            run = run_target(campaign, target, label, progress=progress, inline=inline)
+        except KeyboardInterrupt:
+            return runs, True
+        runs.append(run)
+        if run.status == "interrupted":
+            return runs, True
+    return runs, False
+
+
+def _show_runs(progress: Progress, summary: dict[str, Any], runs: list[TargetRun]) -> None:
+    from loadtest.results import evaluate_gates
+
+    for rs, run in zip(summary["runs"], runs, strict=True):
+        progress.table(rs)
+        if run.status == "complete":
+            progress.gates(evaluate_gates(run))
+        else:
+            progress.say(f"  gates not evaluated: the run is {run.status}")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -134,28 +134,12 @@ def _collect(run: TargetRun, workers: _Workers, n: int, progress: Progress) -> N
     interrupted_at: float | None = None
     while len(done) < n:
         try:
-            try:
-                kind, w, payload = workers.out.get(timeout=0.1)
-            except queue.Empty:
-                kind = ""
-            if kind == "tick":
-                run.absorb(w, payload)
-            elif kind == "done":
-                done.add(w)
-            elif kind == "failed":
-                done.add(w)
-                run.status, run.failure = "failed", f"generator {w}: {payload['reason']}"
+            _receive(run, workers, done)
             now = time.time()
             while now - run.started_at >= printed + 1 + PRINT_DELAY_S:
                 progress.second(run, printed)
                 printed += 1
-            dead = [i for i in range(n) if i not in done and not workers.alive(i)]
-            if dead and not workers.inline:
-                run.status, run.failure = "failed", f"generator {dead[0]} exited unexpectedly"
-                return
-            if now > hard_stop or (interrupted_at is not None and now > interrupted_at + GRACE_S):
-                if run.status == "pending":
-                    run.status, run.failure = "failed", "generators did not stop by the hard stop"
+            if _must_stop(run, workers, n, done, now=now, hard_stop=hard_stop, interrupted_at=interrupted_at):
                 return
         except KeyboardInterrupt:
             if interrupted_at is not None:
@@ -165,6 +149,52 @@ def _collect(run: TargetRun, workers: _Workers, n: int, progress: Progress) -> N
             progress.say("  interrupted: stopping the generators (Ctrl-C again to abandon)")
             workers.send_all(("stop",))
     # Drain what arrived with the last "done" messages, then print the remaining seconds.
+    _drain_ticks(run, workers)
+    while printed <= max(run.seconds, default=-1):
+        progress.second(run, printed)
+        printed += 1
+    if run.status == "pending":
+        run.status = "complete"
+
+
+def _receive(run: TargetRun, workers: _Workers, done: set[int]) -> None:
+    """Handle at most one message from the generators, waiting up to 0.1 s for it."""
+    try:
+        kind, w, payload = workers.out.get(timeout=0.1)
+    except queue.Empty:
+        return
+    if kind == "tick":
+        run.absorb(w, payload)
+    elif kind == "done":
+        done.add(w)
+    elif kind == "failed":
+        done.add(w)
+        run.status, run.failure = "failed", f"generator {w}: {payload['reason']}"
+
+
+def _must_stop(
+    run: TargetRun,
+    workers: _Workers,
+    n: int,
+    done: set[int],
+    *,
+    now: float,
+    hard_stop: float,
+    interrupted_at: float | None,
+) -> bool:
+    """True (with the run marked failed if need be) when collection must end before every generator is done."""
+    dead = [i for i in range(n) if i not in done and not workers.alive(i)]
+    if dead and not workers.inline:
+        run.status, run.failure = "failed", f"generator {dead[0]} exited unexpectedly"
+        return True
+    if now > hard_stop or (interrupted_at is not None and now > interrupted_at + GRACE_S):
+        if run.status == "pending":
+            run.status, run.failure = "failed", "generators did not stop by the hard stop"
+        return True
+    return False
+
+
+def _drain_ticks(run: TargetRun, workers: _Workers) -> None:
     while True:
         try:
             kind, w, payload = workers.out.get_nowait()
@@ -172,8 +202,3 @@ def _collect(run: TargetRun, workers: _Workers, n: int, progress: Progress) -> N
             break
         if kind == "tick":
             run.absorb(w, payload)
-    while printed <= max(run.seconds, default=-1):
-        progress.second(run, printed)
-        printed += 1
-    if run.status == "pending":
-        run.status = "complete"

@@ -99,6 +99,42 @@ def merchant_ids(start: int, n: int) -> list[str]:
     return [f"M{i:08d}" for i in range(start, start + n)]
 
 
+@dataclass(frozen=True)
+class _Traits:
+    """The hidden traits of one chunk's merchants, one array entry per merchant."""
+
+    ind: np.ndarray  # index into INDUSTRIES
+    region: np.ndarray  # index into world.REGIONS
+    age_days: np.ndarray
+    prop: dict[str, np.ndarray]  # industry properties, indexed by industry
+    lam0: np.ndarray  # base daily transactions
+    ticket: np.ndarray
+    cv: np.ndarray  # day-to-day volatility
+    growth: np.ndarray
+    closed_p: np.ndarray
+    refund_rate: np.ndarray
+    risky: np.ndarray
+    night: np.ndarray
+    customer_base: np.ndarray
+    shock_day: np.ndarray  # -1: no own shock
+    shock_factor: np.ndarray
+
+    @property
+    def monthly_revenue(self) -> np.ndarray:
+        """Major units, ground truth."""
+        revenue: np.ndarray = self.lam0 * self.ticket * 30.0 * (1.0 - self.closed_p)
+        return revenue
+
+
+@dataclass(frozen=True)
+class _Credit:
+    """What the bureau draw knows about each merchant, needed again for the default outcome."""
+
+    has_bureau: np.ndarray
+    utilisation: np.ndarray
+    delinq: np.ndarray
+
+
 def _generate_chunk(
     seed: int,
     chunk: int,
@@ -108,11 +144,23 @@ def _generate_chunk(
     as_of: dt.date,
     regions: world.RegionEffects,
 ) -> dict[str, pl.DataFrame]:
+    # One stream for the chunk, drawn from in this fixed order: traits, flows, bureau, applications.
     rng = np.random.default_rng([seed, chunk])
-    ids = merchant_ids(start, n)
-    days = HISTORY_DAYS
+    ids_arr = np.array(merchant_ids(start, n), dtype=object)
+    tr = _draw_traits(rng, n, regions)
+    flows = _daily_flows(rng, tr, regions, ids_arr, as_of=as_of)
+    bureau, credit = _bureau(rng, tr, ids_arr)
+    applications = _applications(rng, tr, regions, credit, ids_arr, start=start)
+    return {
+        "merchants": _merchants(tr, ids_arr),
+        "flows": flows,
+        "bureau": bureau,
+        "applications": applications,
+    }
 
-    # --- hidden merchant traits -------------------------------------------
+
+def _draw_traits(rng: np.random.Generator, n: int, regions: world.RegionEffects) -> _Traits:
+    days = HISTORY_DAYS
     ind_weights = np.array([14, 14, 9, 5, 6, 7, 6, 5, 10, 6, 7, 6], dtype=float)
     ind = rng.choice(len(INDUSTRIES), size=n, p=ind_weights / ind_weights.sum())
     # Zipf-like region sizes: a few big regions, a long tail.
@@ -137,33 +185,44 @@ def _generate_chunk(
     own_shock = rng.random(n) < 0.06
     shock_day = np.where(own_shock, rng.integers(days - 120, days - 3, n), -1)
     shock_factor = np.where(own_shock, rng.uniform(0.25, 0.75, n), 1.0)
+    return _Traits(
+        ind=ind, region=region, age_days=age_days, prop=prop, lam0=lam0, ticket=ticket, cv=cv, growth=growth,
+        closed_p=closed_p, refund_rate=refund_rate, risky=risky, night=night, customer_base=customer_base,
+        shock_day=shock_day, shock_factor=shock_factor,
+    )
 
-    # --- daily flows (dense merchants x days, then long) -------------------
+
+def _daily_flows(
+    rng: np.random.Generator, tr: _Traits, regions: world.RegionEffects, ids_arr: np.ndarray, *, as_of: dt.date
+) -> pl.DataFrame:
+    """Daily register totals: dense merchants x days, then long (traded days only)."""
+    n, days = len(ids_arr), HISTORY_DAYS
     t = np.arange(days)
     first_day = as_of - dt.timedelta(days=days)
     dow = (np.array([(first_day + dt.timedelta(days=int(d))).weekday() for d in t]))
-    seg_idx = np.array([world.SEGMENTS.index(i.segment) for i in INDUSTRIES])[ind]
+    seg_idx = np.array([world.SEGMENTS.index(i.segment) for i in INDUSTRIES])[tr.ind]
     dow_mult = np.stack([_DOW[s] for s in world.SEGMENTS])[seg_idx][:, dow]
-    mult = dow_mult * np.exp(growth[:, None] * (t[None, :] - days))
-    mult *= np.where(t[None, :] >= shock_day[:, None], shock_factor[:, None], 1.0) * (
+    mult = dow_mult * np.exp(tr.growth[:, None] * (t[None, :] - days))
+    shock_day = tr.shock_day
+    mult *= np.where(t[None, :] >= shock_day[:, None], tr.shock_factor[:, None], 1.0) * (
         shock_day[:, None] >= 0
     ) + (shock_day[:, None] < 0)
-    rs = regions.shock_day[region]
-    mult *= np.where((rs[:, None] >= 0) & (t[None, :] >= rs[:, None]), regions.shock_factor[region][:, None], 1.0)
-    mult *= rng.lognormal(-0.5 * cv[:, None] ** 2, cv[:, None], (n, days))
-    open_day = (t[None, :] >= (days - age_days)[:, None]) & (rng.random((n, days)) >= closed_p[:, None])
-    txn = np.where(open_day, rng.poisson(lam0[:, None] * mult), 0)
-    day_ticket = ticket[:, None] * rng.lognormal(0.0, 0.15, (n, days))
+    rs = regions.shock_day[tr.region]
+    mult *= np.where((rs[:, None] >= 0) & (t[None, :] >= rs[:, None]), regions.shock_factor[tr.region][:, None], 1.0)
+    mult *= rng.lognormal(-0.5 * tr.cv[:, None] ** 2, tr.cv[:, None], (n, days))
+    open_day = (t[None, :] >= (days - tr.age_days)[:, None]) & (rng.random((n, days)) >= tr.closed_p[:, None])
+    txn = np.where(open_day, rng.poisson(tr.lam0[:, None] * mult), 0)
+    day_ticket = tr.ticket[:, None] * rng.lognormal(0.0, 0.15, (n, days))
     gross_minor = np.rint(txn * day_ticket * 100.0).astype(np.int64)
-    refunds = rng.binomial(txn, refund_rate[:, None])
+    refunds = rng.binomial(txn, tr.refund_rate[:, None])
     refund_minor = np.rint(refunds * day_ticket * 100.0).astype(np.int64)
-    night_txn = rng.binomial(txn, night[:, None])
-    customers = np.rint(customer_base[:, None] * -np.expm1(txn * np.log1p(-1.0 / customer_base[:, None])))
+    night_txn = rng.binomial(txn, tr.night[:, None])
+    base = tr.customer_base[:, None]
+    customers = np.rint(base * -np.expm1(txn * np.log1p(-1.0 / base)))
 
     traded = txn > 0
     mi, di = np.nonzero(traded)
-    ids_arr = np.array(ids, dtype=object)
-    flows = pl.DataFrame(
+    return pl.DataFrame(
         {
             "merchant_id": ids_arr[mi],
             "day": pl.Series(np.datetime64(first_day, "D") + di.astype("timedelta64[D]")),
@@ -176,9 +235,11 @@ def _generate_chunk(
         }
     )
 
-    # --- bureau ---------------------------------------------------------------
-    monthly_revenue = lam0 * ticket * 30.0 * (1.0 - closed_p)  # major units, ground truth
-    stress = rng.beta(2.0, 5.0, n) + 0.3 * risky
+
+def _bureau(rng: np.random.Generator, tr: _Traits, ids_arr: np.ndarray) -> tuple[pl.DataFrame, _Credit]:
+    n = len(ids_arr)
+    monthly_revenue = tr.monthly_revenue
+    stress = rng.beta(2.0, 5.0, n) + 0.3 * tr.risky
     has_bureau = rng.random(n) < 0.82
     utilisation = np.clip(stress * 1.3 + rng.normal(0.0, 0.1, n), 0.0, 1.5)
     delinq = rng.poisson(0.1 + 1.2 * stress**2)
@@ -192,32 +253,48 @@ def _generate_chunk(
             "delinquencies_12m": delinq[has_bureau].astype(np.int64),
             "inquiries_6m": rng.poisson(0.5 + 2.0 * stress)[has_bureau].astype(np.int64),
             "oldest_account_months": np.minimum(
-                rng.integers(1, 240, n), age_days // 30 + 24
+                rng.integers(1, 240, n), tr.age_days // 30 + 24
             )[has_bureau].astype(np.int64),
         }
     )
+    return bureau, _Credit(has_bureau=has_bureau, utilisation=utilisation, delinq=delinq)
 
-    # --- one historical application each, with its outcome ------------------
+
+def _applications(
+    rng: np.random.Generator,
+    tr: _Traits,
+    regions: world.RegionEffects,
+    credit: _Credit,
+    ids_arr: np.ndarray,
+    *,
+    start: int,
+) -> pl.DataFrame:
+    """One historical application per merchant, with its outcome."""
+    n, days = len(ids_arr), HISTORY_DAYS
+    ind, region, prop = tr.ind, tr.region, tr.prop
+    monthly_revenue = tr.monthly_revenue
     amount_major = np.maximum(
         np.round(monthly_revenue * rng.lognormal(np.log(0.8), 0.7, n), -2), 100.0
     )
     term = rng.choice(np.array(world.TERMS), size=n, p=[0.1, 0.25, 0.3, 0.1, 0.15, 0.1])
     channel = rng.choice(len(world.CHANNELS), size=n, p=[0.35, 0.3, 0.15, 0.15, 0.05])
     product = rng.choice(len(world.PRODUCTS), size=n, p=[0.5, 0.25, 0.1, 0.15])
+    rs = regions.shock_day[region]
     shocked = np.maximum(
-        np.where((shock_day >= 0) & (shock_day >= days - 90), 1.0 - shock_factor, 0.0),
+        np.where((tr.shock_day >= 0) & (tr.shock_day >= days - 90), 1.0 - tr.shock_factor, 0.0),
         np.where(rs >= 0, 1.0 - regions.shock_factor[region], 0.0),
     )
+    has_bureau = credit.has_bureau
     logit = world.default_logit(
-        volatility_excess=cv / prop["volatility"][ind] - 1.0,
-        growth=growth,
+        volatility_excess=tr.cv / prop["volatility"][ind] - 1.0,
+        growth=tr.growth,
         shocked=2.0 * shocked,
-        refund_excess=refund_rate - prop["refund_rate"][ind],
-        utilisation=np.where(has_bureau, utilisation, np.nan),
-        delinquencies=np.where(has_bureau, delinq, np.nan),
+        refund_excess=tr.refund_rate - prop["refund_rate"][ind],
+        utilisation=np.where(has_bureau, credit.utilisation, np.nan),
+        delinquencies=np.where(has_bureau, credit.delinq, np.nan),
         industry_risk=prop["risk"][ind],
         region_risk=regions.risk[region],
-        age_years=age_days / 365.0,
+        age_years=tr.age_days / 365.0,
         amount_to_revenue=amount_major / np.maximum(monthly_revenue, 1.0),
         term_months=term.astype(float),
         noise=rng.normal(0.0, 0.6, n),
@@ -226,7 +303,7 @@ def _generate_chunk(
     declared = np.where(
         rng.random(n) < 0.6, np.rint(monthly_revenue * rng.lognormal(0.1, 0.3, n) * 100.0), np.nan
     )
-    applications = pl.DataFrame(
+    return pl.DataFrame(
         {
             "application_id": [f"A{i:08d}" for i in range(start, start + n)],
             "merchant_id": ids_arr,
@@ -240,19 +317,15 @@ def _generate_chunk(
         }
     )
 
-    merchants_df = pl.DataFrame(
+
+def _merchants(tr: _Traits, ids_arr: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame(
         {
             "merchant_id": ids_arr,
-            "industry": np.array([i.name for i in INDUSTRIES], dtype=object)[ind],
-            "segment": np.array([i.segment for i in INDUSTRIES], dtype=object)[ind],
-            "region": np.array(world.REGIONS, dtype=object)[region],
-            "business_age_days": age_days,
-            "customer_base": np.rint(customer_base).astype(np.int64),
+            "industry": np.array([i.name for i in INDUSTRIES], dtype=object)[tr.ind],
+            "segment": np.array([i.segment for i in INDUSTRIES], dtype=object)[tr.ind],
+            "region": np.array(world.REGIONS, dtype=object)[tr.region],
+            "business_age_days": tr.age_days,
+            "customer_base": np.rint(tr.customer_base).astype(np.int64),
         }
     )
-    return {
-        "merchants": merchants_df,
-        "flows": flows,
-        "bureau": bureau,
-        "applications": applications,
-    }

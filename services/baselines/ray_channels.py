@@ -156,6 +156,55 @@ def check_answer(blob: bytes | DecisionBatch, n: int) -> None:
         raise AssertionError(f"channel returned a wrong answer for a batch of {n}")
 
 
+@dataclass
+class _Channels:
+    """The channels under test, with the batches they carry (one instance per run)."""
+
+    loop: asyncio.AbstractEventLoop
+    backends: dict[str, DirectBackend]
+    plain: Any  # the actor called with .remote()
+    graphed: Any  # the actor behind a compiled graph
+    batches: dict[int, RequestBatch]
+    blobs: dict[int, bytes]
+
+    def measure(self, way: str, n: int, warm: int, timed: int) -> tuple[float, list[float], float]:
+        if way in self.backends:
+            return self._direct(self.backends[way], n, warm, timed)
+        return self._ray(way, n, warm, timed)
+
+    def _direct(self, backend: DirectBackend, n: int, warm: int, timed: int) -> tuple[float, list[float], float]:
+        for _ in range(warm):
+            out = self.loop.run_until_complete(backend.score(self.batches[n]))
+        if warm:
+            check_answer(out, n)
+        return self.loop.run_until_complete(_time_calls_async(lambda: backend.score(self.batches[n]), timed))
+
+    def _ray(self, way: str, n: int, warm: int, timed: int) -> tuple[float, list[float], float]:
+        import ray
+        from ray.dag import InputNode
+
+        compiled: Any = None
+        if way == "actor":
+            def one() -> Any:
+                return ray.get(self.plain.call.remote(self.blobs[n]))
+        else:
+            with InputNode() as inp:
+                dag = self.graphed.call.bind(inp)
+            compiled = dag.experimental_compile()
+
+            def one() -> Any:
+                return ray.get(compiled.execute(self.blobs[n]))
+        try:
+            for _ in range(warm):
+                out = one()
+            if warm:
+                check_answer(out, n)
+            return _time_calls(one, timed)
+        finally:
+            if compiled is not None:
+                compiled.teardown()
+
+
 def run(sizes: Sequence[int], calls: int, rounds: int, num_cpus: int = 2) -> list[Figure]:
     """Start a local Ray cluster, measure every channel for every batch size, stop it.
 
@@ -164,7 +213,6 @@ def run(sizes: Sequence[int], calls: int, rounds: int, num_cpus: int = 2) -> lis
     the other channels' measurements.
     """
     import ray
-    from ray.dag import InputNode
 
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
@@ -187,40 +235,11 @@ def run(sizes: Sequence[int], calls: int, rounds: int, num_cpus: int = 2) -> lis
         idle_per_s = _busy_s() - c0
         batches = {n: request_batch(n) for n in sizes}
         blobs = {n: b"".join(bytes(p) for p in frames.encode(b)) for n, b in batches.items()}
-
-        def measure(way: str, n: int, warm: int, timed: int) -> tuple[float, list[float], float]:
-            if way in backends:
-                backend = backends[way]
-                for _ in range(warm):
-                    out = loop.run_until_complete(backend.score(batches[n]))
-                if warm:
-                    check_answer(out, n)
-                return loop.run_until_complete(
-                    _time_calls_async(lambda: backend.score(batches[n]), timed))
-            if way == "actor":
-                def one() -> Any:
-                    return ray.get(plain.call.remote(blobs[n]))
-            else:
-                with InputNode() as inp:
-                    dag = graphed.call.bind(inp)
-                compiled = dag.experimental_compile()
-
-                def one() -> Any:
-                    return ray.get(compiled.execute(blobs[n]))
-            try:
-                for _ in range(warm):
-                    out = one()
-                if warm:
-                    check_answer(out, n)
-                return _time_calls(one, timed)
-            finally:
-                if way == "compiled":
-                    compiled.teardown()
-
+        channels = _Channels(loop, backends, plain, graphed, batches, blobs)
         for rnd in range(rounds):
             for n in sizes:
                 for way in CHANNELS:
-                    wall, lat, cpu = measure(way, n, 20, calls)
+                    wall, lat, cpu = channels.measure(way, n, 20, calls)
                     figures.append(_figure((way, n, rnd), wall, lat, max(0.0, cpu - idle_per_s * wall)))
         for backend in backends.values():
             loop.run_until_complete(backend.close())

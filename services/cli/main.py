@@ -12,12 +12,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features import FeatureError
 from kernels import KernelError
 from services.errors import CreditAuthError
 from services.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _date(s: str) -> dt.date:
@@ -43,14 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    # The order here is the order `creditauth --help` lists the commands in.
+    _add_data(sub)
+    _add_features(sub)
+    _add_model(sub)
+    _add_serve(sub)
+    _add_frontend(sub)
+    _add_baseline(sub)
+    _add_bench(sub)
+    _add_loadtest(sub)
+    _add_demo(sub)
+    return parser
 
+
+def _add_data(sub: _Subparsers) -> None:
     data = sub.add_parser("data", help="synthetic population").add_subparsers(dest="cmd", required=True)
     gen = data.add_parser("generate", help="generate merchants, flows, bureau and applications; build offline tables")
     _common(gen)
     gen.add_argument("--merchants", type=int, default=100_000, help="population size (default 100000)")
-    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--seed", type=int, default=7,
+                     help="random seed; the same seed, size and date give the same population (default 7)")
     gen.add_argument("--as-of", type=_date, default=None, help="snapshot date (default: today, UTC)")
 
+
+def _add_features(sub: _Subparsers) -> None:
     feats = sub.add_parser("features", help="Feast feature repository").add_subparsers(dest="cmd", required=True)
     ap = feats.add_parser("apply", help="write the feature repo and register it in Feast")
     _common(ap)
@@ -63,11 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="bulk: our writer of Feast's layout (default); feast: `feast materialize`",
     )
 
+
+def _add_model(sub: _Subparsers) -> None:
     model = sub.add_parser("model", help="risk model").add_subparsers(dest="cmd", required=True)
     tr = model.add_parser("train", help="train LightGBM, gate on kernel parity, write a versioned artifact")
     _common(tr)
     tr.add_argument("--rounds", type=int, default=400, help="maximum boosting rounds (early stopping applies)")
 
+
+def _add_serve(sub: _Subparsers) -> None:
     serve = sub.add_parser("serve", help="start Ray, the scoring replicas and the gRPC front end")
     _common(serve)
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -83,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-telemetry", action="store_true", help="disable traces and metrics")
     serve.add_argument("--prometheus-port", type=int, help="serve Prometheus metrics on this port (0: off)")
 
+
+def _add_frontend(sub: _Subparsers) -> None:
     fe = sub.add_parser("frontend", help="run gRPC front ends only, joining a running cluster's replicas")
     _common(fe)
     fe.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -90,17 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--ray-address", help="the Ray cluster to join (default: settings ray.address)")
     fe.add_argument("--channel", choices=["direct", "handle"], help="how to reach replicas (default direct)")
 
+
+def _add_baseline(sub: _Subparsers) -> None:
     base = sub.add_parser("baseline", help="comparison servers on the same proto")
     base_sub = base.add_subparsers(dest="cmd", required=True)
     echo = base_sub.add_parser("echo", help="trivial grpc.aio server (no scoring): the ceiling")
-    echo.add_argument("--host", default="127.0.0.1")
-    echo.add_argument("--port", type=int, default=50052)
+    echo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    echo.add_argument("--port", type=int, default=50052, help="listen port (default 50052)")
     naive = base_sub.add_parser("naive", help="Ray Serve gRPC proxy -> Feast SDK + LightGBM per request")
     _common(naive)
-    naive.add_argument("--port", type=int, default=50053)
+    naive.add_argument("--port", type=int, default=50053, help="gRPC proxy port, on 127.0.0.1 (default 50053)")
 
+
+def _add_bench(sub: _Subparsers) -> None:
     bench = sub.add_parser("bench", help="benchmarks (print figures; not tests)")
     bench_sub = bench.add_subparsers(dest="cmd", required=True)
+    _add_bench_serving(bench_sub)
+    _add_bench_capacity(bench_sub)
+    _add_bench_telemetry(bench_sub)
+    _add_bench_channels(bench_sub)
+
+
+def _add_bench_serving(bench_sub: _Subparsers) -> None:
     bs = bench_sub.add_parser(
         "serving", help="ceiling vs creditauth vs naive stack, same load, one run"
     )
@@ -110,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--stream", type=int, default=20000, help="stream requests per target")
     bs.add_argument("--channels", type=lambda s: s.split(","), default=["local", "direct", "handle"],
                     help="front end -> replica channels to measure (comma-separated)")
-    bs.add_argument("--skip-naive", action="store_true")
+    bs.add_argument("--skip-naive", action="store_true", help="do not start or measure the naive stack")
     bs.add_argument("--telemetry-cost", action="store_true",
                     help="also run the direct path with telemetry off, to show what telemetry costs")
     bs.add_argument("--rounds", type=int, default=1,
@@ -118,9 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", help="also write the rows as JSON here")
     bs.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each target's output goes")
 
-    lt = sub.add_parser("loadtest", help="load-test campaigns (see docs/loadtest.md)", add_help=False)
-    lt.add_argument("args", nargs=argparse.REMAINDER, help="passed to `python -m loadtest`")
 
+def _add_bench_capacity(bench_sub: _Subparsers) -> None:
     bc = bench_sub.add_parser("capacity", help="CPU per decision per tier (front end, replica, Ray), for the plan")
     _common(bc)
     bc.add_argument("--unary", type=int, default=6000, help="unary requests per measurement")
@@ -128,28 +163,39 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--json", help="also write the rows as JSON here")
     bc.add_argument("--log-dir", default="/tmp/creditauth-bench", help="where each stack's output goes")
 
+
+def _add_bench_telemetry(bench_sub: _Subparsers) -> None:
     bt = bench_sub.add_parser("telemetry", help="telemetry's cost per RPC and per backend call, on vs off, in process")
     _common(bt)
     bt.add_argument("--calls", type=int, default=200_000, help="calls per round")
-    bt.add_argument("--rounds", type=int, default=3)
+    bt.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts (default 3)")
 
+
+def _add_bench_channels(bench_sub: _Subparsers) -> None:
     bch = bench_sub.add_parser(
         "channels", help="front end -> replica channels (Ray actor call, Compiled Graph, direct), one batch per call"
     )
     _common(bch)
     bch.add_argument("--calls", type=int, default=1000, help="serial calls per channel, size and round")
-    bch.add_argument("--rounds", type=int, default=3)
+    bch.add_argument("--rounds", type=int, default=3,
+                     help="interleaved rounds; each channel's median round is reported (default 3)")
     bch.add_argument("--sizes", default="1,100", help="batch sizes (comma-separated)")
     bch.add_argument("--json", help="also write every round's figures as JSON here")
 
+
+def _add_loadtest(sub: _Subparsers) -> None:
+    lt = sub.add_parser("loadtest", help="load-test campaigns (see docs/loadtest.md)", add_help=False)
+    lt.add_argument("args", nargs=argparse.REMAINDER, help="passed to `python -m loadtest`")
+
+
+def _add_demo(sub: _Subparsers) -> None:
     demo = sub.add_parser("demo", help="everything end to end on the embedded defaults, then a short load run")
     _common(demo)
-    demo.add_argument("--merchants", type=int, default=100_000)
+    demo.add_argument("--merchants", type=int, default=100_000, help="population size (default 100000)")
     demo.add_argument("--requests", type=int, default=4000, help="unary requests to send (plus batch and stream)")
-    demo.add_argument("--concurrency", type=int, default=64)
+    demo.add_argument("--concurrency", type=int, default=64, help="unary requests in flight (default 64)")
     demo.add_argument("--port", type=int, default=0, help="gRPC port (default: any free port)")
     demo.add_argument("--reuse-data", action="store_true", help="skip generation/materialization/training if present")
-    return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
