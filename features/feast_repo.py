@@ -126,15 +126,18 @@ def build_objects(data_dir: Path) -> list[Any]:
 
 
 def feature_store_yaml(settings: FeatureSettings) -> str:
-    doc = {
+    return yaml.safe_dump(_store_doc(settings), sort_keys=False)
+
+
+def _store_doc(settings: FeatureSettings, *, reveal: bool = False) -> dict[str, Any]:
+    return {
         "project": settings.project,
         "registry": str(settings.registry_path.resolve()),
         "provider": "local",
         "entity_key_serialization_version": 3,
-        "online_store": open_backend(settings).feast_online_store(),
+        "online_store": open_backend(settings).feast_online_store(reveal=reveal),
         "offline_store": {"type": "file"},
     }
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def write_repo(settings: FeatureSettings) -> Path:
@@ -154,7 +157,11 @@ def open_store(settings: FeatureSettings) -> FeatureStore:
         )
     # The yaml names the online store; rewrite it so the store in the settings wins.
     (repo / "feature_store.yaml").write_text(feature_store_yaml(settings))
-    return FeatureStore(repo_path=str(repo))
+    # Secrets (the Redis password) only in the config held in memory, never in the yaml.
+    from feast.repo_config import RepoConfig
+
+    config = RepoConfig(repo_path=repo, **_store_doc(settings, reveal=True))
+    return FeatureStore(repo_path=str(repo), config=config)
 
 
 def apply(settings: FeatureSettings) -> FeatureStore:

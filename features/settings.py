@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from features.stores.base import StoreKind
 
@@ -22,7 +22,19 @@ class FeatureSettings(BaseModel):
     project: str = Field("creditauth", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     data_dir: Path = Path(".creditauth")
     online_store: StoreKind = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # rediss://... for TLS; no password here
+    # Redis ACL user and a file holding its password (a mounted Kubernetes Secret); the
+    # password never sits in a settings file, a ConfigMap or serveConfigV2.
+    redis_username: str | None = None
+    redis_password_file: Path | None = None
+    # TLS (rediss://): the CA bundle the server is checked against (None: the system's),
+    # and a client certificate and key where the server asks for one.
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # Largest single Redis reply a connection accepts (its receive buffer never grows past
+    # this): a hostile or broken server cannot make a replica allocate without bound.
+    redis_max_reply_bytes: int = Field(64 << 20, ge=1 << 20, le=512 << 20)
     # Bound on every online-store round trip: a slow or dead store becomes a
     # typed error within this time, never a hang.
     timeout_s: float = Field(0.5, gt=0, le=60)
@@ -36,6 +48,23 @@ class FeatureSettings(BaseModel):
         if u.scheme not in ("redis", "rediss") or not u.hostname:
             raise ValueError(f"redis_url must look like redis://host:port/db, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _redis_security(self) -> FeatureSettings:
+        # Only what can be told without the secret: the files themselves are read (and
+        # checked) when a Redis client is built, on the machines that mount them.
+        u = urlparse(self.redis_url)
+        tls_files = [n for n in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+                     if getattr(self, n) is not None]
+        if tls_files and u.scheme != "rediss":
+            raise ValueError(f"{tls_files[0]} is set but redis_url is {u.scheme}://: use rediss:// for TLS")
+        if self.redis_tls_key_file is not None and self.redis_tls_cert_file is None:
+            raise ValueError("redis_tls_key_file is set without redis_tls_cert_file")
+        if self.redis_password_file is not None and u.password:
+            raise ValueError("redis_url carries a password and redis_password_file is set: keep only the file")
+        if self.redis_username and u.username:
+            raise ValueError("redis_url carries a user name and redis_username is set: keep one")
+        return self
 
     @property
     def repo_dir(self) -> Path:

@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-calls", type=int, default=200)
     q.add_argument("--stream-requests", type=int, default=10_000)
     q.add_argument("--timeout", type=float, default=10.0)
+    q.add_argument("--tls-ca", type=Path, help="connect with TLS, checking the server against this CA (PEM)")
+    q.add_argument("--tls-name", default="localhost", help="the name the server certificate must carry")
     q.set_defaults(func=_cmd_quick)
 
     c = sub.add_parser("campaign", help="run a campaign file: live progress, report, SLO gates set the exit code")

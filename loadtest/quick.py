@@ -18,10 +18,18 @@ from loadtest.closed_loop import run_batch, run_stream, run_unary
 from loadtest.mix import RequestMix
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or TLS checked against ``--tls-ca`` when given."""
+    if args.tls_ca is None:
+        return grpc.aio.insecure_channel(args.target)
+    creds = grpc.ssl_channel_credentials(root_certificates=args.tls_ca.read_bytes())
+    return grpc.aio.secure_channel(args.target, creds, options=[("grpc.ssl_target_name_override", args.tls_name)])
+
+
 async def quick(args: argparse.Namespace) -> dict[str, object]:
     mix = RequestMix(args.data_dir)
     timeout = args.timeout
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with _channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = pb_grpc.CreditAuthorizationStub(channel)
         # Warm-up: JIT paths, connections, replica caches.

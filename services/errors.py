@@ -64,9 +64,20 @@ class InternalError(CreditAuthError):
     """A fault inside the services that no caller can fix (a bug, an inconsistent answer)."""
 
 
+class Unauthenticated(CreditAuthError):
+    """The caller did not prove who it is (no or an untrusted certificate, a bad token)."""
+
+
+class PermissionDenied(CreditAuthError):
+    """The caller is known but its grant does not cover what it asked (an RPC, a product,
+    an amount, a right)."""
+
+
 # First match wins: subclasses before their bases.
 CODES: tuple[tuple[type[CreditAuthError], Code], ...] = (
     (InvalidRequest, Code.INVALID_ARGUMENT),
+    (Unauthenticated, Code.UNAUTHENTICATED),
+    (PermissionDenied, Code.PERMISSION_DENIED),
     (DeadlineExceeded, Code.DEADLINE_EXCEEDED),
     (Overloaded, Code.RESOURCE_EXHAUSTED),
     (ShuttingDown, Code.UNAVAILABLE),
@@ -81,6 +92,8 @@ CODES: tuple[tuple[type[CreditAuthError], Code], ...] = (
 # The error a status code stands for on the far side of a hop (a replica's error frame).
 _ERROR_FOR: dict[Code, type[CreditAuthError]] = {
     Code.INVALID_ARGUMENT: InvalidRequest,
+    Code.UNAUTHENTICATED: Unauthenticated,
+    Code.PERMISSION_DENIED: PermissionDenied,
     Code.DEADLINE_EXCEEDED: DeadlineExceeded,
     Code.RESOURCE_EXHAUSTED: Overloaded,
     Code.UNAVAILABLE: BackendUnavailable,

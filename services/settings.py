@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features import FeatureSettings
+from services.auth.settings import SecuritySettings
+from services.decisionlog.settings import DecisionLogSettings
 from services.errors import ConfigError
 
 
@@ -51,8 +54,11 @@ class ServingSettings(_Strict):
     feature_cache_entries: int = Field(200_000, ge=1)
     # The same application_id within this window gets the same decision (0 disables).
     idempotency_window_s: float = Field(900.0, ge=0)
-    # Longest AuthorizeBatch accepted.
-    max_batch_request: int = Field(10_000, ge=1)
+    # Longest AuthorizeBatch accepted; the gRPC receive limit is sized to it, so a longer
+    # message is refused by gRPC before it is buffered whole.
+    max_batch_request: int = Field(10_000, ge=1, le=100_000)
+    # RPCs served at once (streams count while open); more are refused RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(4096, ge=1)
     # Connections older than this are closed gracefully so clients rebalance.
     max_connection_age_s: float = Field(300.0, gt=0)
     # On SIGTERM: stop taking work, let in-flight work finish for at most this long.
@@ -86,21 +92,49 @@ class RaySettings(_Strict):
     max_ongoing_requests: int = Field(4, ge=1)
     # CPUs Ray reserves per replica (0 lets replicas share small boxes).
     replica_num_cpus: float = Field(0.0, ge=0)
-    # Where each replica's direct-channel socket listens, and the address it
-    # registers (None: the bind host; "node": the Ray node IP, for clusters).
-    channel_bind_host: str = "127.0.0.1"
+    # Where each replica's direct-channel socket listens. None: the replica's own address,
+    # never every interface: the Ray node IP (ray.util.get_node_ip_address(), the pod IP
+    # on Kubernetes), or 127.0.0.1 when services.stack starts its own local cluster (it
+    # sets that in the settings it hands its replicas). "0.0.0.0" only where a replica
+    # must be reached on several interfaces (it then registers the node IP).
+    channel_bind_host: str | None = None
     # Ports the channel may bind, [first, last]; None: any free port.
     channel_ports: tuple[int, int] | None = None
+    # The address a replica registers for front ends to dial: None, the bound one; "node",
+    # the Ray node IP (with the bound port); or a host name.
     channel_advertise_host: str | None = None
     # Batches one replica scores at once on the direct channel; more are refused.
     channel_max_inflight: int = Field(8, ge=1)
+    # The direct channel's peers prove they hold this secret (mutual HMAC-SHA256
+    # challenge-response, services/runtime/channel/auth.py) before any frame is read: a
+    # file of at least 16 random bytes, e.g. a mounted Kubernetes Secret. None: a stack
+    # that starts its own local cluster makes a fresh one (0600, removed at exit); anywhere
+    # else (a replica, a front end joining a cluster) the channel refuses to start ...
+    channel_secret_file: Path | None = None
+    # ... unless this says it may run in plaintext, unauthenticated (a warning at start).
+    channel_plaintext: bool = False
+    # Longest frame either side reads or sends; a longer length header closes the
+    # connection before anything is allocated.
+    channel_max_frame_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     autoscaling: AutoscalingSettings | None = None
 
 
 class TelemetrySettings(_Strict):
     enabled: bool = True
-    # OTLP/gRPC endpoint, e.g. "http://127.0.0.1:4317"; None disables export.
+    # OTLP/gRPC endpoint, e.g. "https://collector:4317" (TLS) or "http://127.0.0.1:4317"
+    # (plaintext, loopback); None disables export.
     otlp_endpoint: str | None = None
+    # CA bundle (PEM) the collector's certificate is checked against; None: the system's.
+    otlp_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _otlp_secured(self) -> TelemetrySettings:
+        url = self.otlp_endpoint
+        if url is not None and url.startswith("http://"):
+            host = (urlparse(url).hostname or "").lower()
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(f"otlp_endpoint {url}: plaintext export only to loopback; use https:// (TLS)")
+        return self
     # Port for the Prometheus scrape endpoint; 0 disables it.
     prometheus_port: int = Field(0, ge=0, le=65535)
     prometheus_host: str = "127.0.0.1"
@@ -116,6 +150,8 @@ class Settings(_Strict):
     serving: ServingSettings = ServingSettings()
     ray: RaySettings = RaySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    security: SecuritySettings = SecuritySettings()
+    decision_log: DecisionLogSettings = DecisionLogSettings()
     model_version: str = "latest"
     # None: the packaged default policy.
     policy_path: Path | None = None

@@ -3,6 +3,12 @@
 This is the one module that joins the layers (front end, runtime, scoring, telemetry);
 the runtime never imports the front end. ``creditauth serve`` runs ``serve_forever``;
 the demo and the end-to-end tests use ``Stack`` as an async context manager.
+
+The stack also locks the direct channel for a cluster it runs on this host (no
+``ray.address``): replicas listen on 127.0.0.1, and, unless the settings name a secret
+or choose plaintext, it writes a fresh random secret (0600, in a temporary directory
+removed at exit) and hands its path to the replicas and to its own front ends. On
+someone else's cluster it starts only with a secret file or explicit plaintext.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import yaml
 
 from services.frontend import FrontEnd
 from services.runtime import open_backend, seam
+from services.runtime.channel.auth import read_secret, resolve_secret, write_secret
 from services.settings import Settings
 from services.telemetry import NullTelemetry, setup
 
@@ -38,6 +45,7 @@ class Stack:
         self._children: list[subprocess.Popen[bytes]] = []
         self._settings_files: list[Path] = []
         self.telemetry: NullTelemetry | None = None
+        self._secret_dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def port(self) -> int:
@@ -45,22 +53,55 @@ class Stack:
         return self.frontend.port
 
     async def __aenter__(self) -> Stack:
+        try:
+            return await self._enter()
+        except BaseException:
+            self._forget_secret()
+            raise
+
+    async def _enter(self) -> Stack:
         loop = asyncio.get_running_loop()
         # Ray start-up, deployment and engine loading block: keep them off the event loop.
         if self.settings.serving.channel == "local":
             self._cluster = "none"
         else:
+            self.settings = self._lock_channel(self.settings)
             self._cluster = await loop.run_in_executor(None, seam.start_cluster, self.settings)
             if self._deploy:
                 await loop.run_in_executor(None, seam.deploy, self.settings)
         backend = await loop.run_in_executor(None, open_backend, self.settings)
         await backend.start()
         self.telemetry = setup(self.settings.telemetry, "creditauth-frontend")
-        self.frontend = FrontEnd(backend, self.settings.serving, self.telemetry)
+        self.frontend = FrontEnd(backend, self.settings.serving, self.settings.security, self.telemetry)
         await self.frontend.start()
         if self.settings.serving.frontends > 1:
             await loop.run_in_executor(None, self._spawn_frontends)
         return self
+
+    def _lock_channel(self, settings: Settings) -> Settings:
+        """The settings with the channel's bind host and secret filled in (see the module doc).
+
+        Refuses (``ConfigError``) before anything starts when neither a secret nor
+        plaintext is set and the cluster is not this stack's own.
+        """
+        ray = settings.ray
+        update: dict[str, object] = {}
+        local = ray.address is None
+        if local and ray.channel_bind_host is None:
+            update["channel_bind_host"] = "127.0.0.1"  # one host: nothing outside it needs the socket
+        if ray.channel_secret_file is not None:
+            read_secret(ray.channel_secret_file)  # an unreadable or short secret fails here, not in a replica
+        elif local and not ray.channel_plaintext:
+            self._secret_dir = tempfile.TemporaryDirectory(prefix="creditauth-channel-")
+            update["channel_secret_file"] = write_secret(Path(self._secret_dir.name))
+        elif not ray.channel_plaintext:
+            resolve_secret(ray, "creditauth")  # raises, naming the options
+        return settings.model_copy(update={"ray": ray.model_copy(update=update)}) if update else settings
+
+    def _forget_secret(self) -> None:
+        if self._secret_dir is not None:
+            self._secret_dir.cleanup()
+            self._secret_dir = None
 
     def _spawn_frontends(self) -> None:
         """More front-end processes on the same port (SO_REUSEPORT), joining this cluster."""
@@ -98,6 +139,12 @@ class Stack:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        try:
+            await self._exit()
+        finally:
+            self._forget_secret()  # after the replicas and front ends that read it are gone
+
+    async def _exit(self) -> None:
         loop = asyncio.get_running_loop()
         # All front ends drain at once: children on SIGTERM, ours right here.
         stopping = loop.run_in_executor(None, self._stop_children)

@@ -96,12 +96,10 @@ class Telemetry(NullTelemetry):
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            tracer_provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
-            )
-            readers.append(
-                PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.otlp_endpoint, insecure=True))
-            )
+            tls = _otlp_tls(settings)
+            url = settings.otlp_endpoint
+            tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url, **tls)))
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=url, **tls)))
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         self._tracer_provider = tracer_provider
         self._ratio = settings.trace_sample_ratio
@@ -244,3 +242,15 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
+
+
+def _otlp_tls(settings: TelemetrySettings) -> dict[str, Any]:
+    """Exporter arguments: TLS (checked against ``otlp_ca_file``, else the system's CAs) for an
+    ``https://`` endpoint; plaintext for ``http://``, which the settings allow on loopback only."""
+    assert settings.otlp_endpoint is not None
+    if settings.otlp_endpoint.startswith("http://"):
+        return {"insecure": True}
+    import grpc
+
+    ca = settings.otlp_ca_file.read_bytes() if settings.otlp_ca_file is not None else None
+    return {"insecure": False, "credentials": grpc.ssl_channel_credentials(root_certificates=ca)}

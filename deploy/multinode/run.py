@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -104,15 +105,23 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(8)
         procs.append(ray_node(NS[1], ADDR[1], head=False, cpus=1, log=work / "worker.log", temp=temp))
         time.sleep(8)
+        # The direct channel crosses the veth pair: its peers prove they hold this secret
+        # (a joined cluster gets no generated one). The front end listens on the head
+        # node's loopback only, where the load generator runs: plaintext there.
+        secret = work / "channel.secret"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
         settings = {
             "features": {"data_dir": str(args.data_dir.resolve())},
             "serving": {"host": "127.0.0.1", "port": 50051},
+            "security": {"plaintext": True, "anonymous": {"name": "anonymous"}},
             "ray": {
                 "address": f"{ADDR[0]}:{GCS_PORT}",
                 "replicas": 2,
                 "replica_num_cpus": 1.0,  # one replica per node
-                "channel_bind_host": "0.0.0.0",
                 "channel_advertise_host": "node",
+                "channel_secret_file": str(secret),
             },
         }
         cfg = work / "settings.yaml"

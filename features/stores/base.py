@@ -61,8 +61,9 @@ class StoreBackend(Protocol):
         """Decision records kept ``window_s`` seconds; ``namespace`` names the record schema."""
         ...
 
-    def feast_online_store(self) -> dict[str, Any]:
-        """The ``online_store`` section of Feast's ``feature_store.yaml`` for this store."""
+    def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:
+        """The ``online_store`` section of Feast's ``feature_store.yaml`` for this store;
+        secrets are placeholders unless ``reveal`` (for a config held in memory only)."""
         ...
 
     def server_cpu_s(self) -> float:

@@ -24,6 +24,7 @@ Like ``naive.py``, this module talks to Ray directly: it measures Ray itself.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -85,8 +86,8 @@ class _Probe:
         batch, _ = frames.decode(RequestBatch, memoryview(blob))
         return b"".join(bytes(p) for p in frames.encode(self._answer(batch)))
 
-    def start_channel(self, inline_max: int = 0) -> str:
-        self._server = ChannelServer(self._answer, inline_max=inline_max)
+    def start_channel(self, inline_max: int = 0, secret: bytes | None = None) -> str:
+        self._server = ChannelServer(self._answer, inline_max=inline_max, secret=secret)
         return self._server.start()
 
     def stop_channel(self) -> None:
@@ -218,13 +219,14 @@ def run(sizes: Sequence[int], calls: int, rounds: int, num_cpus: int = 2) -> lis
              configure_logging=False)
     loop = asyncio.new_event_loop()
     figures: list[Figure] = []
+    secret = secrets.token_bytes(32)  # the direct channel authenticates, as served
     try:
         probe: Any = ray.remote(num_cpus=0)(_Probe)
         plain, graphed, direct, inline = (probe.remote() for _ in range(4))
         backends = {
-            "direct": DirectBackend(static_endpoints([ray.get(direct.start_channel.remote())])),
+            "direct": DirectBackend(static_endpoints([ray.get(direct.start_channel.remote(0, secret))]), secret=secret),
             "direct-inline": DirectBackend(
-                static_endpoints([ray.get(inline.start_channel.remote(1 << 30))])),
+                static_endpoints([ray.get(inline.start_channel.remote(1 << 30, secret))]), secret=secret),
         }
         for backend in backends.values():
             loop.run_until_complete(backend.start())

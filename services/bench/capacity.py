@@ -99,7 +99,7 @@ def measure(args: argparse.Namespace, mode: str, frontends: int, replicas: int) 
     port = _free_port()
     cmd = [
         sys.executable, "-m", "services.cli.main", "serve", "--data-dir", str(args.data_dir),
-        "--port", str(port), "--frontends", str(frontends), "--replicas", str(replicas),
+        "--port", str(port), "--frontends", str(frontends), "--replicas", str(replicas), "--plaintext",
     ]
     if args.online_store:
         cmd += ["--online-store", args.online_store]

@@ -29,6 +29,30 @@ class Target:
     name: str
     argv: list[str]
     scale: float = 1.0  # share of the load to send (the naive stack is slow)
+    tls_ca: Path | None = None  # the target serves TLS under this CA (the load checks it)
+
+
+def _client_channel(port: int, tls_ca: Path | None) -> grpc.Channel:
+    if tls_ca is None:
+        return grpc.insecure_channel(f"127.0.0.1:{port}")
+    creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def tls_config(directory: Path) -> tuple[Path, Path]:
+    """A throw-away CA and server certificate, and a settings file serving TLS with them to
+    anonymous callers: ``(settings.yaml, ca.crt)``."""
+    import yaml
+
+    from services.auth.pki import Authority
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = Authority("creditauth bench CA")
+    cert, key = ca.issue("frontend.bench", server=True).write(directory, "server")
+    (directory / "ca.crt").write_bytes(ca.pem)
+    doc = {"security": {"tls": {"cert_file": str(cert), "key_file": str(key)}, "anonymous": {"name": "bench"}}}
+    (directory / "settings.yaml").write_text(yaml.safe_dump(doc))
+    return directory / "settings.yaml", directory / "ca.crt"
 
 
 def _pinned(argv: list[str], cpus: list[int]) -> list[str]:
@@ -55,7 +79,7 @@ def _free_port() -> int:
         return port
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], tls_ca: Path | None, timeout_s: float = 180) -> None:
     from creditauth.v1 import authorization_pb2 as pb
     from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -64,7 +88,7 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 180
                               product=pb.PRODUCT_WORKING_CAPITAL, channel=pb.CHANNEL_WEB)
     req.requested_amount.amount_minor = 100_00
     req.requested_amount.currency = "CNY"
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    with _client_channel(port, tls_ca) as ch:
         stub = pb_grpc.CreditAuthorizationStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -90,7 +114,7 @@ def _run_target(t: Target, port: int, args: argparse.Namespace) -> dict[str, Any
     )
     try:
         try:
-            _wait_ready(port, proc)
+            _wait_ready(port, proc, t.tls_ca)
         except (RuntimeError, TimeoutError) as exc:
             tail = log_path.read_bytes()[-3000:].decode(errors="replace")
             raise RuntimeError(f"{t.name}: {exc}; its log ({log_path}) ends with:\n{tail}") from exc
@@ -103,6 +127,8 @@ def _run_target(t: Target, port: int, args: argparse.Namespace) -> dict[str, Any
             "--batch-calls", str(max(10, int(args.batch_calls * t.scale))),
             "--stream-requests", str(int(args.stream * t.scale) if t.name != "naive stack" else 0),
         ]
+        if t.tls_ca is not None:
+            load += ["--tls-ca", str(t.tls_ca)]
         out = subprocess.run(
             load, capture_output=True, text=True, timeout=1800,
             preexec_fn=lambda: os.sched_setaffinity(0, load_cpus),
@@ -153,18 +179,25 @@ def targets(args: argparse.Namespace) -> list[tuple[Target, int]]:
             (
                 Target(
                     f"creditauth ({channel})",
-                    [*exe, "serve", *common, "--port", str(port), "--channel", channel],
+                    [*exe, "serve", *common, "--port", str(port), "--channel", channel, "--plaintext"],
                 ),
                 port,
             )
         )
+    if getattr(args, "tls_cost", False):
+        config, ca = tls_config(Path(args.log_dir) / "tls")
+        for channel in args.channels:
+            port = _free_port()
+            argv = [*exe, "serve", *common, "--config", str(config), "--port", str(port), "--channel", channel]
+            out.append((Target(f"creditauth ({channel}, TLS)", argv, tls_ca=ca), port))
     if args.telemetry_cost:
         port = _free_port()
         out.append(
             (
                 Target(
                     "creditauth (direct, telemetry off)",
-                    [*exe, "serve", *common, "--port", str(port), "--channel", "direct", "--no-telemetry"],
+                    [*exe, "serve", *common, "--port", str(port), "--channel", "direct", "--no-telemetry",
+                     "--plaintext"],
                 ),
                 port,
             )

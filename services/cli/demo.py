@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from services.auth import CallerGrant, SecuritySettings
 from services.cli import commands
 from services.settings import Settings
 
@@ -43,7 +44,11 @@ async def _load(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from services.stack import Stack
 
     serving = settings.serving.model_copy(update={"port": args.port})
-    settings = settings.model_copy(update={"serving": serving})
+    # The demo's callers are its own load generator on loopback: plaintext, said out loud.
+    security = SecuritySettings(plaintext=True, anonymous=CallerGrant(name="anonymous"))
+    settings = settings.model_copy(update={"serving": serving, "security": security})
+    print(f"   PLAINTEXT: the demo listens on {serving.host} without TLS or caller authentication"
+          " (security.plaintext: true); production front ends need security.tls", flush=True)
     print("== start: local Ray cluster, Serve scoring replica, gRPC front end", flush=True)
     t0 = time.perf_counter()
     async with Stack(settings) as stack:

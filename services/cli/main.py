@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from features import FeatureError
 from kernels import KernelError
+from services.cli.log import add_log
 from services.errors import CreditAuthError
 from services.settings import Settings, load_settings
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baseline(sub)
     _add_bench(sub)
     _add_loadtest(sub)
+    add_log(sub, _common)
     _add_demo(sub)
     return parser
 
@@ -105,6 +107,10 @@ def _add_serve(sub: _Subparsers) -> None:
     serve.add_argument("--frontends", type=int, help="front-end processes sharing the port (default 1)")
     serve.add_argument("--no-telemetry", action="store_true", help="disable traces and metrics")
     serve.add_argument("--prometheus-port", type=int, help="serve Prometheus metrics on this port (0: off)")
+    serve.add_argument(
+        "--plaintext", action="store_true",
+        help="listen without TLS and let unidentified callers in as 'anonymous' (local use only: it warns)",
+    )
 
 
 def _add_frontend(sub: _Subparsers) -> None:
@@ -114,6 +120,10 @@ def _add_frontend(sub: _Subparsers) -> None:
     fe.add_argument("--port", type=int, help="listen port (default 50051)")
     fe.add_argument("--ray-address", help="the Ray cluster to join (default: settings ray.address)")
     fe.add_argument("--channel", choices=["direct", "handle"], help="how to reach replicas (default direct)")
+    fe.add_argument(
+        "--plaintext", action="store_true",
+        help="listen without TLS and let unidentified callers in as 'anonymous' (local use only: it warns)",
+    )
 
 
 def _add_baseline(sub: _Subparsers) -> None:
@@ -147,6 +157,8 @@ def _add_bench_serving(bench_sub: _Subparsers) -> None:
     bs.add_argument("--channels", type=lambda s: s.split(","), default=["local", "direct", "handle"],
                     help="front end -> replica channels to measure (comma-separated)")
     bs.add_argument("--skip-naive", action="store_true", help="do not start or measure the naive stack")
+    bs.add_argument("--tls-cost", action="store_true",
+                    help="also run each channel's front end with TLS, to show what TLS costs")
     bs.add_argument("--telemetry-cost", action="store_true",
                     help="also run the direct path with telemetry off, to show what telemetry costs")
     bs.add_argument("--rounds", type=int, default=1,
@@ -218,12 +230,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
         over["ray"]["address"] = args.ray_address
     if getattr(args, "policy", None):
         over["policy_path"] = args.policy
-    over["telemetry"] = {}
-    if getattr(args, "no_telemetry", False):
-        over["telemetry"]["enabled"] = False
-    if getattr(args, "prometheus_port", None) is not None:
-        over["telemetry"]["prometheus_port"] = args.prometheus_port
+    if getattr(args, "plaintext", False):
+        over["security"] = {"plaintext": True, "anonymous": {"name": "anonymous"}}
+    over["telemetry"] = _telemetry_overrides(args)
     return load_settings(path, over)
+
+
+def _telemetry_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if getattr(args, "no_telemetry", False):
+        over["enabled"] = False
+    if getattr(args, "prometheus_port", None) is not None:
+        over["prometheus_port"] = args.prometheus_port
+    return over
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
             baseline_echo(args)
             return
         settings = settings_from(args)
-        handler = getattr(commands, f"{args.group}_{getattr(args, 'cmd', '')}".rstrip("_"))
+        # A command module of its own sets ``run`` (services/cli/log.py); the rest live in commands.
+        name = f"{args.group}_{getattr(args, 'cmd', '')}".rstrip("_")
+        handler = getattr(args, "run", None) or getattr(commands, name)
         handler(settings, args)
     except (CreditAuthError, FeatureError, KernelError) as exc:
         print(f"creditauth: error: {exc}", file=sys.stderr)

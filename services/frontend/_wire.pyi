@@ -3,7 +3,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.errors import InternalError
+
+MAX_ID: int
+MAX_TEXT: int
+
 class WireError(ValueError): ...
+class EncodeError(InternalError, ValueError): ...
 
 class Violation(ValueError):
     column: int
@@ -21,11 +27,12 @@ class RequestCodec:
         currencies: bytes,
         dtype: np.dtype[Any],
         deadline_offset: int,
+        caller_offset: int,
         max_id: int,
     ) -> None: ...
-    def decode_one(self, data: bytes, deadline: float) -> bytes: ...
+    def decode_one(self, data: bytes, deadline: float, caller: bytes = b"") -> bytes: ...
     def decode_batch(
-        self, data: bytes, deadline: float, max_items: int
+        self, data: bytes, deadline: float, max_items: int, caller: bytes = b""
     ) -> tuple[int, npt.NDArray[np.int32], npt.NDArray[np.void], list[tuple[int, Violation]]]: ...
 
 class Program:

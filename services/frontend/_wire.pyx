@@ -14,7 +14,10 @@ skipped, a repeated scalar takes the last value, an embedded message seen twice 
 merged, proto3 defaults are omitted on output, fields are written in field-number order.
 
 Every entry point checks what it is given: table shapes, record sizes, indices into
-string tables, nesting depth; a message it cannot read is a ``WireError``.
+string tables, nesting depth; a message it cannot read is a ``WireError``, an answer it
+cannot encode an ``EncodeError`` (``INTERNAL``), never a read outside a buffer. What is
+echoed back is bounded: an application id only when it is a valid id, error texts cut to
+``MAX_TEXT`` characters.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -24,6 +27,8 @@ from libc.math cimport NAN
 from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
+
+from services.errors import InternalError
 
 cimport numpy as cnp
 
@@ -67,10 +72,23 @@ DEF OP_STRING = 6
 DEF OP_TABLE = 7
 DEF OP_REPEAT = 8
 DEF OP_END = 9
+# Echo bounds: an application id echoed in an error (services.schema.columns.MAX_ID), the
+# characters of an error's field and message, the bytes of an encoder table entry or message.
+DEF ECHO_ID = 64
+DEF TEXT_CHARS = 1024
+DEF TEXT_BYTES = 4096
+# Item statuses are google.rpc codes: 0 (decided) .. 16 (UNAUTHENTICATED).
+DEF MAX_CODE = 16
+MAX_ID = ECHO_ID
+MAX_TEXT = TEXT_CHARS
 
 
 class WireError(ValueError):
     """The bytes are not a well-formed message of the expected type."""
+
+
+class EncodeError(InternalError, ValueError):
+    """Decision records, tables or positions that do not make a response (an inconsistent answer)."""
 
 
 class Violation(ValueError):
@@ -195,18 +213,33 @@ cdef inline int64_t load_int(const uint8_t* src, int width) noexcept nogil:
     return d
 
 
+cdef inline int64_t max_index(const uint8_t* p, int64_t stride, int width, int64_t count) noexcept nogil:
+    """The largest of ``count`` indices ``stride`` bytes apart (one branch per call, not per element)."""
+    cdef int64_t e, m = -1
+    cdef int16_t h, hm = -1
+    if width == 2 and stride == 2:  # the reason indices: a constant stride the compiler vectorizes
+        for e in range(count):
+            memcpy(&h, p + 2 * e, 2)
+            hm = max(hm, h)
+        return hm
+    for e in range(count):
+        m = max(m, load_int(p + e * stride, width))
+    return m
+
+
 cdef class RequestCodec:
     """Decodes ``AuthorizeRequest`` / ``AuthorizeBatchRequest`` bytes into request records."""
 
     cdef int64_t[:, ::1] routes
     cdef int64_t[:, ::1] cols
-    cdef int n_slots, n_cols, itemsize, deadline_offset, max_id
+    cdef int n_slots, n_cols, itemsize, deadline_offset, caller_offset, max_id
     cdef bytes currencies
     cdef const uint8_t* cur
     cdef int n_cur
     cdef object dtype
 
-    def __init__(self, routes, cols, int n_slots, bytes currencies, dtype, int deadline_offset, int max_id):
+    def __init__(self, routes, cols, int n_slots, bytes currencies, dtype, int deadline_offset,
+                 int caller_offset, int max_id):
         routes = np.ascontiguousarray(routes, dtype=np.int64)
         cols = np.ascontiguousarray(cols, dtype=np.int64)
         if routes.ndim != 2 or routes.shape[1] != R_COLS or cols.ndim != 2 or cols.shape[1] != C_COLS:
@@ -223,6 +256,9 @@ cdef class RequestCodec:
                 raise ValueError(f"bad column spec {list(row)}")
         if not 0 <= deadline_offset <= self.itemsize - 8:
             raise ValueError("bad deadline offset")
+        if not 0 <= caller_offset <= self.itemsize - max_id:
+            raise ValueError("bad caller offset")
+        self.caller_offset = caller_offset
         self.routes = routes
         self.cols = cols
         self.n_slots = n_slots
@@ -321,7 +357,7 @@ cdef class RequestCodec:
                     return <int>c
         return -1
 
-    cdef void store(self, Slot* slots, uint8_t* rec, double deadline) noexcept nogil:
+    cdef void store(self, Slot* slots, uint8_t* rec, double deadline, const Slot* caller) noexcept nogil:
         cdef Py_ssize_t c
         cdef Slot* s
         cdef int width, kind
@@ -343,9 +379,10 @@ cdef class RequestCodec:
             else:
                 store_int(rec + self.cols[c, 7], width, self.number(c, s))
         memcpy(rec + self.deadline_offset, &deadline, 8)
+        memcpy(rec + self.caller_offset, caller.ptr, caller.length)
 
     cdef int read_one(self, const uint8_t* p, Py_ssize_t n, uint8_t* rec, double deadline,
-                      int* verdict, Slot* slots) noexcept nogil:
+                      const Slot* caller, int* verdict, Slot* slots) noexcept nogil:
         """0: ``rec`` holds the request; -1: malformed; -2: a violation (``slots`` kept)."""
         cdef Reader r
         memset(slots, 0, sizeof(Slot) * MAX_SLOTS)
@@ -355,7 +392,7 @@ cdef class RequestCodec:
             return -1
         if self.check(slots, verdict) >= 0:
             return -2
-        self.store(slots, rec, deadline)
+        self.store(slots, rec, deadline, caller)
         return 0
 
     cdef object violation(self, Slot* slots, int verdict):
@@ -364,25 +401,38 @@ cdef class RequestCodec:
         cdef Slot* app = &slots[self.cols[0, 0]]
         text = PyBytes_FromStringAndSize(<const char*>s.ptr, s.length) if s.ptr != NULL else b""
         number = self.number(c, s)
-        app_id = PyBytes_FromStringAndSize(<const char*>app.ptr, app.length) if app.ptr != NULL else b""
+        app_id = b""
+        if app.ptr != NULL and self.cols[c, 0] != self.cols[0, 0]:  # an invalid id is not echoed
+            app_id = PyBytes_FromStringAndSize(<const char*>app.ptr, app.length)
         return Violation(c, verdict, number, text, app_id)
 
-    def decode_one(self, bytes data, double deadline):
+    cdef Slot caller_slot(self, bytes caller) except *:
+        """The caller's name as the record stores it (at most ``max_id`` bytes, checked)."""
+        cdef Slot c
+        if PyBytes_GET_SIZE(caller) > self.max_id:
+            raise ValueError(f"caller name longer than {self.max_id} bytes")
+        c.ptr = <const uint8_t*>PyBytes_AS_STRING(caller)
+        c.length = PyBytes_GET_SIZE(caller)
+        return c
+
+    def decode_one(self, bytes data not None, double deadline, bytes caller not None=b""):
         """One ``AuthorizeRequest`` as a ``bytes`` record; raises ``Violation`` or ``WireError``."""
         cdef Slot slots[MAX_SLOTS]
         cdef int verdict = 0
+        cdef Slot who = self.caller_slot(caller)
         out = PyBytes_FromStringAndSize(NULL, self.itemsize)
         cdef uint8_t* rec = <uint8_t*>PyBytes_AS_STRING(out)
         memset(rec, 0, self.itemsize)
         rc = self.read_one(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), rec, deadline,
-                           &verdict, slots)
+                           &who, &verdict, slots)
         if rc == -1:
             raise WireError("malformed AuthorizeRequest")
         if rc == -2:
             raise self.violation(slots, verdict)
         return out
 
-    def decode_batch(self, bytes data, double deadline, Py_ssize_t max_items):
+    def decode_batch(self, bytes data not None, double deadline, Py_ssize_t max_items,
+                     bytes caller not None=b""):
         """An ``AuthorizeBatchRequest``: ``(total, index, rows, violations)``.
 
         ``rows`` holds the valid requests (``index[k]`` is the position of ``rows[k]`` in the
@@ -395,6 +445,7 @@ cdef class RequestCodec:
         cdef Py_ssize_t n = 0, i, k = 0
         cdef Slot slots[MAX_SLOTS]
         cdef int verdict, rc
+        cdef Slot who = self.caller_slot(caller)
         r.p = base
         r.end = base + PyBytes_GET_SIZE(data)
         while r.p < r.end:  # count first: an oversized call allocates nothing
@@ -421,7 +472,7 @@ cdef class RequestCodec:
                 skip_field(&r, <uint32_t>(key & 7))
                 continue
             read_varint(&r, &v)
-            rc = self.read_one(r.p, <Py_ssize_t>v, out + k * self.itemsize, deadline, &verdict, slots)
+            rc = self.read_one(r.p, <Py_ssize_t>v, out + k * self.itemsize, deadline, &who, &verdict, slots)
             r.p += v
             if rc == -1:
                 raise WireError(f"malformed AuthorizeRequest at position {i}")
@@ -509,22 +560,40 @@ cdef inline int open_message(Buf* b, uint32_t field, Py_ssize_t* mark) except -1
     return 0
 
 
+cdef int close_long(Buf* b, Py_ssize_t mark, Py_ssize_t body) except -1:
+    """A body of 16 KiB or more (long texts): room for a longer length, so no answer is too large."""
+    cdef Py_ssize_t width = 3, v = body >> 21
+    while v:
+        width += 1
+        v >>= 7
+    grow(b, width - 2)
+    memmove(b.p + mark + width, b.p + mark + 2, body)
+    b.n += width - 2
+    v = body
+    while v >= 0x80:
+        b.p[mark] = <uint8_t>((v & 0x7F) | 0x80)
+        mark += 1
+        v >>= 7
+    b.p[mark] = <uint8_t>v
+    return 0
+
+
 cdef inline int close_message(Buf* b, Py_ssize_t mark, bint keep_empty) except -1:
     cdef Py_ssize_t body = b.n - mark - 2
     if body == 0 and not keep_empty:
-        b.n = mark - 1  # drop the tag too (tags below 16 take one byte)
+        b.n = mark - 1  # drop the tag too (tags below 16 take one byte: the program is checked)
         return 0
     if body < 128:
         # One length byte: shift the body left by one.
         b.p[mark] = <uint8_t>body
         memmove(b.p + mark + 1, b.p + mark + 2, body)
         b.n -= 1
-    elif body < 16384:
+        return 0
+    if body < 16384:
         b.p[mark] = <uint8_t>((body & 0x7F) | 0x80)
         b.p[mark + 1] = <uint8_t>(body >> 7)
-    else:
-        raise ValueError("nested message too large")
-    return 0
+        return 0
+    return close_long(b, mark, body)
 
 
 cdef inline Py_ssize_t fixed_len(const uint8_t* p, Py_ssize_t width) noexcept nogil:
@@ -534,9 +603,34 @@ cdef inline Py_ssize_t fixed_len(const uint8_t* p, Py_ssize_t width) noexcept no
     return n
 
 
+cdef inline bytes bounded(str s):
+    """``s`` as UTF-8, cut to ``TEXT_CHARS`` characters (a quoted value can be anything)."""
+    if len(s) > TEXT_CHARS:
+        s = s[:TEXT_CHARS - 3] + "..."
+    return s.encode("utf-8", "replace")
+
+
+cdef inline Py_ssize_t text_len(const uint8_t* p, Py_ssize_t width) except -1:
+    """A string column's length; one that is not UTF-8 is refused (no client could parse it)."""
+    cdef Py_ssize_t n = 0
+    cdef uint8_t high = 0
+    while n < width and p[n] != 0:
+        high |= p[n]
+        n += 1
+    if high & 0x80:
+        try:
+            PyBytes_FromStringAndSize(<const char*>p, n).decode()
+        except UnicodeDecodeError:
+            raise EncodeError("a decision record holds a string that is not UTF-8") from None
+    return n
+
+
 cdef int write_error(Buf* b, const char* app, Py_ssize_t app_len, int code, bytes field, bytes message) except -1:
     cdef Py_ssize_t mark
-    put_bytes(b, 1, app, app_len)
+    if code < 1 or code > MAX_CODE:
+        raise EncodeError(f"error code {code} is no google.rpc code")
+    if valid_id(<const uint8_t*>app, app_len, ECHO_ID):  # anything else is not echoed
+        put_bytes(b, 1, app, app_len)
     open_message(b, 13, &mark)
     put_int(b, 1, code)
     put_bytes(b, 2, PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
@@ -551,6 +645,7 @@ cdef class Program:
     cdef object array  # keeps ``ops`` alive
     cdef const int64_t* ops  # n_ops x O_COLS, row-major
     cdef Py_ssize_t n_ops
+    cdef int64_t[:, ::1] lookups  # per indexed column: offset, stride, width, tables (bit mask), count
     cdef int itemsize, status_offset, app_offset, app_width, n_tables, decision_offset
 
     def __init__(self, ops, int itemsize, int status_offset, int app_offset, int app_width, int n_tables,
@@ -558,9 +653,11 @@ cdef class Program:
         ops = np.ascontiguousarray(ops, dtype=np.int64)
         if ops.ndim != 2 or ops.shape[1] != O_COLS:
             raise ValueError("encoder program has the wrong shape")
-        count, end, depth = 1, -1, 0
+        count, end, depth, lookups = 1, -1, 0, []
         for j, op in enumerate(ops.tolist()):
             code = op[0]
+            if not 0 < op[1] < (16 if code in (OP_OPEN, OP_CLOSE) else 1 << 29) and code != OP_END:
+                raise ValueError(f"encoder op {j} {op} has a bad field number")
             if code == OP_REPEAT:
                 if count != 1 or not j < op[5] < len(ops) or ops[op[5], 0] != OP_END or op[6] < 1:
                     raise ValueError(f"encoder op {j} is a bad repeat")
@@ -572,6 +669,12 @@ cdef class Program:
                 raise ValueError(f"encoder op {j} {op} reads outside the record")
             if code == OP_TABLE and not 0 <= op[5] < n_tables:
                 raise ValueError(f"encoder op {j} {op} names no table")
+            if code == OP_TABLE:  # one check per indexed column, against its smallest table
+                same = [x for x in lookups if x[:3] == op[2:5] and x[4] == count]
+                if same:
+                    same[0][3] |= 1 << op[5]
+                else:
+                    lookups.append([op[2], op[3], op[4], 1 << op[5], count])
             depth += (code == OP_OPEN) - (code == OP_CLOSE)
             if not 0 <= depth <= MAX_DEPTH:
                 raise ValueError(f"encoder op {j} nests too deep or closes what it did not open")
@@ -583,6 +686,9 @@ cdef class Program:
                 and 0 <= app_offset and app_offset + app_width <= itemsize):
             raise ValueError("bad record offsets")
         self.decision_offset = decision_offset
+        if len(lookups) > 8 or n_tables > 8:
+            raise ValueError("at most 8 encoder tables and indexed columns")
+        self.lookups = np.asarray(lookups, dtype=np.int64).reshape(-1, 5)
         self.array = ops
         self.ops = <const int64_t*>cnp.PyArray_DATA(ops)
         self.n_ops = ops.shape[0]
@@ -615,15 +721,16 @@ cdef class Encoder:
     cdef Py_ssize_t sizes[8]
     cdef bytes message
 
-    def __init__(self, Program prog, rows, list tables, bytes message):
+    def __init__(self, Program prog not None, cnp.ndarray rows not None, list tables not None,
+                 bytes message not None):
         if rows.dtype.itemsize != prog.itemsize or rows.ndim != 1 or not rows.flags.c_contiguous:
-            raise ValueError("decision records do not match the encoder's layout")
+            raise EncodeError("decision records do not match the encoder's layout")
         if len(tables) != prog.n_tables or not all(
-            isinstance(t, list) and all(isinstance(x, bytes) for x in t) for t in tables
+            isinstance(t, list) and all(isinstance(x, bytes) and len(x) <= TEXT_BYTES for x in t) for t in tables
         ):
-            raise ValueError("encoder tables must be lists of bytes")
-        if prog.n_tables > 8:
-            raise ValueError("at most 8 encoder tables")
+            raise EncodeError(f"encoder tables must be lists of bytes of at most {TEXT_BYTES}")
+        if prog.n_tables > 8 or len(message) > TEXT_BYTES:
+            raise EncodeError(f"at most 8 encoder tables and a message of at most {TEXT_BYTES} bytes")
         self.prog = prog
         self.rows = rows  # keeps the buffer alive
         self.base = <const uint8_t*>cnp.PyArray_DATA(rows)
@@ -643,6 +750,31 @@ cdef class Encoder:
                 self.strs[at].p = PyBytes_AS_STRING(x)
                 self.strs[at].n = PyBytes_GET_SIZE(x)
                 at += 1
+        self.check_rows()
+
+    cdef int check_rows(self) except -1:
+        """Once per answer, before any caller is given it: every status is a code and every
+        table index of a decided row is inside its table (or negative: none)."""
+        cdef Py_ssize_t i, j, t, nl = self.prog.lookups.shape[0], size = self.prog.itemsize
+        cdef int64_t[:, ::1] lk = self.prog.lookups
+        cdef int64_t limit[8]
+        cdef const uint8_t* rec
+        cdef int64_t idx
+        cdef int8_t status
+        for j in range(nl):
+            limit[j] = min([self.sizes[t] for t in range(self.prog.n_tables) if (lk[j, 3] >> t) & 1])
+        for i in range(self.n):
+            rec = self.base + i * size
+            status = <int8_t>rec[self.prog.status_offset]
+            if status < 0 or status > MAX_CODE:
+                raise EncodeError(f"row {i} has status {status}, no google.rpc code")
+            if status:
+                continue
+            for j in range(nl):
+                idx = max_index(rec + lk[j, 0], lk[j, 1], <int>lk[j, 2], lk[j, 4])
+                if idx >= limit[j]:
+                    raise EncodeError(f"row {i}: index {idx} outside a table of {limit[j]} entries")
+        return 0
 
     def __dealloc__(self):
         free(self.strs)
@@ -674,23 +806,23 @@ cdef class Encoder:
     cpdef int status(self, Py_ssize_t i) except? -1:
         """Row ``i``'s status (0: decided)."""
         if i < 0 or i >= self.n:
-            raise IndexError(f"row {i} outside a batch of {self.n}")
+            raise EncodeError(f"row {i} outside a batch of {self.n}")
         return <int8_t>self.base[i * self.prog.itemsize + self.prog.status_offset]
 
     cpdef int decision(self, Py_ssize_t i) except? -1:
         """Row ``i``'s decision (a ``creditauth.v1.Decision`` value)."""
         if i < 0 or i >= self.n:
-            raise IndexError(f"row {i} outside a batch of {self.n}")
+            raise EncodeError(f"row {i} outside a batch of {self.n}")
         return <int8_t>self.base[i * self.prog.itemsize + self.prog.decision_offset]
 
     cdef int write(self, Buf* b, Py_ssize_t i) except -1:
         cdef const uint8_t* rec
         cdef int status
         if i < 0 or i >= self.n:
-            raise IndexError(f"row {i} outside a batch of {self.n}")
+            raise EncodeError(f"row {i} outside a batch of {self.n}")
         rec = self.base + i * self.prog.itemsize
         status = <int8_t>rec[self.prog.status_offset]
-        if status != 0:
+        if status != 0:  # write_error refuses a status that is no code
             write_error(b, <const char*>(rec + self.prog.app_offset),
                         fixed_len(rec + self.prog.app_offset, self.prog.app_width), status, b"", self.message)
             return 0
@@ -704,7 +836,7 @@ cdef inline int table_string(Str* strs, Py_ssize_t* starts, Py_ssize_t* sizes, B
     if idx < 0:
         return 0
     if idx >= sizes[table]:
-        raise ValueError(f"index {idx} outside table {table} of {sizes[table]} entries")
+        raise EncodeError(f"index {idx} outside table {table} of {sizes[table]} entries")
     s = &strs[starts[table] + idx]
     put_bytes(b, field, s.p, s.n)
     return 0
@@ -719,7 +851,7 @@ cdef inline int step(Encoder enc, Buf* b, const uint8_t* rec, const int64_t* op,
     cdef double d
     cdef float f
     if code == OP_STRING:
-        put_bytes(b, <uint32_t>op[1], <const char*>(rec + off), fixed_len(rec + off, width))
+        put_bytes(b, <uint32_t>op[1], <const char*>(rec + off), text_len(rec + off, width))
     elif code == OP_VARINT:
         put_int(b, <uint32_t>op[1], load_int(rec + off, width))
     elif code == OP_TABLE:
@@ -746,7 +878,7 @@ cdef inline int step(Encoder enc, Buf* b, const uint8_t* rec, const int64_t* op,
     return 0
 
 
-def encode_one(Encoder enc, Py_ssize_t i):
+def encode_one(Encoder enc not None, Py_ssize_t i):
     """One ``AuthorizeResponse`` for row ``i``."""
     cdef Buf b
     b.p = NULL; b.n = 0; b.cap = 0
@@ -757,47 +889,69 @@ def encode_one(Encoder enc, Py_ssize_t i):
         free(b.p)
 
 
-def encode_batch(Py_ssize_t total, Encoder enc, const int32_t[::1] index, list errors, Py_ssize_t offset=0):
+cdef int check_positions(Py_ssize_t total, Encoder enc, const int32_t[::1] index, Py_ssize_t offset) except -1:
+    """Before anything is written: rows ``offset ..`` exist and ``index`` rises inside the call."""
+    cdef Py_ssize_t k, nk = index.shape[0]
+    cdef int32_t last = -1
+    if total < 0 or offset < 0 or nk > total:
+        raise EncodeError(f"{nk} rows from {offset} cannot answer {total} requests")
+    if nk and (enc is None or offset + nk > enc.n):
+        raise EncodeError(f"rows {offset}..{offset + nk} to encode, {enc.n if enc is not None else 0} answered")
+    for k in range(nk):
+        if index[k] <= last or index[k] >= total:
+            raise EncodeError(f"position {index[k]} out of order or outside {total} requests")
+        last = index[k]
+    return 0
+
+
+cdef int write_item_error(Buf* b, object item) except -1:
+    """An ``(position, app_id, code, field, message)`` error: types checked, texts bounded."""
+    _, app, code, field, message = item
+    if not isinstance(app, bytes) or not isinstance(field, str) or not isinstance(message, str):
+        raise EncodeError("an item error is (position, bytes, int, str, str)")
+    write_error(b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, bounded(field), bounded(message))
+    return 0
+
+
+def encode_batch(Py_ssize_t total, Encoder enc, const int32_t[::1] index not None, list errors not None,
+                 Py_ssize_t offset=0):
     """An ``AuthorizeBatchResponse`` answering ``total`` requests in order.
 
-    Row ``offset + k`` of ``enc`` answers the request at ``index[k]``; ``errors`` are
+    Row ``offset + k`` of ``enc`` answers the request at ``index[k]`` (rising); ``errors`` are
     ``(position, app_id, code, field, message)`` (bytes app_id, str field and message) for
     the requests that were not sent to scoring. ``enc`` may be None when every item is an error.
     """
     cdef Buf b
     cdef Py_ssize_t pos, k = 0, e = 0, mark, ne = len(errors)
     cdef Py_ssize_t nk = index.shape[0]
-    cdef bytes app
-    if nk and enc is None:
-        raise ValueError("rows to encode but no encoder")
+    check_positions(total, enc, index, offset)
     b.p = NULL; b.n = 0; b.cap = 0
     errors = sorted(errors, key=lambda x: x[0])
     try:
         for pos in range(total):
-            # Each response is a nested message of at most a few KiB, so the reserved
-            # two-byte length always fits.
             open_message(&b, 1, &mark)
             if k < nk and index[k] == pos:
                 enc.write(&b, offset + k)
                 k += 1
             elif e < ne and errors[e][0] == pos:
-                _, app, code, field, message = errors[e]
-                write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, field.encode(), message.encode())
+                write_item_error(&b, errors[e])
                 e += 1
             else:
-                raise ValueError(f"no answer for request {pos}")
+                raise EncodeError(f"no answer for request {pos}")
             close_message(&b, mark, True)
+        if e < ne:
+            raise EncodeError(f"{ne - e} item errors for no request of {total}")
         return PyBytes_FromStringAndSize(<const char*>b.p, b.n)
     finally:
         free(b.p)
 
 
-def encode_error(bytes app, int code, str field, str message):
+def encode_error(bytes app not None, int code, str field not None, str message not None):
     """An ``AuthorizeResponse`` carrying only ``error`` (for streams)."""
     cdef Buf b
     b.p = NULL; b.n = 0; b.cap = 0
     try:
-        write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, field.encode(), message.encode())
+        write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, bounded(field), bounded(message))
         return PyBytes_FromStringAndSize(<const char*>b.p, b.n)
     finally:
         free(b.p)

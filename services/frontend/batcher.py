@@ -16,6 +16,12 @@ once with ``Overloaded``, past ``max_queue`` queued decisions everything is; wor
 whose expected wait exceeds its own deadline is refused at once with
 ``DeadlineExceeded`` (it would expire waiting), and work whose deadline passes
 while queued is dropped with ``DeadlineExceeded`` instead of being scored late.
+
+Every future is resolved, whatever happens: a backend failure fails the call's units
+with ``BackendUnavailable`` (or the backend's own error), a failure after the backend
+answered (an answer ``prepare`` refuses, a bug) with ``InternalError``, and a call or
+dispatcher ended any other way (cancelled, crashed) fails what it held, so no caller waits
+for its deadline.
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.errors import BackendUnavailable, CreditAuthError, DeadlineExceeded, Overloaded, ShuttingDown
+from services.errors import (
+    BackendUnavailable,
+    CreditAuthError,
+    DeadlineExceeded,
+    InternalError,
+    Overloaded,
+    ShuttingDown,
+)
 from services.runtime.backend import ScoringBackend
 from services.schema.records import DecisionBatch, RequestBatch
 from services.telemetry import NullTelemetry
@@ -150,6 +163,13 @@ class Batcher:
         return await fut
 
     async def _run(self) -> None:
+        try:
+            await self._dispatch_loop()
+        finally:  # ended by a crash or cancelled: nothing queued may wait for its deadline
+            stopped = ShuttingDown("front end stopped before scoring") if self._closed else None
+            self._fail(list(self._pending), stopped or InternalError("the front end's dispatcher stopped"))
+
+    async def _dispatch_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -216,8 +236,9 @@ class Batcher:
                 u.future.set_exception(exc)
 
     def _answer(self, units: list[_Unit], resp: DecisionBatch) -> None:
+        """Each unit its share of ``resp``; raises, before resolving any, if it cannot be answered."""
         if len(resp) != sum(u.size for u in units):
-            raise BackendUnavailable(f"replica answered {len(resp)} items for {sum(u.size for u in units)}")
+            raise InternalError(f"replica answered {len(resp)} items for {sum(u.size for u in units)}")
         prepared = self._prepare(resp) if self._prepare is not None else None
         # Results come back in the order the batch was built: singles first.
         pos = 0
@@ -229,27 +250,39 @@ class Batcher:
                     pos += u.size
 
     async def _call(self, units: list[_Unit], saturated: bool = False) -> None:
+        answered = False
         try:
             batch = self._assemble(units)
             t0 = time.perf_counter()
             resp = await self._backend.score(batch)
+            answered = True
             self._measure(len(batch), saturated)
             self._tel.batch(len(batch), time.perf_counter() - t0, resp.stage_s)
             self._answer(units, resp)
             self.stats.calls += 1
             self.stats.decisions += len(batch)
             self.stats.sizes[len(batch)] += 1
-        except CreditAuthError as exc:  # unavailable, overloaded, deadline: as they are
+        except CreditAuthError as exc:  # unavailable, overloaded, deadline, a refused answer: as they are
             self.stats.failures += 1
             self._fail(units, exc)
-        except Exception as exc:  # never leave a caller hanging (an inconsistent answer included)
+        except Exception as exc:  # never leave a caller hanging
             self.stats.failures += 1
-            err = BackendUnavailable(f"scoring failed: {exc!r}")
-            err.__cause__ = exc
-            self._fail(units, err)
+            self._fail(units, self._unexpected(exc, answered))
         finally:
+            # Cancelled (or any other way out): whoever is still waiting is told now.
+            self._fail(units, InternalError("the backend call ended without an answer"))
             self._inflight -= 1
             self._wake.set()
+
+    @staticmethod
+    def _unexpected(exc: Exception, answered: bool) -> CreditAuthError:
+        """An error that is not ours: the backend's failure before it answered, ours after."""
+        text = repr(exc)[:200]
+        err: CreditAuthError = (
+            InternalError(f"answering failed: {text}") if answered else BackendUnavailable(f"scoring failed: {text}")
+        )
+        err.__cause__ = exc
+        return err
 
     async def close(self, timeout_s: float) -> None:
         """Refuse new work, finish what is queued and in flight (bounded by ``timeout_s``)."""

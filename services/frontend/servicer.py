@@ -15,13 +15,15 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
+import numpy as np
 
+from services.auth import Gate, Grant
 from services.errors import CreditAuthError, DeadlineExceeded, code_of
 from services.frontend import wire
 from services.frontend.batcher import Answer, Batcher
 from services.frontend.status import grpc_code
 from services.schema.codes import Code
-from services.schema.records import DecisionBatch, RequestBatch
+from services.schema.records import REQUEST_DTYPE, DecisionBatch, RequestBatch
 from services.settings import ServingSettings
 from services.telemetry import NullTelemetry
 
@@ -30,6 +32,16 @@ SERVICE = "creditauth.v1.CreditAuthorization"
 # A stream window: requests read back-to-back go to the replicas together.
 STREAM_WINDOW = 512
 STREAM_WINDOWS_IN_FLIGHT = 4
+# The largest AuthorizeRequest a caller can mean (every field at its longest is ~180 bytes);
+# a longer one is refused unread. It bounds what a stream holds (STREAM_WINDOW * 4 read
+# ahead plus STREAM_WINDOWS_IN_FLIGHT windows, each item at most this: ~2 MiB per stream)
+# and sizes the receive limit (``receive_limit``).
+MAX_REQUEST_BYTES = 512
+
+
+def receive_limit(max_batch_request: int) -> int:
+    """The largest message a front end reads: the longest allowed batch of the longest items."""
+    return max_batch_request * (MAX_REQUEST_BYTES + 4) + 1024
 
 
 def prepare(resp: DecisionBatch) -> wire.Encoder:
@@ -38,8 +50,11 @@ def prepare(resp: DecisionBatch) -> wire.Encoder:
 
 
 class CreditAuthorizationServicer:
-    def __init__(self, batcher: Batcher, settings: ServingSettings, telemetry: NullTelemetry | None = None) -> None:
+    def __init__(
+        self, batcher: Batcher, settings: ServingSettings, gate: Gate, telemetry: NullTelemetry | None = None
+    ) -> None:
         self._batcher = batcher
+        self._gate = gate
         self._settings = settings
         self._tel = telemetry or NullTelemetry()
         self._decode_one = wire.requests.decode_one
@@ -72,11 +87,20 @@ class CreditAuthorizationServicer:
     async def _authorize(self, data: bytes, context: Context, t0: float, trace: str) -> bytes:
         deadline = self._deadline(context)
         try:
-            record = self._decode_one(data, deadline)
+            grant = self._gate.caller(context, "Authorize")
+        except CreditAuthError as exc:
+            await self._abort(context, code_of(exc), str(exc), t0)
+        if len(data) > MAX_REQUEST_BYTES:
+            await self._abort(context, Code.INVALID_ARGUMENT, f"AuthorizeRequest over {MAX_REQUEST_BYTES} bytes", t0)
+        try:
+            record = self._decode_one(data, deadline, grant.caller)
         except wire.WireError as exc:
             await self._abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeRequest: {exc}", t0)
         except wire.Violation as v:
             await self._abort(context, Code.INVALID_ARGUMENT, str(wire.describe(v)), t0)
+        why = grant.refusal(record)
+        if why is not None:
+            await self._abort(context, Code.PERMISSION_DENIED, f"{why[0]}: {why[1]}", t0)
         try:
             if deadline <= time.time():
                 raise DeadlineExceeded("deadline already passed")
@@ -84,12 +108,16 @@ class CreditAuthorizationServicer:
         except CreditAuthError as exc:
             await self._abort(context, code_of(exc), str(exc), t0)
         enc: wire.Encoder = ans.prepared
-        status = enc.status(ans.start)
-        self._tel.outcome(status, enc.decision(ans.start) if status == 0 else 0)
-        if status:
-            await self._abort(context, status, ans.batch.message or "not decided", t0)
+        try:
+            status = enc.status(ans.start)
+            self._tel.outcome(status, enc.decision(ans.start) if status == 0 else 0)
+            body = None if status else wire.encode_one(enc, ans.start)
+        except CreditAuthError as exc:  # an answer the codec refuses to encode (EncodeError)
+            await self._abort(context, code_of(exc), str(exc), t0)
+        if body is None:
+            await self._abort(context, status, (ans.batch.message or "not decided")[: wire.MAX_TEXT], t0)
         self._tel.rpc("Authorize", "OK", time.perf_counter() - t0)
-        return wire.encode_one(enc, ans.start)
+        return body
 
     async def _abort(self, context: Context, code: int, message: str, t0: float) -> NoReturn:
         status = grpc_code(code)
@@ -102,10 +130,16 @@ class CreditAuthorizationServicer:
         t0 = time.perf_counter()
         deadline = self._deadline(context)
         try:
-            decoded = wire.decode_batch(data, deadline, self._settings.max_batch_request, Code.INVALID_ARGUMENT)
+            grant = self._gate.caller(context, "AuthorizeBatch")
+            decoded = _deny(
+                grant,
+                wire.decode_batch(
+                    data, deadline, self._settings.max_batch_request, Code.INVALID_ARGUMENT, caller=grant.caller
+                ),
+            )
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
-        except CreditAuthError as exc:  # too many items, counted before any was decoded
+        except CreditAuthError as exc:  # no caller, or too many items (counted before any was decoded)
             await context.abort(grpc_code(code_of(exc)), str(exc))
         if self._tel.sampled():
             with self._tel.span("AuthorizeBatch", size=decoded.total) as trace:
@@ -126,25 +160,40 @@ class CreditAuthorizationServicer:
                 raise DeadlineExceeded("deadline already passed")
             ans = await self._batcher.submit_batch(batch)
         except CreditAuthError as exc:
-            if not errors:  # nothing in the call can be answered: fail the call itself
-                await context.abort(grpc_code(code_of(exc)), str(exc))
-            code = int(code_of(exc))
-            apps = batch.rows["application_id"].tolist()
-            errors += [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index.tolist())]
-            return wire.encode_batch(d.total, None, d.index[:0], errors)
+            return await self._fail_all(d, batch, errors, exc, context)
         self._tel.outcomes(ans.rows())
-        return wire.encode_batch(d.total, ans.prepared, d.index, errors, ans.start)
+        try:
+            return wire.encode_batch(d.total, ans.prepared, d.index, errors, ans.start)
+        except CreditAuthError as exc:  # an answer the codec refuses to encode (EncodeError)
+            return await self._fail_all(d, batch, errors, exc, context)
+
+    async def _fail_all(
+        self, d: wire.DecodedBatch, batch: RequestBatch, errors: list[tuple[int, bytes, int, str, str]],
+        exc: CreditAuthError, context: Context,
+    ) -> bytes:
+        """Every scored item of a batch call fails with ``exc`` (the call itself, if nothing else)."""
+        if not errors:  # nothing in the call can be answered: fail the call itself
+            await context.abort(grpc_code(code_of(exc)), str(exc))
+        code = int(code_of(exc))
+        apps = batch.rows["application_id"].tolist()
+        errors = errors + [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index.tolist())]
+        return wire.encode_batch(d.total, None, d.index[:0], errors)
 
     # -- AuthorizeStream ---------------------------------------------------------
     async def AuthorizeStream(self, request_iterator: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         """Read ahead into windows, keep a few windows in flight, answer in order."""
+        try:
+            grant = self._gate.caller(context, "AuthorizeStream")
+        except CreditAuthError as exc:
+            await context.abort(grpc_code(code_of(exc)), str(exc))
         windows: asyncio.Queue[asyncio.Task[list[bytes]] | None] = asyncio.Queue(STREAM_WINDOWS_IN_FLIGHT)
         incoming: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_WINDOW * 4)
 
         async def read() -> None:
             try:
                 async for raw in request_iterator:
-                    await incoming.put(raw)
+                    # An overlong request keeps only enough to be refused by its length.
+                    await incoming.put(raw if len(raw) <= MAX_REQUEST_BYTES else raw[: MAX_REQUEST_BYTES + 1])
             finally:
                 await incoming.put(None)
 
@@ -161,7 +210,7 @@ class CreditAuthorizationServicer:
                         done = True
                         break
                     window.append(nxt)
-                await windows.put(asyncio.ensure_future(self._window(window, self._deadline(context))))
+                await windows.put(asyncio.ensure_future(self._window(window, self._deadline(context), grant)))
             await windows.put(None)
 
         reader = asyncio.ensure_future(read())
@@ -177,25 +226,38 @@ class CreditAuthorizationServicer:
             reader.cancel()
             assembler.cancel()
 
-    def _decode_window(self, raws: list[bytes], deadline: float) -> tuple[list[bytes | None], list[bytes], list[int]]:
+    def _decode_window(
+        self, raws: list[bytes], deadline: float, grant: Grant
+    ) -> tuple[list[bytes | None], list[bytes], list[int]]:
         """Each request of a window: a record to score, or its error answer right away."""
         answers: list[bytes | None] = [None] * len(raws)
         records: list[bytes] = []
         where: list[int] = []
         for i, raw in enumerate(raws):
+            if len(raw) > MAX_REQUEST_BYTES:
+                answers[i] = wire.encode_error(
+                    b"", Code.INVALID_ARGUMENT, "", f"AuthorizeRequest longer than {MAX_REQUEST_BYTES} bytes"
+                )
+                continue
             try:
-                records.append(self._decode_one(raw, deadline))
-                where.append(i)
+                record = self._decode_one(raw, deadline, grant.caller)
             except wire.WireError as exc:
                 answers[i] = wire.encode_error(b"", Code.INVALID_ARGUMENT, "", f"malformed AuthorizeRequest: {exc}")
             except wire.Violation as v:
                 e = wire.describe(v)
                 answers[i] = wire.encode_error(v.app, Code.INVALID_ARGUMENT, e.field, e.message)
+                continue
+            why = grant.refusal(record)
+            if why is not None:
+                answers[i] = wire.encode_error(_app(record), Code.PERMISSION_DENIED, *why)
+                continue
+            records.append(record)
+            where.append(i)
         return answers, records, where
 
-    async def _window(self, raws: list[bytes], deadline: float) -> list[bytes]:
+    async def _window(self, raws: list[bytes], deadline: float, grant: Grant) -> list[bytes]:
         """Answers for one stream window, in order."""
-        answers, records, where = self._decode_window(raws, deadline)
+        answers, records, where = self._decode_window(raws, deadline, grant)
         if records:
             batch = RequestBatch.of_records(records)
             try:
@@ -210,3 +272,28 @@ class CreditAuthorizationServicer:
                 for app, i in zip(batch.rows["application_id"].tolist(), where, strict=True):
                     answers[i] = wire.encode_error(app, code, "", str(exc))
         return [a for a in answers if a is not None]
+
+
+_APP = REQUEST_DTYPE.fields["application_id"]  # type: ignore[index]
+
+
+def _app(record: bytes) -> bytes:
+    """A record's application id (NUL padding stripped)."""
+    offset = int(_APP[1])
+    return record[offset : offset + _APP[0].itemsize].rstrip(b"\0")
+
+
+def _deny(grant: Grant, d: wire.DecodedBatch) -> wire.DecodedBatch:
+    """The batch without the items this caller may not ask; those become PERMISSION_DENIED."""
+    rows = d.batch.rows
+    bad = grant.refused(rows)
+    if not bad.any():
+        return d
+    errors = list(d.errors)
+    for k in np.flatnonzero(bad).tolist():
+        field, message = grant.refusal_of_row(rows[k])
+        pos = int(d.index[k])
+        errors.append(wire.ItemError(pos, bytes(rows["application_id"][k]), Code.PERMISSION_DENIED,
+                                     f"requests[{pos}].{field}", message))
+    keep = ~bad
+    return wire.DecodedBatch(d.total, d.index[keep], RequestBatch(rows[keep], d.batch.trace), errors)

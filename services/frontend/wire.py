@@ -4,6 +4,10 @@
 them once, at import, from ``services.schema`` (the columns) and the proto's descriptors
 (field numbers, wire types, enum values), and turns the codec's verdicts into
 ``InvalidRequest`` errors that name the field by its proto path.
+
+Nothing a caller sent is echoed unbounded: a quoted value is cut to ``MAX_QUOTE``
+characters, an invalid application id is not echoed at all (the codec leaves
+``Violation.app`` empty), and the encoder bounds every error text it writes.
 """
 
 from __future__ import annotations
@@ -17,13 +21,24 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from services.errors import InvalidRequest
 from services.frontend import _wire
-from services.frontend._wire import Encoder, Violation, WireError, encode_batch, encode_error, encode_one
+from services.frontend._wire import (
+    EncodeError,
+    Encoder,
+    Violation,
+    WireError,
+    encode_batch,
+    encode_error,
+    encode_one,
+)
 from services.schema.columns import DECISION, ID_CHARS, MAX_ID, REQUEST, REQUEST_MESSAGE, RESPONSE_MESSAGE, In
 from services.schema.currency import CURRENCIES
 from services.schema.records import DECISION_DTYPE, REQUEST_DTYPE, DecisionBatch, RequestBatch
 
 __all__ = [
+    "MAX_QUOTE",
+    "MAX_TEXT",
     "DecodedBatch",
+    "EncodeError",
     "Encoder",
     "ItemError",
     "Violation",
@@ -46,6 +61,11 @@ _TABLES = ("currency", "reason_code", "reason_description")
 _LENGTH_DELIMITED = (F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_MESSAGE)
 _VARINTS = (F.TYPE_INT32, F.TYPE_INT64, F.TYPE_ENUM, F.TYPE_BOOL)
 CURRENCY_CODES = [c.code.encode() for c in CURRENCIES]
+# A value quoted back in a refusal: enough to recognise it, never the whole of a hostile one.
+MAX_QUOTE = 128
+# Characters of an error's field or message the encoder writes (longer ones are cut, "..." marks it).
+MAX_TEXT = _wire.MAX_TEXT
+assert _wire.MAX_ID == MAX_ID, "the codec echoes ids of the declared length"
 
 
 def _message(fd: FieldDescriptor) -> Descriptor:
@@ -115,7 +135,7 @@ _ROUTES, _COLS, _SLOTS, _PARENTS = _request_tables()
 _ON_WIRE = [c for c in REQUEST if c.proto is not None]
 requests = _wire.RequestCodec(
     np.asarray(_ROUTES, np.int64), np.asarray(_COLS, np.int64), _SLOTS, b"".join(CURRENCY_CODES),
-    REQUEST_DTYPE, _offset(REQUEST_DTYPE, "deadline")[0], MAX_ID,
+    REQUEST_DTYPE, _offset(REQUEST_DTYPE, "deadline")[0], _offset(REQUEST_DTYPE, "caller")[0], MAX_ID,
 )
 
 
@@ -135,8 +155,15 @@ def describe(v: Violation) -> InvalidRequest:
         return InvalidRequest(field, template.format(v=v.number, lo=c.lo, hi=c.hi))
     if v.verdict == _V_ENUM:
         return InvalidRequest(field, f"must be a known {field.rsplit('.', 1)[-1]}, got {v.number}")
-    text = v.text.decode("utf-8", "replace")
-    return InvalidRequest(field, f"unknown or unsupported currency {text!r}")
+    return InvalidRequest(field, f"unknown or unsupported currency {quote(v.text)}")
+
+
+def quote(value: bytes) -> str:
+    """``value`` as a quoted string of at most ``MAX_QUOTE`` characters (``...`` marks a cut)."""
+    text = value[: 4 * MAX_QUOTE].decode("utf-8", "replace")
+    if len(text) > MAX_QUOTE:
+        return repr(text[:MAX_QUOTE]) + "..."
+    return repr(text)
 
 
 @dataclass(frozen=True)
@@ -164,14 +191,16 @@ class DecodedBatch:
     errors: list[ItemError]
 
 
-def decode_batch(data: bytes, deadline: float, max_items: int, code: int, trace: str = "") -> DecodedBatch:
+def decode_batch(
+    data: bytes, deadline: float, max_items: int, code: int, *, trace: str = "", caller: bytes = b""
+) -> DecodedBatch:
     """Decode and validate a batch call; refused items get ``code`` (INVALID_ARGUMENT).
 
     Raises ``WireError`` for bytes that are no such message and ``InvalidRequest`` (on
     ``requests``) for more than ``max_items`` items, before any item is decoded.
     """
     try:
-        total, index, rows, violations = requests.decode_batch(data, deadline, max_items)
+        total, index, rows, violations = requests.decode_batch(data, deadline, max_items, caller)
     except OverflowError as exc:
         raise InvalidRequest("requests", f"at most {max_items} per call, got {exc.args[0]}") from None
     errors = []
@@ -253,10 +282,20 @@ PROGRAM = _program()
 
 
 def encoder(resp: DecisionBatch) -> Encoder:
-    """Once per backend call: the encoder every unit of the call answers from."""
+    """Once per backend call: the encoder every unit of the call answers from.
+
+    The replica's answer is checked here, before any caller is given it (the C encoder does,
+    once over the rows: statuses are codes, table indices inside their tables); an answer
+    that cannot be encoded raises ``EncodeError``, an ``InternalError`` (``INTERNAL``: the
+    replica broke its contract, no caller can fix it by retrying or rewording).
+    """
     rows = np.ascontiguousarray(resp.rows)
-    if rows.dtype != DECISION_DTYPE:
-        raise ValueError("the replica answered with records of another layout")
-    codes = [c.encode() for c, _ in resp.reason_table]
-    descriptions = [d.encode() for _, d in resp.reason_table]
-    return Encoder(PROGRAM, rows, [CURRENCY_CODES, codes, descriptions], (resp.message or "not decided").encode())
+    if not isinstance(rows, np.ndarray) or rows.dtype != DECISION_DTYPE or rows.ndim != 1:
+        raise EncodeError("the replica answered with records of another layout")
+    try:
+        codes = [c.encode() for c, _ in resp.reason_table]
+        descriptions = [d.encode() for _, d in resp.reason_table]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise EncodeError(f"the replica answered with a malformed reason table: {exc}") from None
+    message = (resp.message or "not decided")[: _wire.MAX_TEXT].encode("utf-8", "replace")
+    return Encoder(PROGRAM, rows, [CURRENCY_CODES, codes, descriptions], message)

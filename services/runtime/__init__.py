@@ -35,6 +35,11 @@ def open_backend(settings: Settings) -> ScoringBackend:
 
         return RayServeBackend(settings)
     from services.runtime.channel import DirectBackend
+    from services.runtime.channel.auth import resolve_secret
     from services.runtime.seam import endpoint_source
 
-    return DirectBackend(endpoint_source(settings))
+    return DirectBackend(
+        endpoint_source(settings),
+        secret=resolve_secret(settings.ray, "front end"),
+        max_frame=settings.ray.channel_max_frame_bytes,
+    )

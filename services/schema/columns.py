@@ -87,6 +87,9 @@ REQUEST: tuple[In, ...] = (
     In("declared_revenue_minor", "<f8", "declared_monthly_revenue_minor", "range", 0, MAX_AMOUNT_MINOR, True),
     # Absolute Unix time by which the caller needs the answer (the RPC's deadline).
     In("deadline", "<f8", None),
+    # Who asked: the authenticated caller's name (services.auth), set by the front end;
+    # empty where callers are anonymous. Idempotency keys are scoped by it.
+    In("caller", f"S{MAX_ID}", None),
 )
 
 DECISION: tuple[Out, ...] = (

@@ -85,6 +85,13 @@ class RequestBatch:
         ids: list[str] = self.rows["application_id"].astype(f"U{MAX_ID}").tolist()
         return ids
 
+    def idempotency_keys(self) -> list[str]:
+        """``caller|application_id``: one caller's ids never collide with another's."""
+        keys: list[str] = np.char.add(
+            np.char.add(self.rows["caller"], b"|"), self.rows["application_id"]
+        ).astype(f"U{2 * MAX_ID + 1}").tolist()
+        return keys
+
     @staticmethod
     def of_records(records: Sequence[bytes], trace: str = "") -> RequestBatch:
         """A batch of ``bytes`` records (as the codec decodes unary requests)."""

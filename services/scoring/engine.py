@@ -7,18 +7,21 @@ the velocity update (``gather``), the decider's kernel call and its one policy c
 maps, reason tables, the parity gate) is done in ``__init__``.
 
 Every decision is one ``DECISION_DTYPE`` record: fresh decisions and replays of earlier
-ones take the same path into the response.
+ones take the same path into the response. With a decision log, every item of the batch
+(answered or refused, replays flagged) is handed to it before the answer goes out, and no
+batch is decided while the log can take nothing more.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from features import IdempotencyStore, OnlineReader, VelocityRecorder
+from features import FeatureBatch, IdempotencyStore, OnlineReader, VelocityRecorder
 from features.stores import NoIdempotency
 from services.models import ModelArtifact
 from services.policy import Policy
@@ -29,6 +32,9 @@ from services.scoring.gather import FeatureStage
 from services.scoring.replays import Plan, Replays
 from services.scoring.stages import StageTimer
 from services.telemetry import NullTelemetry
+
+if TYPE_CHECKING:  # the log (and pyarrow) load only where one is opened
+    from services.decisionlog.writer import DecisionLog
 
 
 class ScoringEngine:
@@ -42,7 +48,9 @@ class ScoringEngine:
         store: IdempotencyStore | None = None,
         telemetry: NullTelemetry | None = None,
         velocity: VelocityRecorder | None = None,
+        decision_log: DecisionLog | None = None,
     ) -> None:
+        self._log = decision_log
         self._tel = telemetry or NullTelemetry()
         self._features = FeatureStage(reader, velocity)
         self._decider = Decider(model, policy, max_feature_age_s)
@@ -61,29 +69,36 @@ class ScoringEngine:
         return self._score(batch, now)
 
     def _score(self, batch: RequestBatch, now: float | None) -> DecisionBatch:
+        if self._log is not None:
+            self._log.check()
         now = time.time() if now is None else now
         timer = StageTimer()
         requests = batch.rows
-        app_ids = batch.application_ids()
+        keys = batch.idempotency_keys()
         asked = fingerprints(requests)
         with timer("idempotency_lookup"):
-            plan = self._replays.plan(app_ids, asked, requests["deadline"] <= now)
+            plan = self._replays.plan(keys, asked, requests["deadline"] <= now)
         fresh = np.flatnonzero(plan.fresh)
+        features = None
         if fresh.size:
-            self._decide(requests, plan, fresh, now, timer)
+            features = self._decide(requests, plan, fresh, now, timer)
             plan.rows["fingerprint"][fresh] = asked[fresh]
             with timer("idempotency_save"):
-                self._replays.save(plan, fresh, app_ids)
+                self._replays.save(plan, fresh, keys)
         plan.finish()
         rows = plan.rows
         # Echo what was asked: the id and the currency the limit is in.
         rows["application_id"] = requests["application_id"]
         rows["currency"] = requests["currency"]
-        return DecisionBatch(rows, self._replays.reason_table(plan), _message(rows), timer.seconds)
+        answer = DecisionBatch(rows, self._replays.reason_table(plan), _message(rows), timer.seconds)
+        if self._log is not None:
+            replay = (plan.replayed | (plan.copy_of >= 0)) & (rows["status"] == Code.OK)
+            self._log.append(requests, answer, replay, fresh, features)
+        return answer
 
     def _decide(
         self, requests: Rows, plan: Plan, fresh: npt.NDArray[np.intp], now: float, timer: StageTimer
-    ) -> None:
+    ) -> FeatureBatch:
         asked = requests[fresh]
         with timer("feature_read"):
             gathered = self._features.gather(asked["merchant_id"].astype("U64").tolist(), now)
@@ -95,10 +110,15 @@ class ScoringEngine:
         self._next_id += len(fresh)
         out["decision_id"] = [f"{self._id_prefix}-{k:x}".encode() for k in range(first, first + len(fresh))]
         plan.rows[fresh] = out
+        return gathered.features
 
     def close(self) -> None:
-        self._features.close()
-        self._replays.close()
+        try:
+            self._features.close()
+            self._replays.close()
+        finally:
+            if self._log is not None:  # everything answered is written before the replica goes
+                self._log.close()
 
 
 def _message(rows: Rows) -> str:

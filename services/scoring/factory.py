@@ -10,6 +10,7 @@ from features import (
     TagCatalog,
     open_backend,
 )
+from services.decisionlog.writer import open_log
 from services.errors import ConfigError, translate
 from services.models import load_artifact
 from services.policy import Policy, load_policy
@@ -70,4 +71,6 @@ def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine
         store=store,
         telemetry=telemetry,
         velocity=velocity,
+        # Opened last: nothing above can fail and leave its writer thread behind.
+        decision_log=open_log(settings.decision_log, settings.data_dir),
     )

@@ -69,7 +69,12 @@ class Replays:
                 rows[i] = np.frombuffer(stored[a], dtype=DECISION_DTYPE)[0]
                 replayed[i] = True
         mismatch = replayed & (rows["fingerprint"] != fingerprints)
-        rows["status"][mismatch] = Code.ALREADY_EXISTS
+        # A repeat inside the batch asking something else is refused like a stored one.
+        dup = copy_of >= 0
+        asked_else = np.zeros(n, dtype=bool)
+        asked_else[dup] = fingerprints[dup] != fingerprints[copy_of[dup]]
+        copy_of[asked_else] = -1
+        rows["status"][mismatch | asked_else] = Code.ALREADY_EXISTS
         return Plan(rows, replayed, copy_of)
 
     def save(self, plan: Plan, rows: npt.NDArray[np.intp], app_ids: list[str]) -> None:

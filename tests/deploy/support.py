@@ -26,6 +26,8 @@ RAYSERVICE_CRD = SHARED / "k8s" / "crds" / "ray.io_rayservices.yaml"
 SETTINGS_DIR = "/etc/creditauth"
 SETTINGS_FILE = f"{SETTINGS_DIR}/settings.yaml"
 RAY_CLIENT_PORT = 10001
+# Where pods find the Secrets they mount (each under its own directory).
+SECRETS_DIR = "/var/run/creditauth"
 
 
 @functools.cache
@@ -62,6 +64,45 @@ def pod_templates(resources: list[Resource]) -> Iterator[tuple[str, dict[str, An
             yield f"{kind}/{name} head", cluster["headGroupSpec"]["template"]
             for group in cluster.get("workerGroupSpecs", []):
                 yield f"{kind}/{name} worker {group['groupName']}", group["template"]
+
+
+def admitted_pod_templates(resources: list[Resource]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """pod_templates, with the containers KubeRay adds to Ray pods as the API server will see them.
+
+    Mirrors ray-operator/controllers/ray/common/pod.go (KubeRay commit feeaf72): the head
+    gets an ``autoscaler`` container built from ``autoscalerOptions`` (its securityContext,
+    volumeMounts and resources; KubeRay mounts ``ray-logs`` at /tmp/ray into it), and
+    every worker a ``wait-gcs-ready`` init container that copies the Ray container's
+    securityContext and volume mounts.
+    """
+    cluster_of = {r["metadata"]["name"]: r["spec"]["rayClusterConfig"] for r in resources if r["kind"] == "RayService"}
+    for what, original in pod_templates(resources):
+        if not what.startswith("RayService/"):
+            yield what, original
+            continue
+        tpl = copy.deepcopy(original)
+        cluster = cluster_of[what.split()[0].split("/", 1)[1]]
+        ray = tpl["spec"]["containers"][0]
+        if what.endswith(" head") and cluster.get("enableInTreeAutoscaling"):
+            opts = cluster.get("autoscalerOptions") or {}
+            mounts = list(opts.get("volumeMounts") or [])
+            if not any(m["mountPath"] == "/tmp/ray" for m in mounts):
+                mounts.append({"name": "ray-logs", "mountPath": "/tmp/ray"})
+            autoscaler = {"name": "autoscaler", "image": ray["image"], "volumeMounts": mounts}
+            for key in ("securityContext", "resources", "env"):
+                if key in opts:
+                    autoscaler[key] = copy.deepcopy(opts[key])
+            tpl["spec"]["containers"].append(autoscaler)
+        elif " worker " in what:
+            init = {
+                "name": "wait-gcs-ready",
+                "image": ray["image"],
+                "securityContext": copy.deepcopy(ray.get("securityContext")),
+                "volumeMounts": copy.deepcopy(ray.get("volumeMounts", [])),
+                "resources": {"requests": (fixed := {"cpu": "200m", "memory": "256Mi"}), "limits": dict(fixed)},
+            }
+            tpl["spec"].setdefault("initContainers", []).append(init)
+        yield what, tpl
 
 
 def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,19 +176,59 @@ def serve_config(rayservice: Resource) -> dict[str, Any]:
     return doc
 
 
-def frontend_settings_doc(resources: list[Resource]) -> dict[str, Any]:
-    """The settings YAML the front-end Deployment mounts at /etc/creditauth."""
-    dep = one(resources, "Deployment", "creditauth-frontend")
-    spec = dep["spec"]["template"]["spec"]
-    mount = next(
-        m for m in container(dep["spec"]["template"], "frontend")["volumeMounts"]
-        if m["mountPath"] == SETTINGS_DIR
-    )
-    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+def mounted_settings_doc(resources: list[Resource], kind: str, name: str, ctr: str) -> dict[str, Any]:
+    """The settings YAML a workload's container mounts at /etc/creditauth (from a ConfigMap)."""
+    tpl = one(resources, kind, name)["spec"]["template"]
+    mount = next(m for m in container(tpl, ctr)["volumeMounts"] if m["mountPath"] == SETTINGS_DIR)
+    volume = next(v for v in tpl["spec"]["volumes"] if v["name"] == mount["name"])
     cm = one(resources, "ConfigMap", volume["configMap"]["name"])
     doc = yaml.safe_load(cm["data"]["settings.yaml"])
     assert isinstance(doc, dict)
     return doc
+
+
+def frontend_settings_doc(resources: list[Resource]) -> dict[str, Any]:
+    """The settings YAML the front-end Deployment mounts at /etc/creditauth."""
+    return mounted_settings_doc(resources, "Deployment", "creditauth-frontend", "frontend")
+
+
+def settings_files(doc: Any, path: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every ``*_file`` setting in a settings document, lists included."""
+    found: list[tuple[str, str]] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            where = f"{path}.{key}" if path else str(key)
+            if str(key).endswith("_file") and value is not None:
+                found.append((where, str(value)))
+            else:
+                found += settings_files(value, where)
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            found += settings_files(item, f"{path}[{i}]")
+    return found
+
+
+def secret_file(template: dict[str, Any], ctr: dict[str, Any], path: str) -> tuple[str, str, dict[str, Any]]:
+    """(Secret name, key, mount) behind ``path`` in a container, or AssertionError.
+
+    The path must lie in a volumeMount of a ``secret`` volume and name one of its keys
+    (the projected ``items`` where the volume lists them).
+    """
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    for mount in ctr.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(root):
+            continue
+        rel = path[len(root):]
+        volume = volumes[mount["name"]]
+        source = volume.get("secret")
+        assert source is not None, f"{path}: volume {mount['name']} is not a Secret"
+        items = source.get("items")
+        keys = {i["path"]: i["key"] for i in items} if items else None
+        key = keys.get(rel) if keys is not None else rel
+        assert key is not None, f"{path}: {rel} is not among the items of {source['secretName']}"
+        return source["secretName"], key, mount
+    raise AssertionError(f"{path}: not under any volume mounted in container {ctr['name']}")
 
 
 def pyproject() -> dict[str, Any]:

@@ -24,7 +24,6 @@ from services.runtime.seam import app as seam_app
 from services.settings import Settings, load_settings
 
 from .support import (
-    OVERLAYS,
     RAY_CLIENT_PORT,
     TARGETS,
     container,
@@ -311,23 +310,28 @@ def test_direct_channel_is_reachable_from_the_front_ends(target: str) -> None:
     resources = rendered(target)
     settings = _args(target)
     front = load_settings(None, frontend_settings_doc(resources))
-    # Replicas listen on the pod's interfaces and register the pod IP ...
-    assert settings.ray.channel_bind_host == "0.0.0.0"
-    assert settings.ray.channel_advertise_host == "node"
+    # Replicas listen on the pod's own address (unset: the node IP, not every interface)
+    # and register the pod IP ...
+    assert settings.ray.channel_bind_host is None
+    assert settings.ray.channel_advertise_host in (None, "node")
     # ... in the registry actor the front ends look up by app name and Ray namespace.
     assert (front.ray.app_name, front.ray.namespace) == (settings.ray.app_name, settings.ray.namespace)
-    # ... and the Ray NetworkPolicy lets front ends reach the ephemeral ports they bind.
+    # ... on ports of a fixed range, which the worker NetworkPolicy opens to front ends
+    # (test_security checks it opens it to nobody else) ...
+    assert settings.ray.channel_ports is not None
     front_labels = one(resources, "Deployment", "creditauth-frontend")["spec"]["template"]["metadata"]["labels"]
     worker_labels = _workers(target)["template"]["metadata"]["labels"]
     ranges = [
         (p["port"], p.get("endPort", p["port"]))
         for pol in find(resources, "NetworkPolicy")
         if matches(pol["spec"]["podSelector"], worker_labels)
-        for rule in pol["spec"]["ingress"]
+        for rule in pol["spec"].get("ingress", [])
         if any(matches(peer.get("podSelector", {}), front_labels) for peer in rule.get("from", []))
         for p in rule.get("ports", [])
     ]
-    assert any(lo <= 32768 and hi >= 60999 for lo, hi in ranges), ranges
+    assert tuple(settings.ray.channel_ports) in ranges, ranges
+    # ... and both ends hold the same shared secret.
+    assert front.ray.channel_secret_file == settings.ray.channel_secret_file is not None
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -366,13 +370,21 @@ def test_replicas_read_artifacts_from_the_read_only_volume(target: str) -> None:
         assert find(rendered(target), "PersistentVolumeClaim", claim), f"no PVC {claim}"
 
 
-@pytest.mark.parametrize("target", OVERLAYS)
-def test_online_store_is_redis_behind_a_service_of_the_render(target: str) -> None:
-    settings = _args(target)
+def test_dev_online_store_is_redis_behind_a_service_of_the_render() -> None:
+    settings = _args("overlays/dev")
     assert settings.features.online_store == "redis"
     host, port, _ = settings.features.redis_host_port_db()
-    svc = one(rendered(target), "Service", host)
+    svc = one(rendered("overlays/dev"), "Service", host)
     assert port in [p["port"] for p in svc["spec"]["ports"]]
+
+
+def test_prod_online_store_is_the_managed_redis() -> None:
+    """Reached by its own DNS name, over TLS: an ExternalName alias would fail the certificate's
+    name check (test_security checks no Service shadows it)."""
+    settings = _args("overlays/prod")
+    assert settings.features.online_store == "redis"
+    host, _, _ = settings.features.redis_host_port_db()
+    assert settings.features.redis_url.startswith("rediss://") and host.count(".") >= 2
 
 
 def test_prod_pins_model_and_policy() -> None:

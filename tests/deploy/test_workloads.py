@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from services.cli.main import build_parser
+from services.cli.main import build_parser, settings_from
 from services.settings import Settings, load_settings
 
 from .support import (
+    RAY_CLIENT_PORT,
     ROOT,
     SETTINGS_DIR,
     SETTINGS_FILE,
@@ -22,6 +25,7 @@ from .support import (
     find,
     frontend_settings_doc,
     matches,
+    mounted_settings_doc,
     one,
     pod_template_schema,
     pod_templates,
@@ -222,10 +226,15 @@ def test_frontend_settings_listen_where_the_pod_and_services_point(target: str) 
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_frontend_probes_use_grpc_health_on_the_serving_port(target: str) -> None:
+def test_frontend_probes_use_grpc_health_on_a_listener_of_the_settings(target: str) -> None:
+    """The kubelet cannot speak TLS: probes go to a plaintext health-only listener
+    (test_security checks its shape), never to the serving port, which requires TLS."""
     _, ctr, settings = _frontend(target)
+    listeners = {lst.port for lst in settings.security.listeners if lst.health}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert port_number(ctr, ctr[probe]["grpc"]["port"]) == settings.serving.port, probe
+        port = port_number(ctr, ctr[probe]["grpc"]["port"])
+        assert port in listeners, probe
+        assert port != settings.serving.port, probe
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -250,6 +259,8 @@ def test_frontend_metrics_are_scraped_from_the_configured_port(target: str) -> N
     assert ann["prometheus.io/scrape"] == "true"
     assert int(ann["prometheus.io/port"]) == settings.telemetry.prometheus_port
     assert port_number(ctr, "metrics") == settings.telemetry.prometheus_port
+    # Scraped from another pod: bound on the pod's interfaces, not the loopback default.
+    assert settings.telemetry.prometheus_host == "0.0.0.0"
     for what, tpl in pod_templates(rendered(target)):
         if what.startswith("RayService"):
             ray_ann = tpl["metadata"]["annotations"]
@@ -291,7 +302,10 @@ def test_only_labelled_clients_reach_the_frontend(target: str) -> None:
     resources = rendered(target)
     _, ctr, settings = _frontend(target)
     labels = one(resources, "Deployment", FRONTEND)["spec"]["template"]["metadata"]["labels"]
-    policies = [p for p in find(resources, "NetworkPolicy") if matches(p["spec"]["podSelector"], labels)]
+    policies = [
+        p for p in find(resources, "NetworkPolicy")
+        if matches(p["spec"]["podSelector"], labels) and p["spec"].get("ingress")  # not the default deny
+    ]
     assert len(policies) == 1
     spec = policies[0]["spec"]
     assert "Ingress" in spec["policyTypes"]
@@ -315,18 +329,23 @@ def test_only_labelled_clients_reach_the_frontend(target: str) -> None:
 def test_ray_pods_admit_front_ends_on_client_and_channel_ports_only(target: str) -> None:
     resources = rendered(target)
     front = one(resources, "Deployment", FRONTEND)["spec"]["template"]["metadata"]["labels"]
-    head = one(resources, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
-    (policy,) = [
-        p for p in find(resources, "NetworkPolicy") if matches(p["spec"]["podSelector"], head["metadata"]["labels"])
-    ]
-    front_rules = [
-        r for r in policy["spec"]["ingress"]
-        if any(matches(peer.get("podSelector", {}), front) and "namespaceSelector" not in peer for peer in r["from"])
-    ]
-    # The Ray client port and the direct channel's ephemeral range, nothing else.
-    assert [[(p["port"], p.get("endPort")) for p in r["ports"]] for r in front_rules] == [
-        [(10001, None), (32768, 60999)]
-    ]
+    cluster = one(resources, "RayService")["spec"]["rayClusterConfig"]
+    args = yaml.safe_load(one(resources, "RayService")["spec"]["serveConfigV2"])["applications"][0]["args"]
+    lo, hi = args["ray"]["channel_ports"]
+
+    def front_ports(labels: dict[str, str]) -> list[tuple[int, int | None]]:
+        return [
+            (p["port"], p.get("endPort"))
+            for pol in find(resources, "NetworkPolicy") if matches(pol["spec"]["podSelector"], labels)
+            for r in pol["spec"].get("ingress", [])
+            if any(matches(f.get("podSelector", {}), front) and "namespaceSelector" not in f for f in r["from"])
+            for p in r["ports"]
+        ]
+
+    # The head: the Ray client port, nothing else. Workers: that and the channel's range.
+    assert front_ports(cluster["headGroupSpec"]["template"]["metadata"]["labels"]) == [(RAY_CLIENT_PORT, None)]
+    for group in cluster["workerGroupSpecs"]:
+        assert sorted(front_ports(group["template"]["metadata"]["labels"])) == [(RAY_CLIENT_PORT, None), (lo, hi)]
 
 
 # -- configuration, secrets, commands -----------------------------------------------------------
@@ -344,6 +363,7 @@ def test_no_secrets_in_git_and_every_referenced_secret_is_documented(target: str
     resources = rendered(target)
     assert not find(resources, "Secret"), "secrets are created out of band, never rendered from git"
     names = set(re.findall(r"secretKeyRef:\s*\{?\s*name:\s*([\w-]+)", _dump(resources)))
+    names |= set(re.findall(r"secretName:\s*([\w-]+)", _dump(resources)))
     names |= {
         r["spec"]["rayClusterConfig"]["authOptions"]["secretName"] for r in find(resources, "RayService")
     }
@@ -353,32 +373,36 @@ def test_no_secrets_in_git_and_every_referenced_secret_is_documented(target: str
 
 
 def _dump(resources: list[dict[str, Any]]) -> str:
-    import yaml
-
     return yaml.safe_dump_all(resources, default_flow_style=True, width=10_000)
 
 
-def test_dev_bootstrap_job_uses_real_cli_flags() -> None:
-    job = one(rendered("overlays/dev"), "Job", "creditauth-bootstrap")
+def test_dev_bootstrap_job_uses_real_cli_flags(tmp_path: Path) -> None:
+    resources = rendered("overlays/dev")
+    job = one(resources, "Job", "creditauth-bootstrap")
     script = container(job["spec"]["template"], "bootstrap")["args"][0]
     commands = [shlex.split(line) for line in script.splitlines() if line.strip().startswith("creditauth ")]
     assert [c[1:3] for c in commands] == [
         ["data", "generate"], ["features", "apply"], ["features", "materialize"], ["model", "train"],
     ]
     parser = build_parser()
-    rs = one(rendered("overlays/dev"), "RayService")
-    import yaml
-
+    rs = one(resources, "RayService")
     args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    replicas = load_settings(None, args).features
+    # The settings file the Job mounts, where its commands read it.
+    mounted = tmp_path / "settings.yaml"
+    mounted.write_text(yaml.safe_dump(mounted_settings_doc(resources, "Job", "creditauth-bootstrap", "bootstrap")))
     for argv in commands:
         parsed = parser.parse_args(argv[1:])
-        # The Job writes where the replicas read, to the store they read.
-        assert str(parsed.data_dir) == args["features"]["data_dir"]
-        if argv[1] != "data":
-            assert parsed.online_store == args["features"]["online_store"]
-            assert parsed.redis_url == args["features"]["redis_url"]
-    mount = container(job["spec"]["template"], "bootstrap")["volumeMounts"][0]
-    assert mount["mountPath"] == args["features"]["data_dir"] and not mount.get("readOnly")
+        assert str(parsed.config) == SETTINGS_FILE
+        parsed.config = mounted
+        features = settings_from(parsed).features
+        # The Job writes where the replicas read, to the store they read, reached as they reach it.
+        assert features.model_dump(exclude={"timeout_s", "max_feature_age_s"}) == replicas.model_dump(
+            exclude={"timeout_s", "max_feature_age_s"}
+        ), argv[1:3]
+    mount = next(m for m in container(job["spec"]["template"], "bootstrap")["volumeMounts"]
+                 if m["mountPath"] == args["features"]["data_dir"])
+    assert not mount.get("readOnly")
 
 
 @pytest.mark.parametrize("target", ["overlays/dev", "overlays/prod"])
@@ -387,7 +411,7 @@ def test_overlays_own_a_namespace_with_pod_security_labels(target: str) -> None:
     ns = one(resources, "Namespace")
     assert all(r["metadata"]["namespace"] == ns["metadata"]["name"] for r in resources if r is not ns)
     labels = ns["metadata"]["labels"]
-    assert labels["pod-security.kubernetes.io/enforce"] in ("baseline", "restricted")
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 def test_prod_is_sized_above_dev() -> None:

@@ -43,6 +43,8 @@ def settings_for(world: World, **serving: object) -> Settings:
         {
             "features": fs.model_dump(),
             "serving": {"host": "127.0.0.1", "port": 0, **serving},
+            # Loopback only: the security tests (tests/services/test_auth*.py) run the locked doors.
+            "security": {"plaintext": True, "anonymous": {"name": "anonymous"}},
         },
     )
 
@@ -53,7 +55,7 @@ def start_local(world: World, **serving: object) -> tuple[LoopThread, FrontEnd]:
     lt = LoopThread()
 
     async def up() -> FrontEnd:
-        fe = FrontEnd(LocalBackend(build_engine(settings)), settings.serving)
+        fe = FrontEnd(LocalBackend(build_engine(settings)), settings.serving, settings.security)
         await fe.start()
         return fe
 

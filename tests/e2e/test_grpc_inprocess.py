@@ -72,7 +72,7 @@ def test_late_request_is_refused_not_scored_late(world: World) -> None:
     lt = LoopThread()
 
     async def up() -> FrontEnd:
-        fe = FrontEnd(Slow(engine), settings.serving)
+        fe = FrontEnd(Slow(engine), settings.serving, settings.security)
         await fe.start()
         return fe
 

@@ -63,7 +63,7 @@ def _serve(
     backend = backend_cls(build_engine(settings))
 
     async def up() -> FrontEnd:
-        fe = FrontEnd(backend, settings.serving)
+        fe = FrontEnd(backend, settings.serving, settings.security)
         await fe.start()
         return fe
 
@@ -136,7 +136,7 @@ def test_two_front_ends_share_one_port(world: World) -> None:
     settings = settings_for(world, port=first.port)
 
     async def second_up() -> FrontEnd:
-        fe = FrontEnd(LocalBackend(build_engine(settings)), settings.serving)
+        fe = FrontEnd(LocalBackend(build_engine(settings)), settings.serving, settings.security)
         await fe.start()
         return fe
 
@@ -166,7 +166,7 @@ def test_serve_with_two_frontends_stops_cleanly_on_sigterm(world: World) -> None
     port = _free_port()
     exe = Path(sys.executable).parent / "creditauth"
     proc = subprocess.Popen(
-        [str(exe), "serve", "--data-dir", str(world.data_dir), "--port", str(port), "--frontends", "2"],
+        [str(exe), "serve", "--data-dir", str(world.data_dir), "--port", str(port), "--frontends", "2", "--plaintext"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     out = _Output(proc)

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.errors import BackendUnavailable, DeadlineExceeded, Overloaded, ShuttingDown
+from services.errors import BackendUnavailable, DeadlineExceeded, InternalError, Overloaded, ShuttingDown, code_of
+from services.frontend import wire
 from services.frontend.batcher import Answer, Batcher
 from services.runtime import LocalBackend
-from services.schema.records import REQUEST_DTYPE, DecisionBatch, RequestBatch
+from services.schema.codes import Code
+from services.schema.records import REQUEST_DTYPE, DecisionBatch, RequestBatch, blank_decisions
 from services.scoring.factory import build_engine
 from services.settings import load_settings
 from tests.conftest import World
@@ -41,6 +43,12 @@ class SlowBackend:
         if self.fail:
             raise BackendUnavailable("replica died")
         return await self.inner.score(batch)
+
+    async def start(self) -> None:
+        return None
+
+    def healthy(self) -> bool:
+        return True
 
     async def close(self) -> None:
         return None
@@ -188,3 +196,92 @@ def test_sheds_work_that_would_wait_too_long_and_drops_expired(local: LocalBacke
         await b.close(5)
 
     asyncio.run(run())
+
+
+class AnsweringBackend:
+    """Answers every batch at once with ``answer(batch)`` (a crafted, possibly inconsistent reply)."""
+
+    def __init__(self, answer: Callable[[RequestBatch], DecisionBatch]) -> None:
+        self.answer = answer
+
+    async def score(self, batch: RequestBatch) -> DecisionBatch:
+        return self.answer(batch)
+
+    async def start(self) -> None:
+        return None
+
+    def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+def _blank(batch: RequestBatch) -> DecisionBatch:
+    return DecisionBatch(blank_decisions(len(batch)))
+
+
+async def _everyone_fails(b: Batcher) -> list[BaseException]:
+    """Singles and a batch in one backend call; each must get an error long before its 30 s deadline."""
+    t0 = time.monotonic()
+    calls = [_one(b, _item(i)) for i in range(5)] + [b.submit_batch(to_batch([_item(i) for i in range(7)]))]
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert time.monotonic() - t0 < 5
+    assert all(isinstance(r, BaseException) for r in results), results
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+def test_a_failure_after_the_backend_answered_fails_every_caller_at_once() -> None:
+    def prepare(resp: DecisionBatch) -> Any:
+        raise RuntimeError("encoder bug")
+
+    async def run() -> list[BaseException]:
+        b = Batcher(AnsweringBackend(_blank), max_batch=100, max_wait_s=0, max_inflight=1, max_queue=1000,
+                    prepare=prepare)
+        b.start()
+        out = await _everyone_fails(b)
+        assert b.stats.failures >= 1 and b.inflight == 0
+        await b.close(5)
+        return out
+
+    errors = asyncio.run(run())
+    assert all(isinstance(e, InternalError) and "encoder bug" in str(e) for e in errors), errors
+    assert all(code_of(e) == Code.INTERNAL for e in errors)
+
+
+def test_an_answer_the_encoder_refuses_is_a_typed_internal_error() -> None:
+    def bad_reasons(batch: RequestBatch) -> DecisionBatch:
+        rows = blank_decisions(len(batch))
+        rows["reason"][:, 0] = 3  # a reason table of one entry
+        return DecisionBatch(rows, (("R", "reason"),))
+
+    async def run() -> list[BaseException]:
+        b = Batcher(AnsweringBackend(bad_reasons), max_batch=100, max_wait_s=0, max_inflight=1, max_queue=1000,
+                    prepare=wire.encoder)
+        b.start()
+        out = await _everyone_fails(b)
+        await b.close(5)
+        return out
+
+    errors = asyncio.run(run())
+    assert all(isinstance(e, wire.EncodeError) and code_of(e) == Code.INTERNAL for e in errors), errors
+
+
+def test_a_short_answer_and_a_cancelled_call_fail_every_caller() -> None:
+    def short(batch: RequestBatch) -> DecisionBatch:
+        return DecisionBatch(blank_decisions(len(batch) - 1))
+
+    def cancelled(batch: RequestBatch) -> DecisionBatch:
+        raise asyncio.CancelledError  # e.g. an inner call cancelled under the backend
+
+    async def run(answer: Callable[[RequestBatch], DecisionBatch]) -> list[BaseException]:
+        b = Batcher(AnsweringBackend(answer), max_batch=100, max_wait_s=0, max_inflight=1, max_queue=1000)
+        b.start()
+        out = await _everyone_fails(b)
+        await until(lambda: b.inflight == 0)
+        await b.close(5)
+        return out
+
+    for answer, words in ((short, "answered 11 items for 12"), (cancelled, "ended without an answer")):
+        errors = asyncio.run(run(answer))
+        assert all(isinstance(e, InternalError) and words in str(e) for e in errors), (words, errors)

@@ -1,5 +1,7 @@
 """The direct channel: frames round-trip exactly; a replica lost mid-batch is retried elsewhere once;
 busy replicas, deadlines, error codes, control ops and oversized frames behave as documented.
+Every server and client here holds the channel secret (the handshake itself:
+tests/services/test_channel_auth.py).
 
 Nothing here waits on a timer: a test that needs a call to be in a replica waits for the
 replica's score function to say so (a ``threading.Event``).
@@ -8,7 +10,10 @@ replica's score function to say so (a ``threading.Event``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -26,13 +31,14 @@ from services.errors import (
     Overloaded,
     code_of,
 )
-from services.runtime.channel import ChannelServer, DirectBackend, Op, frames, static_endpoints
+from services.runtime.channel import ChannelServer, DirectBackend, Op, auth, frames, static_endpoints
 from services.runtime.channel.connection import Connection
 from services.schema.codes import Code
 from services.schema.records import REQUEST_DTYPE, blank_decisions
 from services.scoring import DecisionBatch, RequestBatch
 
 WAIT_S = 10.0  # an upper bound on any event wait: a hang fails the test instead of the run
+SECRET = secrets.token_bytes(32)  # made per run, as services.stack makes one per local cluster
 
 
 def _response(batch: RequestBatch, tag: int) -> DecisionBatch:
@@ -62,9 +68,34 @@ def _batch(n: int, deadline_s: float = 10.0) -> RequestBatch:
 
 
 def _server(score: Callable[[RequestBatch], DecisionBatch], **kw: object) -> ChannelServer:
+    kw.setdefault("secret", SECRET)
     s = ChannelServer(score, **kw)  # type: ignore[arg-type]
     s.start()
     return s
+
+
+def backend(addresses: list[str], secret: bytes | None = SECRET, **kw: object) -> DirectBackend:
+    return DirectBackend(static_endpoints(addresses), secret=secret, **kw)  # type: ignore[arg-type]
+
+
+def raw_handshake(sock: socket.socket, secret: bytes) -> None:
+    """The client's side of the handshake by hand, on a blocking socket (to then misbehave)."""
+    sock.settimeout(WAIT_S)
+    hello = _recv_exactly(sock, auth.HELLO)
+    assert hello.startswith(auth.MAGIC)
+    sn, cn = hello[len(auth.MAGIC) :], secrets.token_bytes(auth.NONCE)
+    sock.sendall(cn + hmac.new(secret, auth.LABEL + b"client" + sn + cn, hashlib.sha256).digest())
+    proof = _recv_exactly(sock, auth.MAC)
+    assert proof == hmac.new(secret, auth.LABEL + b"server" + sn + cn, hashlib.sha256).digest()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"closed after {len(data)} of {n} bytes"
+        data += chunk
+    return data
 
 
 async def _until(event: threading.Event) -> None:
@@ -76,7 +107,7 @@ def test_round_trip_is_exact() -> None:
     srv = _server(lambda b: _response(b, 1))
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([srv.address]))
+        be = backend([srv.address])
         await be.start()
         b = _batch(257)
         got = await be.score(b)
@@ -104,7 +135,7 @@ def test_replica_lost_mid_batch_is_retried_once_elsewhere() -> None:
 
     async def run() -> None:
         addresses = [a.address]
-        be = DirectBackend(static_endpoints(addresses))
+        be = backend(addresses)
         await be.start()
         addresses.append(b.address)  # the second replica registers later
         await be.refresh()
@@ -142,7 +173,7 @@ def test_every_replica_lost_is_unavailable_never_a_hang() -> None:
     srv = _server(stuck)
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([srv.address]))
+        be = backend([srv.address])
         await be.start()
         call = asyncio.ensure_future(be.score(_batch(10)))
         await _until(entered)
@@ -168,7 +199,7 @@ def test_busy_replica_and_deadline() -> None:
     srv = _server(gated, max_inflight=1)
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([srv.address]))
+        be = backend([srv.address])
         await be.start()
         first = asyncio.ensure_future(be.score(_batch(5)))
         await _until(entered)
@@ -200,7 +231,7 @@ def test_a_busy_replica_is_skipped_for_another() -> None:
     free = _server(lambda b: _response(b, 2))
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([busy.address, free.address]))
+        be = backend([busy.address, free.address])
         await be.start()
         await be.refresh()
         first = asyncio.ensure_future(_score_on(be, busy.address))
@@ -226,7 +257,7 @@ def test_a_replica_error_arrives_as_the_services_error_for_its_code() -> None:
     srv = _server(failing)
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([srv.address]))
+        be = backend([srv.address])
         await be.start()
         with pytest.raises(ModelError, match="no model loaded"):
             await be.score(_batch(1))
@@ -247,7 +278,7 @@ def test_control_ops_and_unknown_ops_on_one_connection() -> None:
     srv = _server(lambda b: _response(b, 1), info=lambda: {"model_version": "m1"}, handlers={40: echo})
 
     async def run() -> None:
-        conn = Connection(srv.address)
+        conn = Connection(srv.address, secret=SECRET)
         await conn.connect(WAIT_S)
         assert frames.read_json(await conn.call(Op.PING, frames.json_payload({}))) == {"ok": True}
         info = frames.read_json(await conn.call(Op.INFO, frames.json_payload({})))
@@ -267,7 +298,7 @@ def test_broadcast_gathers_every_replicas_answer() -> None:
     servers = [_server(lambda b: _response(b, 1), info=lambda k=k: {"policy_version": f"p{k}"}) for k in range(2)]
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([s.address for s in servers]))
+        be = backend([s.address for s in servers])
         await be.start()
         await be.refresh()
         answers = await be.broadcast(Op.INFO)
@@ -289,19 +320,24 @@ def test_an_oversized_frame_closes_that_connection_only(caplog: pytest.LogCaptur
     srv = _server(lambda b: _response(b, 1), max_frame=1 << 16)
     host, port = srv.address.rsplit(":", 1)
     with caplog.at_level(logging.WARNING), socket.create_connection((host, int(port)), WAIT_S) as raw:
+        raw_handshake(raw, SECRET)  # an authenticated peer: the frame limit still holds
         raw.sendall(frames.FRAME.pack(1 << 30, 1, Op.SCORE))  # claims a 1 GiB payload
         raw.settimeout(WAIT_S)
         assert raw.recv(1) == b""  # closed before anything was allocated or read
     assert any("limit 65536" in r.getMessage() for r in caplog.records)
 
     async def run() -> None:
-        be = DirectBackend(static_endpoints([srv.address]))
+        be = backend([srv.address])
         await be.start()
         assert len(await be.score(_batch(3))) == 3  # the server itself carries on
-        small = DirectBackend(static_endpoints([srv.address]), max_frame=1024)
+        small = backend([srv.address], max_frame=1024)
         await small.start()
-        with pytest.raises(BackendUnavailable):  # the answer is bigger than this client accepts
+        with pytest.raises(BackendUnavailable):  # a 728-byte batch, its 1216-byte answer too big for this client
+            await small.score(_batch(2))
+        await small.refresh()  # reconnects to the replica that was dropped
+        with pytest.raises(InternalError, match="channel_max_frame_bytes"):  # refused before sending
             await small.score(_batch(50))
+        assert small.healthy()  # nothing was sent: the connection is still up
         await small.close()
         await be.close()
 

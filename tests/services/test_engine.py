@@ -95,6 +95,22 @@ def test_repeat_inside_one_batch(engine: ScoringEngine) -> None:
     assert ids[0] == ids[2] != ids[1]
 
 
+def test_repeat_inside_one_batch_asking_something_else_is_refused(engine: ScoringEngine) -> None:
+    app = f"idem-{uuid.uuid4().hex}"
+    resp = engine.score(to_batch([item("M00000022", app, amount=100_000), item("M00000022", app, amount=200_000)]))
+    assert resp.status.tolist() == [Code.OK, Code.ALREADY_EXISTS]
+
+
+def test_idempotency_is_scoped_per_caller(engine: ScoringEngine) -> None:
+    app = f"idem-{uuid.uuid4().hex}"
+    a, b = bytearray(item("M00000024", app, amount=100_000)), bytearray(item("M00000024", app, amount=300_000))
+    off = REQUEST_DTYPE.fields["caller"][1]
+    a[off : off + 6], b[off : off + 6] = b"shop-a", b"shop-b"
+    resp = engine.score(to_batch([bytes(a), bytes(b)]))
+    assert resp.status.tolist() == [Code.OK, Code.OK]
+    assert resp.decision_ids()[0] != resp.decision_ids()[1]
+
+
 def test_two_replicas_share_decisions(world: World) -> None:
     a, b = build_engine(_settings(world)), build_engine(_settings(world))
     app = f"idem-{uuid.uuid4().hex}"

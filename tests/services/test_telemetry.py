@@ -41,7 +41,7 @@ def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
     lt = LoopThread()
 
     async def up() -> FrontEnd:
-        fe = FrontEnd(LocalBackend(engine), settings.serving, tel)
+        fe = FrontEnd(LocalBackend(engine), settings.serving, settings.security, tel)
         await fe.start()
         return fe
 

@@ -281,15 +281,19 @@ def test_encoded_responses_equal_the_reference(world: World) -> None:
 def test_inconsistent_answers_are_refused_not_encoded() -> None:
     rows = np.zeros(2, DECISION_DTYPE)
     rows["reason"] = -1
-    rows["reason"][1, 0] = 5  # outside a table of one
     enc = wire.encoder(DecisionBatch(rows, (("X", "x"),)))
     assert pb.AuthorizeResponse.FromString(wire.encode_one(enc, 0)).decision == 0
-    with pytest.raises(ValueError, match="outside table"):
-        wire.encode_one(enc, 1)
-    with pytest.raises(IndexError):
+    with pytest.raises(wire.EncodeError, match="outside a batch"):
         wire.encode_one(enc, 2)
+    rows["reason"][1, 0] = 5  # outside a table of one: refused before any caller is answered
+    with pytest.raises(wire.EncodeError, match="outside a table"):
+        wire.encoder(DecisionBatch(rows, (("X", "x"),)))
+    # Changed after the encoder was built: the encoder still reads nothing outside its table.
+    with pytest.raises(wire.EncodeError, match="outside table"):
+        wire.encode_one(enc, 1)
     with pytest.raises(ValueError, match="another layout"):
         wire.encoder(DecisionBatch(np.zeros(2, REQUEST_DTYPE)))
+    rows["reason"][1, 0] = -1
     rows["currency"][0] = 100
-    with pytest.raises(ValueError, match="outside table"):
-        wire.encode_one(wire.encoder(DecisionBatch(rows, (("X", "x"),))), 0)
+    with pytest.raises(wire.EncodeError, match="outside a table"):
+        wire.encoder(DecisionBatch(rows, (("X", "x"),)))

@@ -3,7 +3,8 @@
 One ``RedisBackend`` holds one ``RedisClient`` (created on first use), and every runtime
 part it builds (reader, velocity state, idempotency store, admin helpers) shares it: a
 process holds one pool of connections, sized by its concurrent callers. The bulk writer
-alone opens its own connection (see ``writer``).
+alone opens its own connection (see ``writer``), with the same credentials and TLS
+context: the password is read once per backend, when its first client is built.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from features.velocity import VelocityRecorder
 
 if TYPE_CHECKING:
     from features.stores.redis.client import RedisClient
+    from features.stores.redis.secure import ConnectionConfig
 
 
 class RedisBackend:
@@ -27,7 +29,21 @@ class RedisBackend:
     def __init__(self, settings: FeatureSettings) -> None:
         self.settings = settings
         self._client: RedisClient | None = None
+        self._config: ConnectionConfig | None = None
         self._lock = threading.Lock()
+
+    @property
+    def connection_config(self) -> ConnectionConfig:
+        """Credentials and TLS of this backend's connections (files read on first use)."""
+        with self._lock:
+            return self._connection_config()
+
+    def _connection_config(self) -> ConnectionConfig:
+        if self._config is None:
+            from features.stores.redis.secure import ConnectionConfig
+
+            self._config = ConnectionConfig.from_settings(self.settings)
+        return self._config
 
     @property
     def client(self) -> RedisClient:
@@ -36,7 +52,7 @@ class RedisBackend:
             if self._client is None:
                 from features.stores.redis.client import RedisClient
 
-                self._client = RedisClient(self.settings)
+                self._client = RedisClient(self.settings, config=self._connection_config())
             return self._client
 
     def reader(self, tag_bytes: int | None = None) -> OnlineReader:
@@ -49,7 +65,7 @@ class RedisBackend:
     def writer(self, *, dedup: bool = True) -> Writer:
         from features.stores.redis.writer import RedisWriter
 
-        return RedisWriter(self.settings, dedup=dedup)
+        return RedisWriter(self.settings, dedup=dedup, config=self.connection_config)
 
     def velocity(self) -> VelocityRecorder:
         from features.stores.redis.velocity import RedisVelocity
@@ -63,9 +79,13 @@ class RedisBackend:
             return NoIdempotency()
         return RedisIdempotency(self.client, self.settings, window_s, namespace)
 
-    def feast_online_store(self) -> dict[str, Any]:
-        host, port, db = self.settings.redis_host_port_db()
-        return {"type": "redis", "connection_string": f"{host}:{port},db={db}"}
+    def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:
+        """Feast's section: the password as the ``${CREDITAUTH_REDIS_PASSWORD}`` placeholder
+        (for the ``feast`` CLI, run with that variable set) unless ``reveal``; TLS options as
+        redis-py takes them."""
+        from features.stores.redis.secure import feast_online_store
+
+        return feast_online_store(self.settings, reveal=reveal)
 
     def server_cpu_s(self) -> float:
         from features.stores.redis.admin import server_cpu_s

@@ -7,6 +7,11 @@ KIND_NUMBER: int
 KIND_TAGS: int
 KIND_TS_SECONDS: int
 KIND_TS_NANOS: int
+MAX_BULK_LEN: int
+MAX_LINE_LEN: int
+MAX_NESTING: int
+MAX_ARRAY_LEN: int
+MAX_COLLECTED: int
 
 class RespServerError(Exception): ...
 class RespProtocolError(Exception): ...
@@ -15,6 +20,7 @@ class RespValueError(Exception): ...
 class ReplyCounter:
     expected: int
     seen: int
+    need: int
     def __init__(self, expected: int) -> None: ...
     @property
     def done(self) -> bool: ...
@@ -22,8 +28,10 @@ class ReplyCounter:
 
 class ReplyCollector:
     expected: int
+    need: int
+    max_items: int
     replies: list[Any]
-    def __init__(self, expected: int) -> None: ...
+    def __init__(self, expected: int, max_items: int = ...) -> None: ...
     @property
     def done(self) -> bool: ...
     def feed(self, buf: bytearray, start: int, end: int) -> int: ...
@@ -31,6 +39,7 @@ class ReplyCollector:
 class HmgetDecoder:
     rows: int
     row: int
+    need: int
     def __init__(
         self,
         kinds: npt.NDArray[np.int32],

@@ -4,6 +4,10 @@
 A batch of HMGETs (reads) or HSETs (materialization) is one bytearray written from C,
 sent with one ``sendall``: no command object, argument list or encoding pass per command
 in Python. Values are encoded as Feast's ``Value`` protobufs directly from numpy columns.
+
+The C below indexes without bounds checks, so every entry point checks what it is given
+first: arguments are ``bytes`` (never ``None``, whose pointer would be read), columns are
+as long as the keys, bytes columns are lists.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_Resize
@@ -81,34 +85,49 @@ cdef class _Out:
         return self.data
 
 
-def encode_command(list args):
+cdef inline bytes _arg(object a, str what):
+    """``a`` if it is ``bytes`` (``cdef bytes`` alone lets ``None`` through)."""
+    if type(a) is not bytes:
+        raise TypeError(f"{what} must be bytes, got {type(a).__name__}")
+    return <bytes>a
+
+
+def encode_command(list args not None):
     """One RESP command from a list of ``bytes`` arguments."""
-    cdef _Out out = _Out(64 + sum(len(a) + 16 for a in args))
+    cdef Py_ssize_t size = 64
     cdef bytes a
+    for x in args:
+        size += len(_arg(x, "a command argument")) + 16
+    cdef _Out out = _Out(size)
     out.put_int_line(c'*', len(args))
     for a in args:
         out.put_bulk(PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a))
     return out.finish()
 
 
-def encode_fields(list fields):
+def encode_fields(list fields not None):
     """The argument tail shared by every HMGET of a batch: each field as a bulk string."""
     cdef _Out out = _Out(64)
     cdef bytes f
-    for f in fields:
+    for x in fields:
+        f = _arg(x, "a field name")
         out.put_bulk(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
     return bytes(out.finish())
 
 
-def encode_hmget(list keys, bytes suffix, bytes fields_tail, Py_ssize_t n_fields):
+def encode_hmget(list keys not None, bytes suffix not None, bytes fields_tail not None, Py_ssize_t n_fields):
     """``HMGET key+suffix <fields>`` for every key, as one buffer (Feast's key is the
-    serialized entity key followed by the project name)."""
+    serialized entity key followed by the project name). ``fields_tail`` must hold
+    ``n_fields`` bulk strings (``encode_fields``)."""
+    if n_fields < 1:
+        raise ValueError(f"n_fields must be at least 1, got {n_fields}")
     cdef Py_ssize_t per = len(fields_tail) + len(suffix) + 64
     cdef _Out out = _Out(len(keys) * (per + 64))
     cdef bytes k
     cdef Py_ssize_t sl = PyBytes_GET_SIZE(suffix), kl
     cdef char* o
-    for k in keys:
+    for x in keys:
+        k = _arg(x, "a key")
         kl = PyBytes_GET_SIZE(k)
         out.put_int_line(c'*', n_fields + 2)
         out.put("$5\r\nHMGET\r\n", 11)
@@ -137,7 +156,7 @@ cdef struct _ViewSpec:
     int first  # index of the view's first field in the flat field arrays
 
 
-def encode_hset_entities(list keys, bytes suffix, list views):
+def encode_hset_entities(list keys not None, bytes suffix not None, list views not None):
     """One ``HSET`` per entity carrying every view that has a row to write for it.
 
     ``views[v]`` is ``(write, ts_field, event_us, fields, columns)`` aligned to ``keys``
@@ -172,7 +191,7 @@ def encode_hset_entities(list keys, bytes suffix, list views):
         ev = event_us
         if w.shape[0] != n or ev.shape[0] != n or len(fields) != len(columns):
             raise ValueError("view arrays must align with keys")
-        keep += [w, ev, ts_field]
+        keep += [w, ev, _arg(ts_field, "a timestamp field name")]
         spec[v].write = &w[0] if n else NULL
         spec[v].event_us = &ev[0] if n else NULL
         spec[v].ts_field = PyBytes_AS_STRING(ts_field)
@@ -182,7 +201,7 @@ def encode_hset_entities(list keys, bytes suffix, list views):
         for j in range(len(fields)):
             if total_f >= 512:
                 raise ValueError("at most 512 fields")
-            f = fields[j]
+            f = _arg(fields[j], "a field name")
             keep.append(f)
             fname[total_f] = PyBytes_AS_STRING(f)
             flen[total_f] = PyBytes_GET_SIZE(f)
@@ -190,8 +209,8 @@ def encode_hset_entities(list keys, bytes suffix, list views):
             blists.append(None)
             if c[0] == "bytes":
                 kind[total_f] = COL_BYTES
-                if len(c[1]) != n:
-                    raise ValueError("column length differs from keys")
+                if type(c[1]) is not list or len(c[1]) != n:
+                    raise ValueError("a bytes column must be a list as long as the keys")
                 blists[total_f] = c[1]
             else:
                 ok = c[2]
@@ -202,11 +221,15 @@ def encode_hset_entities(list keys, bytes suffix, list views):
                 if c[0] == "float32":
                     kind[total_f] = COL_FLOAT32
                     fv = c[1]
+                    if fv.shape[0] != n:
+                        raise ValueError("column length differs from keys")
                     fptr[total_f] = &fv[0] if n else NULL
                     keep.append(fv)
                 elif c[0] == "int64":
                     kind[total_f] = COL_INT64
                     iv = c[1]
+                    if iv.shape[0] != n:
+                        raise ValueError("column length differs from keys")
                     iptr[total_f] = &iv[0] if n else NULL
                     keep.append(iv)
                 else:
@@ -221,7 +244,7 @@ def encode_hset_entities(list keys, bytes suffix, list views):
         if args == 0:
             continue
         commands += 1
-        k = keys[i]
+        k = _arg(keys[i], "a key")
         kl = PyBytes_GET_SIZE(k)
         out.put_int_line(c'*', 2 + 2 * args)
         out.put("$4\r\nHSET\r\n", 10)

@@ -200,6 +200,10 @@ def _cases(backend: RedisBackend, client: Any, merchants: int, read_sizes: Seque
     return cases
 
 
+def _path(p: object) -> str | None:
+    return None if p is None else str(p)
+
+
 def compare_clients(
     settings: FeatureSettings, merchants: int, seconds: float, read_sizes: Sequence[int] = (1, 100, 1000)
 ) -> list[ClientRow]:
@@ -207,8 +211,12 @@ def compare_clients(
     import redis
 
     backend = RedisBackend(settings)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.timeout_s,
-                                  socket_connect_timeout=settings.timeout_s)
+    cfg = backend.connection_config  # the same credentials and TLS as ours
+    client = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, username=cfg.username, password=cfg.password,
+                         ssl=cfg.tls is not None, ssl_ca_certs=_path(settings.redis_tls_ca_file),
+                         ssl_certfile=_path(settings.redis_tls_cert_file),
+                         ssl_keyfile=_path(settings.redis_tls_key_file),
+                         socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s)
     rows: list[ClientRow] = []
     try:
         for case in _cases(backend, client, merchants, read_sizes):

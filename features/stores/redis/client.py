@@ -11,6 +11,11 @@ dead host, a closed port or a server that accepts and never answers becomes
 ``OnlineStoreUnavailable`` within the configured time, never a hang. After any failure
 the socket is dropped (its stream position is unknown) and the next call reconnects.
 
+Every connection authenticates (``AUTH user password``) and, for ``rediss://``, speaks
+TLS with the server's certificate and host name verified; both come from one
+``ConnectionConfig`` (``secure``) resolved when the client is built. A reply is never
+allowed to grow the receive buffer past ``redis_max_reply_bytes``.
+
 The byte-level work (building the batch, decoding replies into arrays) is in the
 compiled ``_resp`` modules; this module only moves bytes.
 """
@@ -29,15 +34,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
-from urllib.parse import unquote, urlparse
 
 from features.errors import FeatureConfigError, FeatureDataError, FeatureError, OnlineStoreUnavailable
 from features.settings import FeatureSettings
 from features.stores.redis import _resp, _resp_build
+from features.stores.redis.secure import ConnectionConfig
 
 _INITIAL_BUFFER = 1 << 20
 # Server errors that mean "not now" rather than "bad data".
-_TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOAUTH", "READONLY")
+_TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 # Connections one client opens at most: replicas score on 2-4 threads, and a caller holds
 # a connection for one round trip only, so more than this means callers are piling up.
 MAX_CONNECTIONS = 8
@@ -50,6 +55,10 @@ class Decoder(Protocol):
     @property
     def done(self) -> bool: ...
 
+    # After a feed that stopped inside a reply: a lower bound on the buffer index it ends at.
+    @property
+    def need(self) -> int: ...
+
     def feed(self, buf: bytearray, start: int, end: int) -> int: ...
 
 
@@ -61,19 +70,21 @@ def server_error(address: str, err: _resp.RespServerError, context: str = "") ->
     if code in _TRANSIENT:
         return OnlineStoreUnavailable(f"{where}: {msg}")
     if code in ("WRONGPASS", "NOPERM"):
-        return FeatureConfigError(f"{where} rejected the credentials: {msg}")
+        return FeatureConfigError(f"{where} rejected the credentials (redis_username, redis_password_file): {msg}")
+    if code == "NOAUTH":
+        return FeatureConfigError(f"{where} requires authentication: set redis_username and redis_password_file")
     return FeatureDataError(f"{where} refused a command: {msg}")
 
 
 class RespConnection:
     """One Redis connection used by one caller at a time (a lock makes that so)."""
 
-    def __init__(self, settings: FeatureSettings, *, timeout_s: float | None = None, name: str | None = None) -> None:
-        u = urlparse(settings.redis_url)
-        self._host, self._port, self._db = settings.redis_host_port_db()
-        self._user = unquote(u.username) if u.username else None
-        self._password = unquote(u.password) if u.password else None
-        self._tls = u.scheme == "rediss"
+    def __init__(
+        self, settings: FeatureSettings, *, timeout_s: float | None = None, name: str | None = None,
+        config: ConnectionConfig | None = None,
+    ) -> None:
+        self._config = config or ConnectionConfig.from_settings(settings)
+        self._host, self._port, self._db = self._config.host, self._config.port, self._config.db
         self._name = name
         self.timeout_s = settings.timeout_s if timeout_s is None else timeout_s
         self._sock: socket.socket | None = None
@@ -128,9 +139,18 @@ class RespConnection:
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, _resp.RespServerError):
             return server_error(self.address, exc)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            # Not transient: the server is not the one the CA vouches for (or the CA is wrong).
+            return FeatureConfigError(
+                f"Redis {self.address}: TLS certificate not trusted ({exc.verify_message}); "
+                "check redis_tls_ca_file and the host in redis_url"
+            )
         if isinstance(exc, _resp.RespValueError):
             return FeatureDataError(f"Redis {self.address}: {exc}")
-        if isinstance(exc, OSError | _resp.RespProtocolError):
+        if isinstance(exc, _resp.RespProtocolError):
+            return OnlineStoreUnavailable(f"Redis {self.address} sent a reply this client refuses "
+                                          f"(connection dropped): {exc}")
+        if isinstance(exc, OSError):
             kind = "timed out" if isinstance(exc, TimeoutError) else "failed"
             return OnlineStoreUnavailable(
                 f"Redis {self.address} {kind} (timeout {self.timeout_s:g} s): {exc}"
@@ -146,18 +166,13 @@ class RespConnection:
         sock = socket.create_connection((self._host, self._port), timeout=remaining)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
+            if self._config.tls is not None:
+                # Handshake under the connect timeout; the name is checked against the
+                # certificate (an IP against its IP SANs).
+                sock = self._config.tls.wrap_socket(sock, server_hostname=self._host)
             self._sock = sock
             self._start = self._end = 0
-            hello: list[list[bytes]] = []
-            if self._password is not None:
-                auth = [b"AUTH", self._password.encode()]
-                if self._user:
-                    auth.insert(1, self._user.encode())
-                hello.append(auth)
-            if self._db:
-                hello.append([b"SELECT", str(self._db).encode()])
+            hello = self._config.hello()
             if self._name:
                 hello.append([b"CLIENT", b"SETNAME", self._name.encode()])
             if hello:
@@ -168,6 +183,8 @@ class RespConnection:
                     if isinstance(r, _resp.RespServerError):
                         raise r
         except BaseException:
+            with contextlib.suppress(OSError):
+                sock.close()  # the plain socket too, when the TLS handshake failed
             self._drop()
             raise
         return sock
@@ -188,17 +205,20 @@ class RespConnection:
             while True:
                 if end > start:
                     start = decoder.feed(buf, start, end)
+                    if not decoder.done:  # refuse a reply that can never fit, without waiting for it
+                        self._within_limit(decoder.need - start)
                 if decoder.done:
                     return
                 if start == end:
                     start = end = 0
-                elif end == len(buf):
+                if end == len(buf):
                     if start > 0:  # compact: keep the unconsumed tail at the front
                         buf[: end - start] = buf[start:end]
                         end -= start
                         start = 0
-                    else:  # one reply larger than the buffer: grow it
-                        buf.extend(bytes(len(buf)))
+                    else:  # one reply larger than the buffer: grow it, up to the limit
+                        self._within_limit(len(buf) + 1)
+                        buf.extend(bytes(min(len(buf), self._config.max_reply_bytes - len(buf))))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("no complete reply before the deadline")
@@ -210,6 +230,13 @@ class RespConnection:
         finally:
             # Replies of the next call may already be here (pipelined writers).
             self._start, self._end = start, end
+
+    def _within_limit(self, size: int) -> None:
+        if size > self._config.max_reply_bytes:
+            raise _resp.RespProtocolError(
+                f"a reply of at least {size} bytes, over the {self._config.max_reply_bytes} byte limit "
+                "(redis_max_reply_bytes)"
+            )
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -245,11 +272,14 @@ class RedisClient:
     """
 
     def __init__(
-        self, settings: FeatureSettings, *, max_connections: int = MAX_CONNECTIONS, name: str | None = None
+        self, settings: FeatureSettings, *, max_connections: int = MAX_CONNECTIONS, name: str | None = None,
+        config: ConnectionConfig | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.settings = settings
+        # Password read and TLS context built here, once: a missing secret fails now, clearly.
+        self.config = config or ConnectionConfig.from_settings(settings)
         self.timeout_s = settings.timeout_s
         # Project, pid and client number in the name: CLIENT LIST tells replicas and projects
         # apart, and shows a process that holds more than the one client it should.
@@ -258,8 +288,7 @@ class RedisClient:
         self._idle: list[RespConnection] = []  # a stack: most recently returned last
         self._created = 0
         self._cond = threading.Condition()
-        host, port, db = settings.redis_host_port_db()
-        self.address = f"{host}:{port}/{db}"
+        self.address = self.config.address
 
     @property
     def connections(self) -> int:
@@ -350,7 +379,7 @@ class RedisClient:
                 return self._idle.pop()
             # A new connection object only: it connects on its first call, under that call's deadline.
             self._created += 1
-        return RespConnection(self.settings, name=self.name)
+        return RespConnection(self.settings, name=self.name, config=self.config)
 
     def _checkin(self, conn: RespConnection) -> None:
         with self._cond:

@@ -25,6 +25,7 @@ from features.stores.frames import columns
 from features.stores.layout import field_hash, ts_field
 from features.stores.redis import _resp, _resp_build
 from features.stores.redis.client import CLIENT_NAME, RespConnection
+from features.stores.redis.secure import ConnectionConfig
 
 # Entities per Redis buffer (~2.5 MB with every view) and buffers in flight: Redis keeps
 # about half a second of queued work, enough to ride out a pause on this side.
@@ -46,9 +47,12 @@ class RedisWriter:
 
     aligned = True  # one HSET per entity carries all its views: a fifth of the commands
 
-    def __init__(self, settings: FeatureSettings, *, dedup: bool = True) -> None:
+    def __init__(
+        self, settings: FeatureSettings, *, dedup: bool = True, config: ConnectionConfig | None = None
+    ) -> None:
         self._conn = RespConnection(
-            settings, timeout_s=max(settings.timeout_s, _WRITE_TIMEOUT_S), name=f"{CLIENT_NAME}-writer"
+            settings, timeout_s=max(settings.timeout_s, _WRITE_TIMEOUT_S), name=f"{CLIENT_NAME}-writer",
+            config=config,
         )
         self._suffix = settings.project.encode()
         self._dedup = dedup

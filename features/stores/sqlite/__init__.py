@@ -48,7 +48,7 @@ class SqliteBackend:
             return NoIdempotency()
         return SqliteIdempotency(self.settings.data_dir / "idempotency.db", window_s, namespace)
 
-    def feast_online_store(self) -> dict[str, Any]:
+    def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:
         return {"type": "sqlite", "path": str(self.settings.sqlite_path.resolve())}
 
     def server_cpu_s(self) -> float:

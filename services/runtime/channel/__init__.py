@@ -7,12 +7,17 @@ an open socket costs tens of microseconds. Replicas stay Ray Serve replicas
 a socket and registers its address, and front ends keep connections to every
 registered replica.
 
+    auth        the handshake: both ends prove the shared secret before any frame (once per connection)
     frames      the wire format: framed ops (SCORE, RESULT, ERROR, PING, INFO), batch payloads
     server      the replica's socket server: dispatches ops to handlers
     connection  one multiplexed socket to one replica
     membership  the replicas a front end is connected to (follows the registry)
     router      picks a replica per call, retries once elsewhere, bounds waits by the deadline
     client      ``DirectBackend``: the ``ScoringBackend`` made of the three above
+
+The socket is locked (docs/security/channel.md): a peer must pass the handshake, frames
+are bounded by ``ray.channel_max_frame_bytes`` on both sides, and every batch is checked
+(``services.schema.validate``) before a replica scores it.
 """
 
 from services.runtime.channel.client import DirectBackend, static_endpoints

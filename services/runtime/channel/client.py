@@ -25,12 +25,17 @@ __all__ = ["DirectBackend", "EndpointSource", "static_endpoints"]
 
 
 class DirectBackend:
-    """A ``ScoringBackend`` that speaks the direct channel to registered replicas."""
+    """A ``ScoringBackend`` that speaks the direct channel to registered replicas.
+
+    ``secret``: the channel key every connection proves (``auth.resolve_secret``); ``None``
+    only where the replicas run plaintext too.
+    """
 
     def __init__(
         self,
         endpoints: EndpointSource,
         *,
+        secret: bytes | None,
         refresh_s: float = 1.0,
         connect_timeout_s: float = 2.0,
         default_timeout_s: float = 10.0,
@@ -38,7 +43,7 @@ class DirectBackend:
         rng: random.Random | None = None,
     ) -> None:
         self.membership = Membership(
-            endpoints, refresh_s=refresh_s, connect_timeout_s=connect_timeout_s, max_frame=max_frame
+            endpoints, secret=secret, refresh_s=refresh_s, connect_timeout_s=connect_timeout_s, max_frame=max_frame
         )
         self._router = Router(self.membership, rng)
         self._default_timeout = default_timeout_s

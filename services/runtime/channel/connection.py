@@ -4,6 +4,9 @@ Many calls share the connection; each frame carries a call id and the replica ma
 answer out of order. When the socket closes, breaks, or sends something that is not
 a frame, every call still waiting fails with ``ReplicaLost`` at once, so a caller
 can retry elsewhere instead of waiting for an answer that cannot come.
+
+With a secret, ``connect`` runs the handshake (``auth.prove``) before the connection
+counts as alive: a replica that cannot prove it holds the secret is never sent a batch.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import socket
 
 from services.errors import BackendUnavailable, InternalError
-from services.runtime.channel import frames
+from services.runtime.channel import auth, frames
 from services.runtime.channel.frames import MAX_FRAME, Op, Part
 
 log = logging.getLogger(__name__)
@@ -24,8 +27,9 @@ class ReplicaLost(BackendUnavailable):
 
 
 class Connection:
-    def __init__(self, address: str, *, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, address: str, *, secret: bytes | None, max_frame: int = MAX_FRAME) -> None:
         self.address = address
+        self._secret = secret
         # Decisions sent on this connection and not yet answered (the router's load signal).
         self.inflight = 0
         self.alive = False
@@ -36,14 +40,29 @@ class Connection:
         self._reader_task: asyncio.Task[None] | None = None
 
     async def connect(self, timeout_s: float) -> None:
-        host, port = self.address.rsplit(":", 1)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Open the socket and, with a secret, pass the handshake, all within ``timeout_s``.
+
+        Raises ``OSError``/``asyncio.TimeoutError`` (unreachable) or ``auth.HandshakeFailed``.
+        """
+        reader, writer = await asyncio.wait_for(self._open(), timeout_s)
         self._writer = writer
         self.alive = True
         self._reader_task = asyncio.ensure_future(self._read(reader))
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = self.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._secret is None:
+            return reader, writer
+        try:
+            await auth.prove(reader, writer, self._secret)
+        except BaseException:  # refused, broken or timed out: no half-open socket left behind
+            writer.transport.abort()
+            raise
+        return reader, writer
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -79,9 +98,13 @@ class Connection:
         self._next += 1
         call_id = self._next
         fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        try:
+            out = frames.frame(call_id, op, parts, self._max_frame)
+        except frames.FrameError as exc:
+            raise InternalError(f"batch too large for the channel to replica {self.address}: {exc}") from exc
         self._pending[call_id] = fut
         try:
-            self._writer.writelines(frames.frame(call_id, op, parts))
+            self._writer.writelines(out)
             await self._writer.drain()
             answer, payload = await fut
         except (ConnectionError, OSError) as exc:

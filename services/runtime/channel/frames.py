@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -39,6 +40,8 @@ _ALIGN = 8  # buffers start on 8-byte boundaries, so decoded columns are aligned
 # only as a record (structured) or padding inside one.
 _PLAIN_KINDS = frozenset("biufcSU")
 _MAX_DEPTH = 4  # nesting of structured dtypes
+_SCALAR = re.compile(r"[<>|=]?[biufcSU?][0-9]{0,6}")
+_PAD = re.compile(r"\|?V[0-9]{1,6}")
 
 Part = bytes | memoryview
 
@@ -69,9 +72,15 @@ T = TypeVar("T", bound=_Dataclass)
 # -- frames ----------------------------------------------------------------------------
 
 
-def frame(call_id: int, op: int, parts: list[Part]) -> list[Part]:
-    """The frame's parts (header first), ready for ``writelines``."""
+def frame(call_id: int, op: int, parts: list[Part], limit: int | None = None) -> list[Part]:
+    """The frame's parts (header first), ready for ``writelines``.
+
+    ``FrameError`` if its payload is over ``limit``: the peer would close the connection
+    on reading its length, so the sender refuses it first, with a reason.
+    """
     size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    if limit is not None and size > limit:
+        raise FrameError(f"frame of {size} bytes (limit {limit}: ray.channel_max_frame_bytes)")
     return [FRAME.pack(size + _AFTER_LENGTH, call_id, op), *parts]
 
 
@@ -207,6 +216,10 @@ def dtype_of(spec: Any, depth: int = 0) -> np.dtype[Any]:
     if depth > _MAX_DEPTH:
         raise FrameError("structured dtype nested too deep")
     if isinstance(spec, str):
+        # Only the ``dtype.str`` form ("<i8", "|S64"): numpy parses richer strings (comma
+        # lists, repeat counts through ast.literal_eval) with errors of every kind.
+        if not _SCALAR.fullmatch(spec):
+            raise FrameError(f"dtype {spec!r} is not a plain scalar type")
         try:
             dt = np.dtype(spec)
         except (TypeError, ValueError) as exc:
@@ -249,7 +262,7 @@ def _record(descr: list[Any], depth: int) -> np.dtype[Any]:
 
 def _padding(field: list[Any]) -> int:
     spec = field[1]
-    if len(field) != 2 or not isinstance(spec, str) or not spec.lstrip("|").startswith("V"):
+    if len(field) != 2 or not isinstance(spec, str) or not _PAD.fullmatch(spec):
         raise FrameError(f"bad padding field {field!r}")
     try:
         return np.dtype(spec).itemsize

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from services.errors import BackendUnavailable, CreditAuthError, InternalError
-from services.runtime.channel import frames
+from services.runtime.channel import auth, frames
 from services.runtime.channel.connection import Connection
 from services.runtime.channel.frames import MAX_FRAME, Op
 
@@ -29,11 +29,14 @@ class Membership:
         self,
         source: EndpointSource,
         *,
+        secret: bytes | None,
         refresh_s: float = 1.0,
         connect_timeout_s: float = 2.0,
         max_frame: int = MAX_FRAME,
     ) -> None:
         self._source = source
+        self._secret = secret
+        self._refused: set[str] = set()  # replicas whose failed handshake was logged (once each)
         self._refresh_s = refresh_s
         self._connect_timeout = connect_timeout_s
         self._max_frame = max_frame
@@ -74,12 +77,19 @@ class Membership:
             if addr not in wanted or not self._conns[addr].alive:
                 self._conns.pop(addr).close()
         for addr in wanted - self._conns.keys():
-            conn = Connection(addr, max_frame=self._max_frame)
+            conn = Connection(addr, secret=self._secret, max_frame=self._max_frame)
             try:
                 await conn.connect(self._connect_timeout)
+            except auth.HandshakeFailed as exc:
+                # Tried again on every refresh: say it once, not once a second.
+                if addr not in self._refused:
+                    self._refused.add(addr)
+                    log.warning("not using replica %s: %s", addr, exc)
+                continue
             except (OSError, asyncio.TimeoutError) as exc:
                 log.warning("cannot reach replica %s: %s", addr, exc)
                 continue
+            self._refused.discard(addr)
             self._conns[addr] = conn
         if self._conns:
             self._ready.set()

@@ -6,6 +6,12 @@ dispatched by its op code to the handler registered for it at construction
 with an UNIMPLEMENTED error frame, and a handler's error with its status code
 (``services.errors.code_of``), so the connection outlives any one bad call.
 
+Before any frame, a connection must pass the handshake (``auth``) when the server has a
+secret: a peer that fails it, or says nothing within ``handshake_timeout_s``, is closed,
+counted (``stats.refused``) and logged once per peer host. Every SCORE batch is checked
+by ``services.schema.validate`` before it is scored: bad rows are answered with
+INVALID_ARGUMENT in their status, a payload that is no request batch with an error frame.
+
 Scoring runs on a small thread pool (the feature read and the kernel release the GIL),
 at most ``max_inflight`` batches at a time; past that the server answers
 RESOURCE_EXHAUSTED at once rather than queueing without bound.
@@ -23,13 +29,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from services.errors import CreditAuthError, InternalError, Overloaded, code_of
-from services.runtime.channel import frames
+from services.runtime.channel import auth, frames
 from services.runtime.channel.frames import MAX_FRAME, Op, Part
+from services.schema import validate
 from services.schema.codes import Code
 from services.scoring import DecisionBatch, RequestBatch
 
 log = logging.getLogger(__name__)
+# Peer hosts whose refusals were logged; past this many, refusals are only counted (a scan
+# from many addresses must not grow memory or the log without bound).
+MAX_LOGGED_PEERS = 1024
+# Connections in the handshake at once; more are refused at once, so peers that connect and
+# say nothing hold at most this many sockets for the handshake timeout.
+MAX_HANDSHAKES = 64
 # A handler gets a frame's payload and returns its RESULT payload, or raises.
 Handler = Callable[[bytes], Awaitable[list[Part]]]
 
@@ -40,7 +55,9 @@ class ChannelStats:
     inflight_decisions: int = 0
     batches: int = 0
     decisions: int = 0
-    rejected: int = 0
+    rejected: int = 0  # batches refused because the replica was busy
+    refused: int = 0  # connections that failed the handshake (or said nothing in time)
+    invalid: int = 0  # request rows answered INVALID_ARGUMENT by validation
     busy_s: float = 0.0
 
 
@@ -49,6 +66,7 @@ class ChannelServer:
         self,
         score: Callable[[RequestBatch], DecisionBatch],
         *,
+        secret: bytes | None,
         info: Callable[[], Mapping[str, Any]] | None = None,
         handlers: Mapping[int, Handler] | None = None,
         host: str = "127.0.0.1",
@@ -57,7 +75,16 @@ class ChannelServer:
         workers: int = 2,
         inline_max: int = 0,
         max_frame: int = MAX_FRAME,
+        handshake_timeout_s: float = auth.HANDSHAKE_TIMEOUT_S,
     ) -> None:
+        """``secret``: the key peers must prove they hold; ``None`` runs the channel in
+        plaintext (no handshake), which callers choose explicitly (``auth.resolve_secret``)."""
+        if secret is not None and len(secret) < auth.MIN_SECRET:
+            raise ValueError(f"channel secret of {len(secret)} bytes, need at least {auth.MIN_SECRET}")
+        self._secret = secret
+        self._handshake_timeout = handshake_timeout_s
+        self._logged_peers: set[str] = set()
+        self._handshakes = 0
         self._inline_max = inline_max
         self._score = score
         self._info = info or dict
@@ -130,6 +157,8 @@ class ChannelServer:
         tasks: set[asyncio.Task[None]] = set()
         self._writers.add(writer)
         try:
+            if not await self._admit(reader, writer):
+                return
             while True:
                 call_id, op, payload = await frames.read_frame(reader, self._max_frame)
                 t = asyncio.ensure_future(self._dispatch(call_id, op, payload, writer))
@@ -145,6 +174,38 @@ class ChannelServer:
             self._writers.discard(writer)
             writer.close()
 
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Whether the peer proved it holds the secret (always, in plaintext) within the timeout."""
+        if self._secret is None:
+            return True
+        if self._handshakes >= MAX_HANDSHAKES:
+            self._refuse(writer, f"{MAX_HANDSHAKES} handshakes already under way")
+            return False
+        self._handshakes += 1
+        try:
+            await asyncio.wait_for(auth.serve(reader, writer, self._secret), self._handshake_timeout)
+            return True
+        except asyncio.TimeoutError:  # before OSError: on 3.11 it is the builtin TimeoutError
+            why = f"no handshake within {self._handshake_timeout:g} s"
+        except auth.HandshakeFailed as exc:
+            why = str(exc)
+        except (ConnectionError, OSError) as exc:
+            why = f"connection broke during the handshake: {exc}"
+        finally:
+            self._handshakes -= 1
+        self._refuse(writer, why)
+        return False
+
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        self.stats.refused += 1
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if host not in self._logged_peers and len(self._logged_peers) < MAX_LOGGED_PEERS:
+            self._logged_peers.add(host)
+            log.warning("refused a channel connection from %s: %s (further refusals from it are only counted)",
+                        host, why)
+        writer.transport.abort()
+
     async def _dispatch(self, call_id: int, op: int, payload: bytes, writer: asyncio.StreamWriter) -> None:
         handler = self._handlers.get(op)
         if handler is None:
@@ -157,7 +218,11 @@ class ChannelServer:
                     log.exception("op %d failed", op)
                 answer, parts = Op.ERROR, frames.error_payload(code_of(exc), _message(exc))
         try:
-            writer.writelines(frames.frame(call_id, answer, parts))
+            out = frames.frame(call_id, answer, parts, self._max_frame)
+        except frames.FrameError as exc:  # an answer the peer would refuse to read; not worth a retry
+            out = frames.frame(call_id, Op.ERROR, frames.error_payload(Code.INTERNAL, f"answer too large: {exc}"))
+        try:
+            writer.writelines(out)
             await writer.drain()
         except (ConnectionError, OSError):  # the front end went away: nobody to answer
             pass
@@ -171,6 +236,7 @@ class ChannelServer:
             batch, _ = frames.decode(RequestBatch, memoryview(payload))
         except frames.FrameError as exc:
             raise InternalError(f"undecodable batch: {exc}") from exc
+        validate.require_rows(batch.rows)  # a payload of other records: INVALID_ARGUMENT for all of it
         n = len(batch)
         st.inflight_batches += 1
         st.inflight_decisions += n
@@ -179,9 +245,9 @@ class ChannelServer:
         try:
             if n <= self._inline_max:
                 # Small batches: a thread hop costs more than the scoring itself.
-                resp = self._score(batch)
+                resp = self._screened(batch)
             else:
-                resp = await self._loop.run_in_executor(self._pool, self._score, batch)
+                resp = await self._loop.run_in_executor(self._pool, self._screened, batch)
         finally:
             st.inflight_batches -= 1
             st.inflight_decisions -= n
@@ -190,7 +256,12 @@ class ChannelServer:
                 self._idle.set()
         st.batches += 1
         st.decisions += n
+        if resp.message:  # some rows were refused: count those validation refused
+            st.invalid += int(np.count_nonzero(resp.status == Code.INVALID_ARGUMENT))
         return frames.encode(resp)
+
+    def _screened(self, batch: RequestBatch) -> DecisionBatch:
+        return validate.screen(batch, self._score)
 
     async def _on_ping(self, payload: bytes) -> list[Part]:
         return frames.json_payload({"ok": True})

@@ -1,4 +1,8 @@
-"""The Serve replica: builds the engine once, scores batches, registers its channel socket."""
+"""The Serve replica: builds the engine once, scores batches, registers its channel socket.
+
+Both ways in are checked the same: the channel server validates each batch it decodes,
+and a Serve handle call goes through the same ``validate.screen`` before the engine.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from importlib import metadata
 from typing import Any
 
 from services.runtime.channel import ChannelServer
+from services.runtime.channel.auth import resolve_secret
 from services.runtime.seam.registry import registry_actor
+from services.schema import validate
 from services.scoring import DecisionBatch, RequestBatch
 from services.settings import Settings
 
@@ -35,14 +41,18 @@ class _ScorerImpl:
         from services.scoring.factory import build_engine
 
         settings = Settings.model_validate_json(settings_json)
+        # The secret first: a replica that could not lock its channel must not start at all.
+        secret = resolve_secret(settings.ray, "replica")
         self._engine = build_engine(settings)
         self._build = _build()
         self._channel = ChannelServer(
             self._engine.score,
+            secret=secret,
             info=self._info,
-            host=settings.ray.channel_bind_host,
+            host=_bind_host(settings.ray.channel_bind_host),
             ports=settings.ray.channel_ports,
             max_inflight=settings.ray.channel_max_inflight,
+            max_frame=settings.ray.channel_max_frame_bytes,
         )
         self._address = _advertised(self._channel.start(), settings.ray.channel_advertise_host)
         self._key = uuid.uuid4().hex
@@ -65,7 +75,8 @@ class _ScorerImpl:
         }
 
     def score(self, batch: RequestBatch) -> DecisionBatch:
-        return self._engine.score(batch)
+        """The Serve handle path: checked like a channel batch (bad rows INVALID_ARGUMENT)."""
+        return validate.screen(batch, self._engine.score)
 
     def versions(self) -> tuple[str, str]:
         return self._engine.model_version, self._engine.policy_version
@@ -88,13 +99,30 @@ class _ScorerImpl:
             except Exception as exc:  # the cluster may already be going away
                 log.debug("unregister: %s", exc)
             self._channel.stop()
+            # Flushes the decision log: a graceful stop loses no decision.
+            self._engine.close()
+
+
+_ANY = ("0.0.0.0", "::", "")  # every interface: an address to bind, never one to dial
+
+
+def _node_ip() -> str:
+    import ray
+
+    ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return ip
+
+
+def _bind_host(host: str | None) -> str:
+    """Where the channel listens: the configured host, else this node's own address only."""
+    return _node_ip() if host is None else host
 
 
 def _advertised(bound: str, advertise: str | None) -> str:
     """The address front ends dial: the bound one, or its port on the advertised host."""
-    if advertise is None:
+    host, port = bound.rsplit(":", 1)
+    if advertise is None and host not in _ANY:
         return bound
-    import ray
-
-    host = ray.util.get_node_ip_address() if advertise == "node" else advertise  # type: ignore[no-untyped-call]
-    return f"{host}:{bound.rsplit(':', 1)[1]}"
+    # "node", or a socket on every interface that registers the one front ends can reach.
+    target = _node_ip() if advertise in (None, "node") else advertise
+    return f"{target}:{port}"
