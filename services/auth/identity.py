@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ class Identify:
         self._issuers = {i.issuer: _load_issuer(i) for i in security.jwt}
         self._cache: OrderedDict[str, tuple[Grant, float]] = OrderedDict()
 
-    def caller(self, metadata: Sequence[tuple[str, Any]] | None, auth: Mapping[str, Sequence[bytes]]) -> Grant:
+    def caller(self, metadata: Iterable[tuple[str, Any]] | None, auth: Mapping[str, Iterable[bytes]]) -> Grant:
         token = _bearer(metadata)
         if token is not None:
             return self._from_token(token)
@@ -102,7 +102,7 @@ class Identify:
         return self._grants.of(str(claims["sub"])), float(claims["exp"]) + cfg.leeway_s
 
 
-def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
             text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
@@ -115,7 +115,7 @@ def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-def _certificate_names(auth: Mapping[str, Sequence[bytes]]) -> list[str]:
+def _certificate_names(auth: Mapping[str, Iterable[bytes]]) -> list[str]:
     """The client certificate's common name, then its subject alternative names (gRPC has
     already checked the certificate against the configured CA)."""
     names = [v.decode("utf-8", "replace") for v in auth.get("x509_common_name", ())]

@@ -19,7 +19,7 @@ import numpy as np
 
 from services.auth import Gate, Grant
 from services.errors import CreditAuthError, DeadlineExceeded, code_of
-from services.frontend import wire
+from services.frontend import details, wire
 from services.frontend.batcher import Answer, Batcher
 from services.frontend.status import grpc_code
 from services.schema.codes import Code
@@ -89,7 +89,7 @@ class CreditAuthorizationServicer:
         try:
             grant = self._gate.caller(context, "Authorize")
         except CreditAuthError as exc:
-            await self._abort(context, code_of(exc), str(exc), t0)
+            await self._abort(context, code_of(exc), str(exc), t0, _field(exc))
         if len(data) > MAX_REQUEST_BYTES:
             await self._abort(context, Code.INVALID_ARGUMENT, f"AuthorizeRequest over {MAX_REQUEST_BYTES} bytes", t0)
         try:
@@ -97,33 +97,32 @@ class CreditAuthorizationServicer:
         except wire.WireError as exc:
             await self._abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeRequest: {exc}", t0)
         except wire.Violation as v:
-            await self._abort(context, Code.INVALID_ARGUMENT, str(wire.describe(v)), t0)
+            e = wire.describe(v)
+            await self._abort(context, Code.INVALID_ARGUMENT, str(e), t0, e.field)
         why = grant.refusal(record)
         if why is not None:
-            await self._abort(context, Code.PERMISSION_DENIED, f"{why[0]}: {why[1]}", t0)
+            await self._abort(context, Code.PERMISSION_DENIED, f"{why[0]}: {why[1]}", t0, why[0])
         try:
             if deadline <= time.time():
                 raise DeadlineExceeded("deadline already passed")
             ans = await self._batcher.submit_one(record, deadline, trace)
         except CreditAuthError as exc:
-            await self._abort(context, code_of(exc), str(exc), t0)
+            await self._abort(context, code_of(exc), str(exc), t0, _field(exc))
         enc: wire.Encoder = ans.prepared
         try:
             status = enc.status(ans.start)
             self._tel.outcome(status, enc.decision(ans.start) if status == 0 else 0)
             body = None if status else wire.encode_one(enc, ans.start)
         except CreditAuthError as exc:  # an answer the codec refuses to encode (EncodeError)
-            await self._abort(context, code_of(exc), str(exc), t0)
+            await self._abort(context, code_of(exc), str(exc), t0, _field(exc))
         if body is None:
             await self._abort(context, status, (ans.batch.message or "not decided")[: wire.MAX_TEXT], t0)
         self._tel.rpc("Authorize", "OK", time.perf_counter() - t0)
         return body
 
-    async def _abort(self, context: Context, code: int, message: str, t0: float) -> NoReturn:
-        status = grpc_code(code)
-        self._tel.rpc("Authorize", status.name, time.perf_counter() - t0)
-        await context.abort(status, message)
-        raise AssertionError("context.abort returned")
+    async def _abort(self, context: Context, code: int, message: str, t0: float, field: str = "") -> NoReturn:
+        self._tel.rpc("Authorize", grpc_code(code).name, time.perf_counter() - t0)
+        await abort(context, code, message, field)
 
     # -- AuthorizeBatch ----------------------------------------------------------
     async def AuthorizeBatch(self, data: bytes, context: Context) -> bytes:
@@ -138,9 +137,9 @@ class CreditAuthorizationServicer:
                 ),
             )
         except wire.WireError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
+            await abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
         except CreditAuthError as exc:  # no caller, or too many items (counted before any was decoded)
-            await context.abort(grpc_code(code_of(exc)), str(exc))
+            await abort(context, code_of(exc), str(exc), _field(exc))
         if self._tel.sampled():
             with self._tel.span("AuthorizeBatch", size=decoded.total) as trace:
                 body = await self._decide(decoded, deadline, context, trace or "")
@@ -173,7 +172,7 @@ class CreditAuthorizationServicer:
     ) -> bytes:
         """Every scored item of a batch call fails with ``exc`` (the call itself, if nothing else)."""
         if not errors:  # nothing in the call can be answered: fail the call itself
-            await context.abort(grpc_code(code_of(exc)), str(exc))
+            await abort(context, code_of(exc), str(exc), _field(exc))
         code = int(code_of(exc))
         apps = batch.rows["application_id"].tolist()
         errors = errors + [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index.tolist())]
@@ -185,7 +184,7 @@ class CreditAuthorizationServicer:
         try:
             grant = self._gate.caller(context, "AuthorizeStream")
         except CreditAuthError as exc:
-            await context.abort(grpc_code(code_of(exc)), str(exc))
+            await abort(context, code_of(exc), str(exc), _field(exc))
         windows: asyncio.Queue[asyncio.Task[list[bytes]] | None] = asyncio.Queue(STREAM_WINDOWS_IN_FLIGHT)
         incoming: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_WINDOW * 4)
 
@@ -272,6 +271,16 @@ class CreditAuthorizationServicer:
                 for app, i in zip(batch.rows["application_id"].tolist(), where, strict=True):
                     answers[i] = wire.encode_error(app, code, "", str(exc))
         return [a for a in answers if a is not None]
+
+
+async def abort(context: Context, code: int, message: str, field: str = "") -> NoReturn:
+    """Fail the call with ``code``, its details (``services.frontend.details``) in the trailer."""
+    await context.abort(grpc_code(code), message, details.trailer(code, message, field))
+    raise AssertionError("context.abort returned")
+
+
+def _field(exc: BaseException) -> str:
+    return getattr(exc, "field", "")
 
 
 _APP = REQUEST_DTYPE.fields["application_id"]  # type: ignore[index]

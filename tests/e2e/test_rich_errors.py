@@ -1,0 +1,66 @@
+"""Refusals carry machine-readable details (google.rpc.Status in the trailer), read as a
+caller's code would: a field violation naming the field, a stable reason, when to retry."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from creditauth.v1 import authorization_pb2 as pb
+from creditauth.v1 import authorization_pb2_grpc as pb_grpc
+from services.frontend.details import TRAILER, trailer
+from services.schema.codes import Code
+from tests.e2e.api_checks import request
+
+pytestmark = pytest.mark.e2e
+
+
+def _details(err: grpc.RpcError) -> dict[str, object]:
+    raw = dict(err.trailing_metadata() or ())[TRAILER]  # type: ignore[attr-defined]
+    status = status_pb2.Status.FromString(raw)
+    out: dict[str, object] = {"code": status.code}
+    for d in status.details:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+            if d.Is(kind.DESCRIPTOR):
+                msg = kind()
+                d.Unpack(msg)
+                out[kind.__name__] = msg
+    return out
+
+
+def test_invalid_field_is_a_field_violation(local_server: tuple[grpc.Channel, object]) -> None:
+    channel, _ = local_server
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Authorize(request(0, currency="XXX"), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    d = _details(err.value)
+    assert d["code"] == Code.INVALID_ARGUMENT
+    bad = d["BadRequest"]
+    assert isinstance(bad, error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["requested_amount.currency"]
+    info = d["ErrorInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == ("INVALID_FIELD", "creditauth.v1")
+    assert "RetryInfo" not in d  # a bad request is not retried
+
+
+def test_malformed_batch_names_no_field_but_a_reason(local_server: tuple[grpc.Channel, object]) -> None:
+    channel, _ = local_server
+    raw = channel.unary_unary("/creditauth.v1.CreditAuthorization/AuthorizeBatch")
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\x0a\xff\xff\xff", timeout=30)
+    d = _details(err.value)
+    assert d["code"] == Code.INVALID_ARGUMENT and "BadRequest" not in d
+    assert pb.AuthorizeBatchResponse  # the proto module is the caller's
+
+
+def test_overload_and_outage_say_when_to_retry() -> None:
+    for code, seconds in ((Code.RESOURCE_EXHAUSTED, 0.25), (Code.UNAVAILABLE, 1.0)):
+        status = status_pb2.Status.FromString(dict(trailer(code, "busy"))[TRAILER])
+        retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert len(retry) == 1
+        info = error_details_pb2.RetryInfo()
+        retry[0].Unpack(info)
+        assert info.retry_delay.ToTimedelta().total_seconds() == seconds
