@@ -40,6 +40,14 @@ class FeatureSettings(BaseModel):
     timeout_s: float = Field(0.5, gt=0, le=60)
     # Rows whose features are older than this are flagged stale.
     max_feature_age_s: float = Field(3 * 86_400.0, gt=0)
+    # Circuit breaker per online store (features.stores.breaker): after this many
+    # consecutive failures calls fail at once, paying no timeout, until one probe per
+    # interval succeeds; the interval starts at breaker_backoff_s and doubles after each
+    # failed probe, up to breaker_max_backoff_s. A dead store then costs one timeout per
+    # interval, not one per call.
+    breaker_failures: int = Field(3, ge=1, le=1000)
+    breaker_backoff_s: float = Field(0.5, gt=0, le=600)
+    breaker_max_backoff_s: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("redis_url")
     @classmethod
@@ -64,6 +72,15 @@ class FeatureSettings(BaseModel):
             raise ValueError("redis_url carries a password and redis_password_file is set: keep only the file")
         if self.redis_username and u.username:
             raise ValueError("redis_url carries a user name and redis_username is set: keep one")
+        return self
+
+    @model_validator(mode="after")
+    def _breaker(self) -> FeatureSettings:
+        if self.breaker_max_backoff_s < self.breaker_backoff_s:
+            raise ValueError(
+                f"breaker_max_backoff_s ({self.breaker_max_backoff_s:g}) is below breaker_backoff_s "
+                f"({self.breaker_backoff_s:g})"
+            )
         return self
 
     @property

@@ -15,6 +15,7 @@ from kernels.errors import (
     SpecError,
     UnsupportedModelError,
 )
+from kernels.multiclass import MulticlassEnsemble
 from kernels.parity import ParityReport, check_parity
 from kernels.rules import Condition, PolicyRules, Rule, pack_tags
 from kernels.scorecard import Characteristic, Scorecard
@@ -26,6 +27,7 @@ __all__ = [
     "InputShapeError",
     "KernelError",
     "ModelFormatError",
+    "MulticlassEnsemble",
     "ParityReport",
     "PolicyRules",
     "Rule",

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._ir import LINK_EXP, LINK_IDENTITY, LINK_SIGMOID, LINK_SQUARE, ForestIR, TreeIR
+from kernels._ir import (
+    CAT_XGBOOST,
+    LINK_EXP,
+    LINK_IDENTITY,
+    LINK_SIGMOID,
+    LINK_SQUARE,
+    ForestIR,
+    TreeIR,
+)
 
 # Must match kernels/_common.pxd and kernels/_traverse.pyx.
 INPUT_PLAIN = 0
@@ -21,6 +29,7 @@ LINK_CODES = {LINK_IDENTITY: 0, LINK_SIGMOID: 1, LINK_EXP: 2, LINK_SQUARE: 3}
 F_CATEGORICAL = 1
 F_DEFAULT_LEFT = 2
 F_MISSING_SHIFT = 2
+F_CAT_XGBOOST = 16  # categorical node under CAT_XGBOOST (bit 4)
 
 
 def input_mode(forest: ForestIR) -> int:
@@ -38,6 +47,7 @@ def flatten_for_traversal(forest: ForestIR) -> dict[str, np.ndarray]:
     node_base = 0
     leaf_base = 0
     word_base = 0
+    xgb_cat = np.uint32(F_CAT_XGBOOST if forest.categorical_rule == CAT_XGBOOST else 0)
     for t, tree in enumerate(forest.trees):
         n_int = tree.n_internal
         if n_int == 0:
@@ -54,8 +64,10 @@ def flatten_for_traversal(forest: ForestIR) -> dict[str, np.ndarray]:
                 tree.is_categorical.astype(np.uint32) * F_CATEGORICAL
                 | tree.default_left.astype(np.uint32) * F_DEFAULT_LEFT
                 | (tree.missing.astype(np.uint32) << (F_MISSING_SHIFT))
+                | tree.is_categorical.astype(np.uint32) * xgb_cat
             )
-            # missing occupies bits 2..3; F_DEFAULT_LEFT is bit 1, F_CATEGORICAL bit 0.
+            # missing occupies bits 2..3; F_DEFAULT_LEFT is bit 1, F_CATEGORICAL bit 0,
+            # F_CAT_XGBOOST bit 4.
             feats.append(tree.split_feature)
             thrs.append(tree.threshold)
             flags.append(fl)

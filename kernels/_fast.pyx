@@ -83,7 +83,7 @@ cdef inline double _score_row(const FModel* m, int kind, const void* data, int i
 
 _ARRAYS = (
     ("col_feature", np.int32), ("col_kind", np.int32), ("col_cat_off", np.int32),
-    ("col_cat_len", np.int32), ("cat_words", np.uint32), ("rs_feature", np.int32),
+    ("col_cat_len", np.int32), ("col_cat_rule", np.int32), ("cat_words", np.uint32), ("rs_feature", np.int32),
     ("rs_offset", np.int32), ("rs_count", np.int32), ("rs_pad", np.int32),
     ("rs_zero_rank", np.int32), ("rs_thr", np.float64), ("set_col_off", np.int32),
     ("set_cols", np.int32), ("cat_cols", np.int32), ("node_col", np.int32),
@@ -190,6 +190,7 @@ cdef class FastKernel:
         m.col_kind = <const int32_t*>_ptr(keep, "col_kind")
         m.col_cat_off = <const int32_t*>_ptr(keep, "col_cat_off")
         m.col_cat_len = <const int32_t*>_ptr(keep, "col_cat_len")
+        m.col_cat_rule = <const int32_t*>_ptr(keep, "col_cat_rule")
         m.cat_words = <const uint32_t*>_ptr(keep, "cat_words")
         m.rs_feature = <const int32_t*>_ptr(keep, "rs_feature")
         m.rs_offset = <const int32_t*>_ptr(keep, "rs_offset")

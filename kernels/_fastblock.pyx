@@ -304,7 +304,7 @@ cdef void _rank_block(const FModel* m, const void* data, int is_f32, Py_ssize_t 
     cdef const double* u
     cdef int32_t* dst
     cdef const uint32_t* words
-    cdef int32_t nwords
+    cdef int32_t nwords, rule
     for s in range(m.n_sets):
         f = m.rs_feature[s]
         u = m.rs_thr + m.rs_offset[s]
@@ -346,9 +346,10 @@ cdef void _rank_block(const FModel* m, const void* data, int is_f32, Py_ssize_t 
         dst = bins + c * BLOCK
         words = m.cat_words + m.col_cat_off[c]
         nwords = m.col_cat_len[c]
+        rule = m.col_cat_rule[c]
         _load_feature(m, data, is_f32, row0, nrows, m.col_feature[c], sc)
         for r in range(lanes):
-            dst[r] = 0 if fm_in_bitset(sc.xs[r], words, nwords) else 1
+            dst[r] = 0 if fm_in_bitset(sc.xs[r], words, nwords, rule) else 1
 
 
 cdef inline void _leaves_out(const FModel* m, const int32_t* leaf_idx, int nrows,
@@ -522,7 +523,9 @@ cdef void block_run(const FModel* m, const void* data, int is_f32, Py_ssize_t n,
     cdef float facc[BLOCK]
     cdef Py_ssize_t b0 = 0
     cdef int r, nrows, f
-    cdef double* row = contrib + m.n_features * BLOCK if contrib != NULL else NULL
+    # The row being ranked sits after the float32 partials: it must not overlap them, and
+    # n_features can exceed BLOCK (the old offset wrote into the next block's partials).
+    cdef double* row = contrib + _reason_row_offset(m) if contrib != NULL else NULL
     while b0 < n:
         nrows = BLOCK if n - b0 >= BLOCK else <int>(n - b0)
         _rank_block(m, data, is_f32, b0, nrows, bins, sc)
@@ -607,5 +610,10 @@ cdef Py_ssize_t block_reason_doubles(const FModel* m) noexcept nogil:
         # racc (rows x features, double), then lidx (trees x rows, uint8)
         sb = _super_rows(m)
         return sb * 8 * m.lc_nv + (sb * (<Py_ssize_t>m.n_trees + 1)) // 8 + 1
-    # doubles (n_features + 1) * BLOCK, then float32 partials n_features * BLOCK
+    # doubles (n_features + 1) * BLOCK, then float32 partials n_features * BLOCK, then a row
+    return _reason_row_offset(m) + m.n_features
+
+
+cdef inline Py_ssize_t _reason_row_offset(const FModel* m) noexcept nogil:
+    """Where block_run's ranked row starts in the reason scratch (after the partials)."""
     return (m.n_features + 1) * BLOCK + (m.n_features + 1) * BLOCK // 2 + 1

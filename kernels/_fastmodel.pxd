@@ -22,6 +22,10 @@ cdef enum:
     VIEW_ZERO_RIGHT = 3
     VIEW_ZERO_LEFT = 4
     VIEW_CATEGORICAL = 5
+    # Categorical column rules (col_cat_rule), see _layout.py.
+    CAT_RULE_LIGHTGBM = 0
+    CAT_RULE_XGB_NAN_RIGHT = 1
+    CAT_RULE_XGB_NAN_LEFT = 2
 
 
 cdef struct FModel:
@@ -44,6 +48,7 @@ cdef struct FModel:
     const int32_t* col_kind
     const int32_t* col_cat_off
     const int32_t* col_cat_len
+    const int32_t* col_cat_rule    # CAT_RULE_*: how NaN and out-of-range values go
     const uint32_t* cat_words
     const int32_t* rs_feature
     const int32_t* rs_offset
@@ -122,11 +127,19 @@ cdef inline int32_t fm_rank(const double* u, int32_t pad, double x) noexcept nog
     return pos
 
 
-cdef inline bint fm_in_bitset(double x, const uint32_t* words, int32_t n) noexcept nogil:
-    """LightGBM categorical membership (see _ir.py for the out-of-range rules)."""
+cdef inline bint fm_in_bitset(double x, const uint32_t* words, int32_t n,
+                              int32_t rule) noexcept nogil:
+    """Whether a categorical column's value goes left (see _ir.py for the rules)."""
     cdef int32_t c
-    if not (x > -1.0 and x < 2147483648.0):
-        return False
+    if rule == CAT_RULE_LIGHTGBM:
+        if not (x > -1.0 and x < 2147483648.0):
+            return False
+    else:
+        # XGBoost: NaN is missing; InvalidCat (x < 0, x >= 2**24) goes right.
+        if x != x:
+            return rule == CAT_RULE_XGB_NAN_LEFT
+        if not (x >= 0.0 and x < 16777216.0):
+            return False
     c = <int32_t>x
     return (c >> 5) < n and ((words[c >> 5] >> (c & 31)) & 1)
 

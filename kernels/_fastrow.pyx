@@ -94,7 +94,8 @@ cdef void row_ranks(const FModel* m, const void* data, int is_f32, Py_ssize_t ro
     for j in range(m.n_cat_cols):
         c = m.cat_cols[j]
         x = fm_x(data, is_f32, base + m.col_feature[c], m.input_mode)
-        rk[c] = 0 if fm_in_bitset(x, m.cat_words + m.col_cat_off[c], m.col_cat_len[c]) else 1
+        rk[c] = 0 if fm_in_bitset(x, m.cat_words + m.col_cat_off[c], m.col_cat_len[c],
+                                  m.col_cat_rule[c]) else 1
 
 
 cdef inline void _and_tail(uint32_t* v32, const uint64_t* p, uint32_t r,
@@ -220,7 +221,8 @@ cdef double row_qs_narrow(const FModel* m, const void* data, int is_f32, Py_ssiz
     for j in range(m.n_cat_cols):
         c = m.cat_cols[j]
         x = fm_x(data, is_f32, base + m.col_feature[c], m.input_mode)
-        r = 0 if fm_in_bitset(x, m.cat_words + m.col_cat_off[c], m.col_cat_len[c]) else 1
+        r = 0 if fm_in_bitset(x, m.cat_words + m.col_cat_off[c], m.col_cat_len[c],
+                              m.col_cat_rule[c]) else 1
         _and_prefix(v32, q + m.qs_base + m.qs_col_off[c], m.qs_cum[m.qs_cum_off[c] + r], sh)
     result = _sum_leaves32(m, v32, leaf_idx, raw)
     if contrib != NULL:
@@ -270,7 +272,7 @@ cdef void row_views(const FModel* m, const void* data, int is_f32, Py_ssize_t ro
         kind = m.col_kind[c]
         if kind == VIEW_CATEGORICAL:
             xv[c] = 0.0 if fm_in_bitset(x, m.cat_words + m.col_cat_off[c],
-                                        m.col_cat_len[c]) else 1.0
+                                        m.col_cat_len[c], m.col_cat_rule[c]) else 1.0
         elif x != x:
             if kind == VIEW_NAN_AS_ZERO:
                 xv[c] = 0.0

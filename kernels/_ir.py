@@ -19,6 +19,11 @@ of decision semantics, spelled out here:
   the node's bitset is set (bits past the end of the bitset are unset). This is
   what LightGBM's ``static_cast<int>`` + ``FindInBitset`` do on x86-64.
 
+  Under ``CAT_XGBOOST`` (XGBoost models) a categorical node instead sends NaN
+  its ``default_left`` way, values outside ``[0, 2**24)`` right, and
+  ``c = trunc(x)`` left iff bit ``c`` is set (XGBoost's ``InvalidCat`` and
+  ``Decision`` with the children swapped, see ``_xgboost.py``).
+
 Children use LightGBM's encoding: ``>= 0`` is an internal node index, ``< 0`` is
 ``~leaf_index``.
 """
@@ -41,6 +46,10 @@ LINK_SIGMOID = "sigmoid"
 LINK_EXP = "exp"
 LINK_SQUARE = "signed_square"  # LightGBM regression with reg_sqrt
 LINKS = (LINK_IDENTITY, LINK_SIGMOID, LINK_EXP, LINK_SQUARE)
+
+# How categorical nodes treat NaN and out-of-range values (module docstring).
+CAT_LIGHTGBM = "lightgbm"
+CAT_XGBOOST = "xgboost"
 
 I32 = npt.NDArray[np.int32]
 U32 = npt.NDArray[np.uint32]
@@ -102,7 +111,8 @@ class ForestIR:
     sum is accumulated in float32 starting from float32(base_margin), and the
     sigmoid is evaluated in float32, as XGBoost's CPU predictor does.
     ``lightgbm_zero``: values with ``|x| <= 1e-35`` are read as exactly 0.0, as
-    LightGBM's dense-row reader drops them.
+    LightGBM's dense-row reader drops them. ``categorical_rule``: ``CAT_LIGHTGBM``
+    or ``CAT_XGBOOST`` (module docstring).
     """
 
     source: str
@@ -117,6 +127,7 @@ class ForestIR:
     float32_input: bool
     float32_sum: bool
     lightgbm_zero: bool
+    categorical_rule: str = CAT_LIGHTGBM
 
     def max_leaves(self) -> int:
         return max((t.n_leaves for t in self.trees), default=1)

@@ -17,7 +17,10 @@ so the kernels evaluate each node with one comparison and no branches:
   ====================  ==============================  =========================
 
   A categorical column holds 0 when the value is in the node's bitset (left)
-  and 1 otherwise, compared against 0.5 / rank 0.
+  and 1 otherwise, compared against 0.5 / rank 0. Its *rule* says how NaN
+  and out-of-range values go (``CAT_RULE_*``, ForestIR's ``categorical_rule``):
+  LightGBM's, or XGBoost's with NaN to the node's default side, so nodes
+  with the same bitset but different NaN sides read different columns.
 
 * Block kernel: each numerical column is *ranked*: ``rank(x)`` is the number of
   the feature's distinct thresholds strictly below ``x`` (special values map
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._ir import MISSING_NAN, MISSING_NONE, MISSING_ZERO, ForestIR, TreeIR
+from kernels._ir import CAT_XGBOOST, MISSING_NAN, MISSING_NONE, MISSING_ZERO, ForestIR, TreeIR
 
 VIEW_NAN_AS_ZERO = 0
 VIEW_NAN_RIGHT = 1
@@ -46,6 +49,10 @@ VIEW_NAN_LEFT = 2
 VIEW_ZERO_RIGHT = 3
 VIEW_ZERO_LEFT = 4
 VIEW_CATEGORICAL = 5
+# Categorical column rules; must match kernels/_fastmodel.pxd.
+CAT_RULE_LIGHTGBM = 0
+CAT_RULE_XGB_NAN_RIGHT = 1
+CAT_RULE_XGB_NAN_LEFT = 2
 
 MAX_BLOCK_LEAVES = 64
 LEAF_CONTRIB_MAX_FEATURES = 64  # leaf-vector reason codes up to this many features
@@ -107,6 +114,7 @@ class ColumnLayout:
     col_rankset: np.ndarray  # int32 (n_cols,): numerical -> index into rank sets; cat -> -1
     col_cat_off: np.ndarray  # int32 (n_cols,)
     col_cat_len: np.ndarray  # int32 (n_cols,)
+    col_cat_rule: np.ndarray  # int32 (n_cols,): CAT_RULE_* (0 for numerical columns)
     cat_words: np.ndarray  # uint32
     # Rank sets: one per feature with numerical splits.
     rs_feature: np.ndarray  # int32 (n_sets,)
@@ -151,8 +159,8 @@ def _cat_bitset(tree: TreeIR, i: int) -> np.ndarray:
     return np.trim_zeros(words.astype(np.uint32), "b")
 
 
-def _cat_key(f: int, words: np.ndarray) -> bytes:
-    return f.to_bytes(4, "little") + words.tobytes()
+def _cat_key(f: int, rule: int, words: np.ndarray) -> bytes:
+    return f.to_bytes(4, "little") + rule.to_bytes(4, "little") + words.tobytes()
 
 
 class _Columns:
@@ -162,12 +170,14 @@ class _Columns:
     equal bitsets sharing their words.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, categorical_rule: str) -> None:
+        self.xgb_cat = categorical_rule == CAT_XGBOOST
         self.col_key: dict[tuple[int, int, int], int] = {}  # (feature, kind, cat bitset id) -> column
         self.col_feature: list[int] = []
         self.col_kind: list[int] = []
         self.col_cat_off: list[int] = []
         self.col_cat_len: list[int] = []
+        self.col_cat_rule: list[int] = []
         self.cat_words: list[np.ndarray] = []
         self.cat_ids: dict[bytes, tuple[int, int, int]] = {}  # key -> (id, word offset, words)
         self.n_words = 0
@@ -177,34 +187,41 @@ class _Columns:
         for i in range(tree.n_internal):
             f = int(tree.split_feature[i])
             if tree.is_categorical[i]:
-                self._add_categorical(f, _cat_bitset(tree, i))
+                self._add_categorical(f, self.cat_rule(tree, i), _cat_bitset(tree, i))
             else:
                 self.thresholds.setdefault(f, set()).add(float(tree.threshold[i]))
                 kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
                 self._add_column((f, kind, -1), 0, 0)
 
-    def _add_categorical(self, f: int, words: np.ndarray) -> None:
-        key_bytes = _cat_key(f, words)
+    def cat_rule(self, tree: TreeIR, i: int) -> int:
+        if not self.xgb_cat:
+            return CAT_RULE_LIGHTGBM
+        return CAT_RULE_XGB_NAN_LEFT if tree.default_left[i] else CAT_RULE_XGB_NAN_RIGHT
+
+    def _add_categorical(self, f: int, rule: int, words: np.ndarray) -> None:
+        key_bytes = _cat_key(f, rule, words)
         if key_bytes not in self.cat_ids:
             self.cat_ids[key_bytes] = (len(self.cat_ids), self.n_words, int(words.shape[0]))
             self.cat_words.append(words)
             self.n_words += int(words.shape[0])
         cid, off, ln = self.cat_ids[key_bytes]
-        self._add_column((f, VIEW_CATEGORICAL, cid), off, ln)
+        self._add_column((f, VIEW_CATEGORICAL, cid), off, ln, rule)
 
-    def _add_column(self, key: tuple[int, int, int], cat_off: int, cat_len: int) -> None:
+    def _add_column(self, key: tuple[int, int, int], cat_off: int, cat_len: int,
+                    rule: int = CAT_RULE_LIGHTGBM) -> None:
         if key not in self.col_key:
             self.col_key[key] = len(self.col_feature)
             self.col_feature.append(key[0])
             self.col_kind.append(key[1])
             self.col_cat_off.append(cat_off)
             self.col_cat_len.append(cat_len)
+            self.col_cat_rule.append(rule)
 
     def column_of(self, tree: TreeIR, i: int) -> int:
         """The column internal node ``i`` of ``tree`` reads (after ``add_tree(tree)``)."""
         f = int(tree.split_feature[i])
         if tree.is_categorical[i]:
-            cid = self.cat_ids[_cat_key(f, _cat_bitset(tree, i))][0]
+            cid = self.cat_ids[_cat_key(f, self.cat_rule(tree, i), _cat_bitset(tree, i))][0]
             return self.col_key[(f, VIEW_CATEGORICAL, cid)]
         kind = _view_of(int(tree.missing[i]), bool(tree.default_left[i]))
         return self.col_key[(f, kind, -1)]
@@ -266,6 +283,7 @@ def _column_layout(cols: _Columns, rs: _RankSets) -> ColumnLayout:
         ),
         col_cat_off=np.array(cols.col_cat_off, dtype=np.int32),
         col_cat_len=np.array(cols.col_cat_len, dtype=np.int32),
+        col_cat_rule=np.array(cols.col_cat_rule, dtype=np.int32),
         cat_words=(np.concatenate(cols.cat_words).astype(np.uint32) if cols.cat_words
                    else np.zeros(0, dtype=np.uint32)),
         rs_feature=np.array(rs.features, dtype=np.int32),
@@ -414,7 +432,7 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
 
 def build_layout(forest: ForestIR) -> Layout:
     # Pass 1: gather distinct thresholds per feature and the columns.
-    cols = _Columns()
+    cols = _Columns(forest.categorical_rule)
     for tree in forest.trees:
         cols.add_tree(tree)
     rs = _rank_sets(cols.thresholds)
@@ -626,6 +644,7 @@ def fast_kernel_arrays(layout: Layout) -> dict[str, np.ndarray]:
         "col_kind": cols.col_kind,
         "col_cat_off": cols.col_cat_off,
         "col_cat_len": cols.col_cat_len,
+        "col_cat_rule": cols.col_cat_rule,
         "cat_words": cols.cat_words,
         "rs_feature": cols.rs_feature,
         "rs_offset": cols.rs_offset,

@@ -35,6 +35,7 @@ cdef enum:
     F_CATEGORICAL = 1
     F_DEFAULT_LEFT = 2
     F_MISSING_SHIFT = 2   # bits 2..3 hold the ForestIR missing type
+    F_CAT_XGBOOST = 16    # categorical node under ForestIR's CAT_XGBOOST rule
     MISS_NONE = 0
     MISS_ZERO = 1
     MISS_NAN = 2
@@ -73,9 +74,16 @@ cdef inline int32_t _step(const TNode* nd, double x, const uint32_t* cat) noexce
     cdef uint32_t mt
     cdef int32_t c
     if fl & F_CATEGORICAL:
-        # NaN fails both comparisons; the bounds mirror static_cast<int> on x86-64
-        # (out-of-range -> INT_MIN, negative -> right).
-        if not (x > -1.0 and x < 2147483648.0):
+        if fl & F_CAT_XGBOOST:
+            # XGBoost: NaN is missing (default child); InvalidCat (x < 0,
+            # x >= 2**24, +-inf) takes the non-member side.
+            if isnan(x):
+                return nd.left if fl & F_DEFAULT_LEFT else nd.right
+            if not (x >= 0.0 and x < 16777216.0):
+                return nd.right
+        elif not (x > -1.0 and x < 2147483648.0):
+            # NaN fails both comparisons; the bounds mirror static_cast<int> on
+            # x86-64 (out-of-range -> INT_MIN, negative -> right).
             return nd.right
         c = <int32_t>x
         if (c >> 5) < nd.cat_len and (cat[nd.cat_off + (c >> 5)] >> (c & 31)) & 1:

@@ -10,6 +10,8 @@ rather than ~1-2 us.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +21,13 @@ from kernels import _compile
 from kernels._fast import EnsembleBase, FastKernel
 from kernels._ir import ForestIR
 from kernels._layout import MAX_BLOCK_LEAVES, build_layout, fast_kernel_arrays
+from kernels._lightgbm import DEFAULT_SOURCE as LGB_SOURCE
 from kernels._lightgbm import parse_lightgbm
 from kernels._traverse import TraversalKernel
 from kernels._validate import check_matrix
+from kernels._xgboost import DEFAULT_SOURCE as XGB_SOURCE
 from kernels._xgboost import parse_xgboost_json
+from kernels.errors import ModelFormatError
 
 __all__ = ["TreeEnsemble"]
 
@@ -73,14 +78,37 @@ class TreeEnsemble(EnsembleBase):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_lightgbm(cls, model_text: str) -> TreeEnsemble:
-        """Load a LightGBM text model (``Booster.model_to_string()``)."""
-        return cls(parse_lightgbm(model_text))
+    def from_lightgbm(cls, model_text: str, source: str = LGB_SOURCE) -> TreeEnsemble:
+        """Load a LightGBM text model (``Booster.model_to_string()``), current or older format.
+
+        ``source`` (a file name) starts every error message, with the line.
+        """
+        return cls(parse_lightgbm(model_text, source))
 
     @classmethod
-    def from_xgboost_json(cls, json_text: str | bytes | bytearray) -> TreeEnsemble:
-        """Load an XGBoost JSON model (``save_model("x.json")`` / ``save_raw("json")``)."""
-        return cls(parse_xgboost_json(json_text))
+    def from_xgboost_json(
+        cls, json_text: str | bytes | bytearray, source: str = XGB_SOURCE
+    ) -> TreeEnsemble:
+        """Load an XGBoost JSON model (``save_model("x.json")`` / ``save_raw("json")``).
+
+        ``source`` (a file name) starts every error message, with the JSON path.
+        """
+        return cls(parse_xgboost_json(json_text, source))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TreeEnsemble:
+        """Load a model file: XGBoost JSON if it starts with ``{``, else LightGBM text."""
+        data = Path(path).read_bytes()
+        if data.lstrip()[:1] == b"{":
+            return cls.from_xgboost_json(data, str(path))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFormatError(
+                f"{path}: neither XGBoost JSON nor LightGBM text (byte {exc.start} is not UTF-8; "
+                "binary formats such as XGBoost UBJSON are not read: save the model as JSON)"
+            ) from None
+        return cls.from_lightgbm(text, str(path))
 
     # -- metadata -----------------------------------------------------------------------
     @property

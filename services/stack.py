@@ -25,7 +25,9 @@ from types import TracebackType
 
 import yaml
 
+from services.decisionlog.refusals import open_refusal_log
 from services.frontend import FrontEnd
+from services.frontend.controls import open_controls
 from services.runtime import open_backend, seam
 from services.runtime.channel.auth import read_secret, resolve_secret, write_secret
 from services.settings import Settings
@@ -72,7 +74,14 @@ class Stack:
         backend = await loop.run_in_executor(None, open_backend, self.settings)
         await backend.start()
         self.telemetry = setup(self.settings.telemetry, "creditauth-frontend")
-        self.frontend = FrontEnd(backend, self.settings.serving, self.settings.security, self.telemetry)
+        # The operator-controls admin service, served beside CreditAuthorization.
+        controls = await loop.run_in_executor(None, open_controls, self.settings)
+        # Items the front end refuses (never sent to a replica) go on record beside the decisions.
+        refusals = open_refusal_log(self.settings.decision_log, self.settings.data_dir)
+        self.frontend = FrontEnd(
+            backend, self.settings.serving, self.settings.security, self.telemetry, controls=controls,
+            refusals=refusals,
+        )
         await self.frontend.start()
         if self.settings.serving.frontends > 1:
             await loop.run_in_executor(None, self._spawn_frontends)

@@ -58,8 +58,28 @@ def build_world(root: Path, merchants: int = SMALL_MERCHANTS, *, train: bool = T
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    """3,000 merchants, Feast applied, SQLite materialized, a model trained."""
-    return build_world(tmp_path_factory.mktemp("world"))
+    """3,000 merchants, Feast applied, SQLite materialized, a model trained. Shared by the
+    session: velocity counts and idempotency records accumulate as tests decide."""
+    w = build_world(tmp_path_factory.mktemp("world"))
+    import shutil
+
+    shutil.copytree(w.data_dir, _pristine(w))  # the world as built, for ``clean_world``
+    return w
+
+
+def _pristine(w: World) -> Path:
+    return w.data_dir.with_name(w.data_dir.name + "-pristine")
+
+
+@pytest.fixture(scope="module")
+def clean_world(world: World, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A copy of the world as built, for one module: no velocity, idempotency, controls or
+    log state from the tests that ran before (decision tables need exactly that)."""
+    import shutil
+
+    dest = tmp_path_factory.mktemp("clean") / "world"
+    shutil.copytree(_pristine(world), dest)
+    return World(dest, world.as_of, world.model_version)
 
 
 @pytest.fixture(scope="session")

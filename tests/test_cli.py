@@ -64,3 +64,10 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
         main(["features", "apply", "--data-dir", str(tmp_path)])
     assert info.value.code == 2
     assert "run `creditauth data generate` first" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    from importlib import metadata
+
+    out = subprocess.run([sys.executable, "-m", "services.cli.main", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"creditauth {metadata.version('creditauth')}"

@@ -78,7 +78,10 @@ class SecretsError(Exception):
 # always allowed.
 REDIS_COMMANDS = (
     "+ping +select +client|setname +hmget +hset +mget +get +set +evalsha +script|load "
-    "+hget +expire +hdel +scan +unlink +info"
+    "+hget +expire +hdel +scan +unlink +info "
+    # Operator controls (features/stores/redis/controls.py): their scripts, the change
+    # notification and each replica's subscriber.
+    "+hgetall +lrange +rpush +incr +publish +subscribe"
 )
 # What a Redis password may hold: Feast's connection string is split on "," and "=" and
 # its values JSON-decoded (features/stores/redis/secure.py refuses anything else).
@@ -92,7 +95,7 @@ def redis_acl(username: str, password: str) -> str:
     digest = hashlib.sha256(password.encode()).hexdigest()
     return (
         "user default off resetkeys resetchannels -@all\n"
-        f"user {username} on #{digest} ~* resetchannels -@all {REDIS_COMMANDS}\n"
+        f"user {username} on #{digest} ~* resetchannels &*:controls:* -@all {REDIS_COMMANDS}\n"
     )
 
 

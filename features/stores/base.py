@@ -1,18 +1,19 @@
 """What a store backend provides: the protocols every kind of online store implements.
 
 A backend is everything the system keeps in one kind of online store: the batched
-feature reader, the bulk writer, the velocity state and the idempotency records, and it
-is where the next pieces of shared state belong (exposure counters, operator controls,
-bundle pointers), so that adding a store kind is one new package under
+feature reader, the bulk writer, the velocity state, the idempotency records and the
+operator controls, and it is where the next pieces of shared state belong (exposure
+counters, bundle pointers), so that adding a store kind is one new package under
 ``features.stores`` and adding a kind of state is one new method here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from features.batch import FeatureBatch
+from features.controls import AuditEntry, Control, ControlSnapshot
 from features.stores.idempotency import IdempotencyStore
 from features.velocity import VelocityRecorder
 
@@ -46,6 +47,50 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
+class Watch(Protocol):
+    """A running change subscription (a thread reading pub/sub messages); ``close`` ends it."""
+
+    def close(self) -> None: ...
+
+
+class ControlStore(Protocol):
+    """Operator controls (``features.controls``): the active set under one version counter,
+    an append-only audit, and a registry of reason entries whose slots never move.
+
+    ``put`` and ``clear`` are atomic: the version, the set, the audit and the registry change
+    together, and a change notification goes out with them where the store has one.
+    """
+
+    # How often a cache polls ``version``: the fallback where ``watch`` notifies, else the only way.
+    poll_s: float
+
+    def version(self) -> int:
+        """The version counter (0: never set): one cheap round trip."""
+        ...
+
+    def snapshot(self) -> ControlSnapshot:
+        """Every stored control (expired ones included) and the reason registry, at one version."""
+        ...
+
+    def put(self, control: Control) -> Control:
+        """Store (add or replace by id) an author-stamped control; returns it with its version and reason slot."""
+        ...
+
+    def clear(self, control_id: str, author: str, justification: str, now: float) -> tuple[Control, int] | None:
+        """Remove a control; returns it and the new version (None: no such control)."""
+        ...
+
+    def history(self, limit: int) -> list[AuditEntry]:
+        """The last ``limit`` changes, oldest first."""
+        ...
+
+    def watch(self, notify: Callable[[], None]) -> Watch | None:
+        """Call ``notify`` (from another thread) on every change; None: this store cannot notify."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class StoreBackend(Protocol):
     kind: StoreKind
 
@@ -59,6 +104,10 @@ class StoreBackend(Protocol):
 
     def idempotency(self, window_s: float, namespace: str = "") -> IdempotencyStore:
         """Decision records kept ``window_s`` seconds; ``namespace`` names the record schema."""
+        ...
+
+    def controls(self) -> ControlStore:
+        """Operator controls, shared by every replica and front end of the project."""
         ...
 
     def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:

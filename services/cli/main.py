@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from features import FeatureError
 from kernels import KernelError
+from services.cli.client import add_client
+from services.cli.controls import add_controls
 from services.cli.log import add_log
+from services.cli.policy import add_policy
+from services.cli.replay import add_replay
 from services.errors import CreditAuthError
 from services.settings import Settings, load_settings
 
@@ -39,6 +43,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--redis-url", help="Redis online store URL (default redis://127.0.0.1:6379/0)")
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("creditauth")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="creditauth",
@@ -46,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         " -> Feast features -> Cython kernels.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"creditauth {_version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     # The order here is the order `creditauth --help` lists the commands in.
     _add_data(sub)
@@ -56,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baseline(sub)
     _add_bench(sub)
     _add_loadtest(sub)
+    add_client(sub)
     add_log(sub, _common)
+    add_controls(sub, _common)
+    add_replay(sub, _common)
+    add_policy(sub, _common)
     _add_demo(sub)
     return parser
 
@@ -265,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
 
             baseline_echo(args)
             return
-        settings = settings_from(args)
+        # Client commands (services/cli/client.py) talk to a server and take no settings.
+        settings = None if getattr(args, "no_settings", False) else settings_from(args)
         # A command module of its own sets ``run`` (services/cli/log.py); the rest live in commands.
         name = f"{args.group}_{getattr(args, 'cmd', '')}".rstrip("_")
         handler = getattr(args, "run", None) or getattr(commands, name)

@@ -1,7 +1,7 @@
 """Benchmarks of the decision log (figures in docs/decision-log.md; not tests).
 
-``python -m services.decisionlog.bench cost --data-dir DIR``: the log's cost on engine batch
-scoring, log on against off, in one process, rounds alternating. An "on" round ends only
+``python -m services.decisionlog.bench cost --data-dir DIR [--sink nats]``: the log's cost on
+engine batch scoring, log on against off, in one process, rounds alternating. An "on" round ends only
 when the log has written everything it was given, so the writer thread's work is inside
 the round's time; CPU seconds (every thread of the process) are reported beside the wall.
 
@@ -12,6 +12,12 @@ thread (conversion with the keyed hashes, journal chunk, roll to Parquet).
 to NATS JetStream (one Arrow IPC message per batch, acknowledged) and to PostgreSQL
 (``COPY`` of the same rows as CSV written by pyarrow, committed), same batches, interleaved; decisions/s and p50/p99
 per append.
+
+``python -m services.decisionlog.bench nats-vs-parquet``: the whole log (``append`` on the
+hot path, the writer thread, the sink) with the Parquet sink and with the NATS sink, rounds
+alternating: decisions/s from the first append until the last is durable, the cost of
+``append`` itself, CPU per decision of the process (every thread) and of the NATS server;
+then the compactor over what the NATS rounds published, CPU per decision.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import argparse
 import asyncio
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +55,11 @@ def _requests(n: int, merchants: int, rng: np.random.Generator) -> RequestBatch:
     return RequestBatch(r)
 
 
-def _settings(data_dir: Path, log_dir: Path, enabled: bool) -> Settings:
+def _settings(data_dir: Path, log_dir: Path, enabled: bool, **log: Any) -> Settings:
     return load_settings(None, {
         "features": {"data_dir": data_dir, "max_feature_age_s": 10 * 365 * 86400.0},
-        "decision_log": {"enabled": enabled, "directory": log_dir / "decisions", "id_key_file": log_dir / "key"},
+        "decision_log": {"enabled": enabled, "directory": log_dir / "decisions", "id_key_file": log_dir / "key",
+                         "spool_directory": log_dir / "spool", **log},
     })
 
 
@@ -81,10 +89,14 @@ def cost(args: argparse.Namespace) -> None:
     from services.scoring.factory import build_engine
 
     rng = np.random.default_rng(7)
-    with tempfile.TemporaryDirectory() as tmp:
+    tag = uuid.uuid4().hex[:8]
+    deleted = _stream_deleted(args.nats, f"BENCH_COST_{tag}") if args.sink == "nats" else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, deleted:
         log_dir = Path(tmp)
         (log_dir / "key").write_bytes(uuid.uuid4().hex.encode())
-        engines = {m: build_engine(_settings(args.data_dir, log_dir, m == "on")) for m in ("off", "on")}
+        sink = {"sink": args.sink, "nats_url": args.nats, "nats_stream": f"BENCH_COST_{tag}",
+                "nats_subject": f"bench_cost_{tag}", "nats_max_bytes": -1}
+        engines = {m: build_engine(_settings(args.data_dir, log_dir, m == "on", **sink)) for m in ("off", "on")}
         warm = _requests(BATCH, args.merchants, rng)
         for e in engines.values():
             e.score(warm)
@@ -101,7 +113,8 @@ def cost(args: argparse.Namespace) -> None:
         for e in engines.values():
             e.close()
     n = args.batches * BATCH
-    print(f"engine batch scoring, batches of {BATCH}, {args.batches} batches per round, {args.rounds} rounds each")
+    print(f"engine batch scoring, batches of {BATCH}, {args.batches} batches per round, {args.rounds} rounds each; "
+          f"log sink {args.sink}")
     print("mode  decisions/s (median round)  CPU us/decision  unary p50 ms")
     for mode in ("off", "on"):
         print(f"{mode:<5} {n / statistics.median(wall[mode]):>26,.0f}  {statistics.median(cpu[mode]) / n * 1e6:>15.2f}"
@@ -123,10 +136,18 @@ def _sample_table(rng: np.random.Generator) -> pa.Table:
 
 
 def _sample_entry(rng: np.random.Generator) -> Any:
+    from services.decisionlog.schema import Entry
+
+    req, answer, replay, fresh, feats = _sample_append(rng)
+    return Entry(req, answer.rows, replay, fresh, feats.matrix, feats.event_ts, None,
+                 feats.tag_words(), answer.reason_table, answer.stage_s, time.time())
+
+
+def _sample_append(rng: np.random.Generator) -> tuple[Any, Any, Any, Any, Any]:
+    """What the engine hands ``DecisionLog.append`` for a batch of 512 (synthetic values)."""
     from features import FeatureBatch
     from features.catalog import MATRIX_COLUMNS
-    from services.decisionlog.schema import Entry
-    from services.schema.records import blank_decisions
+    from services.schema.records import DecisionBatch, blank_decisions
 
     req = _requests(BATCH, 3000, rng).rows
     rows = blank_decisions(BATCH)
@@ -137,8 +158,8 @@ def _sample_entry(rng: np.random.Generator) -> Any:
                          np.ones(BATCH, bool), np.full(BATCH, 1_700_000_000, np.int64))
     table = tuple((f"R{i}", f"reason {i}") for i in range(20))
     rows["model_version"], rows["policy_version"], rows["risk_grade"] = b"lgbm-bench", b"policy-bench", b"C"
-    return Entry(req, rows, np.zeros(BATCH, bool), np.arange(BATCH), feats.matrix, feats.event_ts, None,
-                 feats.tag_words(), table, {"kernel": 0.001}, time.time())
+    answer = DecisionBatch(rows, table, "", {"kernel": 0.001})
+    return req, answer, np.zeros(BATCH, bool), np.arange(BATCH), feats
 
 
 def writer(args: argparse.Namespace) -> None:
@@ -323,6 +344,109 @@ def sinks(args: argparse.Namespace) -> None:
               f"  {sum(f['client_cpu']) / n * 1e6:>23.2f}  {server_s[name] / n * 1e6:>23.2f}")
 
 
+# --- the log through each sink -----------------------------------------------------------
+
+
+def _through(settings: Any, data_dir: Path, appends: list[tuple[Any, ...]], n: int, *, rate: float,
+             server: Callable[[], float]) -> dict[str, float]:
+    """``n`` batches appended at ``rate`` decisions/s (0: as fast as the hot path allows);
+    timed until the last is durable (written by the sink and the log closed: the Parquet
+    sink's last roll included)."""
+    from services.decisionlog.writer import open_log
+
+    log = open_log(settings, data_dir)
+    assert log is not None
+    log.append(*appends[0])  # warm: a connection made, the journal opened
+    log.flush_soon()
+    if not log.wait_until(lambda: log.stats.logged_rows == log.stats.appended_rows, 30.0):
+        raise RuntimeError(f"the {settings.sink} sink took nothing within 30 s")
+    spent = []
+    missed = log.stats.spooled_rows + log.stats.unlogged_rows  # the warm-up's, if it came before the connection
+    w0, c0, s0 = time.perf_counter(), time.process_time(), server()
+    pace = threading.Event()
+    for i in range(n):
+        if rate:
+            pace.wait(max(0.0, w0 + i * BATCH / rate - time.perf_counter()))
+        t0 = time.perf_counter()
+        log.append(*appends[i % len(appends)])
+        spent.append(time.perf_counter() - t0)
+    log.flush_soon()
+    if not log.wait_until(lambda: log.stats.logged_rows == log.stats.appended_rows, 300.0):
+        raise RuntimeError(f"the {settings.sink} sink did not keep up within 300 s")
+    log.close()
+    wall, cpu, srv = time.perf_counter() - w0, time.process_time() - c0, server() - s0
+    if log.stats.spooled_rows + log.stats.unlogged_rows > missed:
+        raise RuntimeError(f"the {settings.sink} sink failed during the run: {log.stats}")
+    d = n * BATCH
+    return {"rate": d / wall, "append_us": statistics.median(spent) / BATCH * 1e6,
+            "append_p99_ms": float(np.percentile(spent, 99)) * 1e3,
+            "cpu_us": cpu / d * 1e6, "server_us": srv / d * 1e6, "flushes": log.stats.flushes}
+
+
+def nats_vs_parquet(args: argparse.Namespace) -> None:
+    from services.decisionlog.compactor import Compactor
+    from services.decisionlog.settings import DecisionLogSettings
+    from services.decisionlog.sinks.nats import NatsOptions
+
+    rng = np.random.default_rng(7)
+    appends = [_sample_append(rng) for _ in range(8)]
+    tag = uuid.uuid4().hex[:8]
+    stream, subject = f"BENCH_DECISIONS_{tag}", f"bench_decisions_{tag}"
+    server = _server_cpu(args.nats_port)
+    figures: dict[str, list[dict[str, float]]] = {"parquet": [], "nats": []}
+    with tempfile.TemporaryDirectory() as tmp, _stream_deleted(args.nats, stream):
+        root = Path(tmp)
+        (root / "key").write_bytes(b"k" * 32)
+        for r in range(args.rounds):
+            for sink in ("parquet", "nats") if r % 2 == 0 else ("nats", "parquet"):
+                d = root / f"{sink}-{r}"
+                settings = DecisionLogSettings(
+                    sink=sink, directory=d / "decisions", spool_directory=d / "spool", id_key_file=root / "key",
+                    nats_url=args.nats, nats_stream=stream, nats_subject=subject, nats_max_bytes=-1,
+                    nats_compression=args.compression,
+                )
+                measure = server if sink == "nats" else lambda: 0.0
+                figures[sink].append(_through(settings, d, appends, args.batches, rate=args.rate, server=measure))
+        opts = NatsOptions.from_settings(settings)
+        compactor = Compactor(opts, root / "compacted", roll_interval_s=60.0, idle_s=0.2)  # a short idle tail
+        w0, c0 = time.perf_counter(), time.process_time()
+        asyncio.run(compactor.run(until_idle=True))
+        cw, cc = time.perf_counter() - w0, time.process_time() - c0
+    pace = f"at {args.rate:,.0f} decisions/s" if args.rate else "as fast as the hot path allows"
+    print(f"the log through each sink: {args.rounds} rounds each, alternating; {args.batches} batches of {BATCH} "
+          f"appended {pace}, timed until durable (median round)")
+    print("sink      decisions/s  append us/decision  append p99 ms  process CPU us/decision  server CPU us/decision")
+    for sink, rounds in figures.items():
+        m = {k: statistics.median(f[k] for f in rounds) for k in rounds[0]}
+        print(f"{sink:<8} {m['rate']:>12,.0f}  {m['append_us']:>18.3f}  {m['append_p99_ms']:>13.3f}"
+              f"  {m['cpu_us']:>23.2f}  {m['server_us']:>22.2f}")
+    rows = compactor.stats.rows
+    print(f"compactor: {compactor.stats.messages:,} messages, {rows:,} decisions into {compactor.stats.files} files "
+          f"in {cw:.2f} s ({rows / cw:,.0f} decisions/s), CPU {cc / rows * 1e6:.2f} us/decision; "
+          f"{compactor.stats.duplicate_rows} duplicates")
+
+
+@contextmanager
+def _stream_deleted(url: str, name: str) -> Iterator[None]:
+    """The benchmark's stream is deleted afterwards, whatever happened (if it was made)."""
+    try:
+        yield
+    finally:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        async def delete() -> None:
+            nc = await nats.connect(url)
+            try:
+                await nc.jetstream().delete_stream(name)
+            except NotFoundError:
+                pass
+            finally:
+                await nc.close()
+
+        asyncio.run(delete())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m services.decisionlog.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -331,6 +455,8 @@ def main() -> None:
     c.add_argument("--merchants", type=int, default=3000, help="merchant ids M00000000.. to draw from")
     c.add_argument("--batches", type=int, default=40, help="batches of 512 per round")
     c.add_argument("--rounds", type=int, default=5, help="rounds per mode, alternating")
+    c.add_argument("--sink", choices=["parquet", "nats"], default="parquet", help="the log's sink (default parquet)")
+    c.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server (with --sink nats)")
     c.set_defaults(run=cost)
     w = sub.add_parser("writer", help="CPU per decision of each step of the writer thread")
     w.add_argument("--batches", type=int, default=40, help="batches of 512 per flush")
@@ -342,6 +468,15 @@ def main() -> None:
     s.add_argument("--nats-port", type=int, default=4222, help="port of the NATS server, to read its CPU")
     s.add_argument("--postgres-port", type=int, default=5432, help="port of PostgreSQL, to read its CPU")
     s.set_defaults(run=sinks)
+    t = sub.add_parser("nats-vs-parquet", help="the whole log through the NATS sink and the Parquet sink, one run")
+    t.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server")
+    t.add_argument("--nats-port", type=int, default=4222, help="port of the NATS server, to read its CPU")
+    t.add_argument("--batches", type=int, default=200, help="batches of 512 per round")
+    t.add_argument("--rounds", type=int, default=3, help="rounds per sink, alternating")
+    t.add_argument("--rate", type=float, default=0.0, help="decisions/s appended (default 0: as fast as possible)")
+    t.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none",
+                   help="Arrow IPC compression of the NATS messages")
+    t.set_defaults(run=nats_vs_parquet)
     args = p.parse_args()
     args.run(args)
 

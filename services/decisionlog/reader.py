@@ -3,7 +3,8 @@
 Look-up never sees an identifier in the clear: ``show`` hashes the id it is given with
 the log's key and looks for that. Rows can be seen twice for a moment (a segment's
 Parquet file is renamed in before its journal chunks are removed); rows are unique by
-``(replica_id, batch_seq, row)``, so reads drop the second copy.
+``(replica_id, batch_seq, row)``, so reads drop the second copy. ``lookup`` also reads
+the front end's refusals (``refusals.py``: a sibling table under ``<root>/refusals``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal
 import polars as pl
 
 from services.decisionlog.privacy import IdHasher
-from services.decisionlog.sinks.parquet import JOURNAL
+from services.decisionlog.sinks.parquet import JOURNAL, REFUSALS
 
 ROW_KEY = ("replica_id", "batch_seq", "row")
 _RETRIES = 3  # a chunk rolled away between listing and reading: list again
@@ -52,7 +53,7 @@ def scan(root: Path, *, journal: bool = True) -> pl.DataFrame | None:
 def lookup(root: Path, hasher: IdHasher, application_id: str, caller: str | None = None) -> pl.DataFrame:
     """Every row logged for ``application_id`` (optionally one caller's), oldest first."""
     key = hasher.one(application_id)
-    frames = _frames(root, journal=True)
+    frames = _frames(root, journal=True) + _frames(root / REFUSALS, journal=True)
     if not frames:
         return pl.DataFrame()
     q = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("application_key") == key)

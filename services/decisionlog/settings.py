@@ -13,7 +13,10 @@ class DecisionLogSettings(BaseModel):
 
     Defaults: on, Parquet files under ``<features.data_dir>/decisions``, flushed at least
     every 0.5 s, a 256 MiB spool beside it, and new decisions refused (``UNAVAILABLE``)
-    when the log can take nothing more.
+    when the log can take nothing more. ``sink: nats`` publishes each flush to a JetStream
+    stream instead (``sinks/nats.py``), compacted into the same Parquet layout under
+    ``directory`` by ``creditauth log compact`` (``compactor.py``). Credentials are files
+    (mounted Secrets), never values.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,10 +44,47 @@ class DecisionLogSettings(BaseModel):
     # Names this replica's files (None: host-pid-random).
     replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
 
+    # Where each flush goes: Parquet files of this replica, or a NATS JetStream stream.
+    sink: Literal["parquet", "nats"] = "parquet"
+    # NATS servers, comma-separated (nats:// or tls://).
+    nats_url: str = "nats://127.0.0.1:4222"
+    # The stream (created if absent, with the settings below; an existing one is used as it is)
+    # and its subjects: one per writer, <nats_subject>.<writer id>.
+    nats_stream: str = Field("DECISIONS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    nats_subject: str = Field("decisions", pattern=r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})*$")
+    # Credentials, as files: a user and a password file, or a .creds file (JWT and NKey seed).
+    nats_user_file: Path | None = None
+    nats_password_file: Path | None = None
+    nats_creds_file: Path | None = None
+    # TLS: the CA that signed the servers' certificates; a client certificate and key (mutual TLS).
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
+    # Bound of a publish's acknowledgement (per message) and of a write's wait for a
+    # connection; past it the flush goes to the spool. With flush_interval_s it bounds what
+    # a SIGKILL can lose (docs/decision-log.md: 0.5 + 0.5 s by default).
+    nats_timeout_s: float = Field(0.5, gt=0, le=60)
+    # The stream when it is created: file storage, always; replicas (3 in production, one per
+    # node, to survive the loss of a pod); workqueue: a message is removed once compacted;
+    # limits: kept until max age or max bytes. Full, the stream refuses publishes (discard
+    # new): the spool takes over, nothing is dropped silently. 0 / -1: no limit.
+    nats_replicas: int = Field(1, ge=1, le=5)
+    nats_retention: Literal["workqueue", "limits"] = "workqueue"
+    nats_max_bytes: int = Field(16 * 1024**3, ge=-1)
+    nats_max_age_s: float = Field(7 * 86400.0, ge=0)
+    # A publish retried within this window (its acknowledgement was lost) is stored once.
+    nats_duplicate_window_s: float = Field(120.0, gt=0)
+    # Arrow IPC buffer compression of each message (measured: docs/decision-log.md).
+    nats_compression: Literal["none", "lz4", "zstd"] = "none"
+
     @model_validator(mode="after")
     def _roll(self) -> DecisionLogSettings:
         if self.roll_interval_s < self.flush_interval_s:
             raise ValueError("roll_interval_s must be at least flush_interval_s")
+        if (self.nats_user_file is None) != (self.nats_password_file is None):
+            raise ValueError("nats_user_file and nats_password_file go together")
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("nats_tls_cert_file and nats_tls_key_file go together")
         return self
 
     def root(self, data_dir: Path) -> Path:

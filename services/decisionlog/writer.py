@@ -19,9 +19,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,7 +67,7 @@ class DecisionLog:
         self.replica_id = replica_id
         self._s = settings
         self.stats = LogStats()
-        self._pending: list[Entry] = []
+        self._pending: list[Any] = []  # Entry here; a subclass's own (refusals.Refused)
         self._held: list[pa.Table] = []  # refused by sink and spool, kept for the next flush
         self._seq = 0
         self._full = False
@@ -145,7 +146,7 @@ class DecisionLog:
             if stopping:
                 return
 
-    def _flush(self, entries: list[Entry]) -> None:
+    def _flush(self, entries: list[Any]) -> None:
         t0 = time.perf_counter()
         table = self._table(entries)
         backlog = self._drain()
@@ -174,12 +175,15 @@ class DecisionLog:
         with self._flushed:
             return self._flushed.wait_for(condition, timeout)
 
-    def _table(self, entries: list[Entry]) -> pa.Table | None:
+    def _to_table(self, entries: Sequence[Any], first: int) -> pa.Table:
+        return to_table(entries, self._ids, self.replica_id, first)
+
+    def _table(self, entries: list[Any]) -> pa.Table | None:
         if not entries:
             return None
         first, self._seq = self._seq, self._seq + len(entries)
         try:
-            return to_table(entries, self._ids, self.replica_id, first)
+            return self._to_table(entries, first)
         except Exception:  # a bug must not stop the thread: say so, count the loss
             log.exception("decision log: batches %d-%d could not be converted", first, self._seq - 1)
             self.stats.unlogged_rows += sum(len(e) for e in entries)
@@ -248,13 +252,20 @@ def writer_id(settings: DecisionLogSettings) -> str:
 
 
 def open_log(settings: DecisionLogSettings, data_dir: Path) -> DecisionLog | None:
-    """The log a replica writes (None when disabled); Parquet under ``settings.root``."""
+    """The log a replica writes (None when disabled): Parquet under ``settings.root``, or a
+    NATS JetStream stream (``sink: nats``; nats-py is imported only then)."""
     if not settings.enabled:
         return None
     wid = writer_id(settings)
-    sink = ParquetSink(
-        settings.root(data_dir), wid, roll_bytes=settings.roll_bytes,
-        roll_interval_s=settings.roll_interval_s, fsync=settings.fsync,
-    )
+    sink: Sink
+    if settings.sink == "nats":
+        from services.decisionlog.sinks.nats import NatsSink
+
+        sink = NatsSink.from_settings(settings, wid)
+    else:
+        sink = ParquetSink(
+            settings.root(data_dir), wid, roll_bytes=settings.roll_bytes,
+            roll_interval_s=settings.roll_interval_s, fsync=settings.fsync,
+        )
     spool = Spool(settings.spool_root(data_dir), wid, settings.spool_max_bytes)
     return DecisionLog(sink, spool, IdHasher(load_key(settings, data_dir)), wid, settings)

@@ -6,14 +6,26 @@ chosen subset, e.g. plaintext health on the pod's address for the kubelet while 
 use mutual TLS. Every listener bounds what it reads: a receive limit sized to the largest
 allowed batch, and at most ``max_concurrent_rpcs`` calls at once.
 
-Graceful drain: ``stop`` flips health to NOT_SERVING, refuses new work,
-lets in-flight RPCs finish for up to ``drain_timeout_s``, then stops.
+Health has two meanings, under separate service names of ``grpc.health.v1``:
+
+- **liveness** (``LIVENESS_SERVICE``, "liveness"): the process and its event loop answer
+  (the health servicer runs on that loop). SERVING from start until the drain is over,
+  whatever the replicas or stores do, so a Ray or Redis outage never restarts front ends.
+- **readiness** (the overall ``""`` and ``creditauth.v1.CreditAuthorization``): follows
+  the backend (``backend.healthy()``: a replica to send a batch to) and, where given,
+  ``ready`` (e.g. the in-process engine's stores); NOT_SERVING while draining, so load
+  balancers route around this front end.
+
+Graceful drain: ``stop`` flips readiness to NOT_SERVING, refuses new work, lets in-flight
+RPCs finish for up to ``drain_timeout_s``, then reports liveness NOT_SERVING and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,13 +35,22 @@ from creditauth.v1 import authorization_pb2 as pb
 from services.auth import Gate, Listener, ReloadingCredentials, SecuritySettings, server_credentials
 from services.errors import ConfigError
 from services.frontend.batcher import Batcher
+from services.frontend.controls import SERVICE as CONTROLS_SERVICE
+from services.frontend.controls import ControlsServicer
 from services.frontend.servicer import CreditAuthorizationServicer, prepare, receive_limit
 from services.runtime.backend import ScoringBackend
 from services.settings import ServingSettings
 from services.telemetry import NullTelemetry
 
+if TYPE_CHECKING:
+    from services.decisionlog.refusals import RefusalLog
+
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CreditAuthorization"].full_name
+LIVENESS_SERVICE = "liveness"
+READINESS_SERVICES = ("", SERVICE_NAME)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class FrontEnd:
@@ -39,8 +60,17 @@ class FrontEnd:
         settings: ServingSettings,
         security: SecuritySettings,
         telemetry: NullTelemetry | None = None,
+        *,
+        ready: Callable[[], bool] | None = None,
+        health_interval_s: float = 1.0,
+        controls: ControlsServicer | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
+        self._refusals = refusals  # items refused here go on record; closed (flushed) by stop
+        self._controls = controls  # the admin service, served where CreditAuthorization is
         self._settings = settings
+        self._ready = ready
+        self._health_interval_s = health_interval_s
         self._security = security
         self._backend = backend
         self._tel = telemetry or NullTelemetry()
@@ -93,13 +123,24 @@ class FrontEnd:
         if refusal is not None:
             raise ConfigError(f"front end: {refusal}")
         self.batcher.start()
-        servicer = CreditAuthorizationServicer(self.batcher, self._settings, Gate(self._security), self._tel)
+        servicer = CreditAuthorizationServicer(
+            self.batcher, self._settings, Gate(self._security), self._tel, self._refusals
+        )
         for listener in self._listeners():
             self.ports.append(await self._listen(listener, servicer))
         self.port = self.ports[0]
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(_SERVING, (LIVENESS_SERVICE,))
+        await self._set_health(_SERVING if self._readiness() else _NOT_SERVING)
         self._monitor = asyncio.ensure_future(self._watch_backend())
         return self.port
+
+    def _readiness(self) -> bool:
+        """A batch sent now has a replica to go to, and whatever ``ready`` watches is up."""
+        try:
+            return self._backend.healthy() and (self._ready is None or self._ready())
+        except Exception as exc:  # a probe that fails says "not ready", it never stops the monitor
+            log.warning("readiness check failed: %s", exc)
+            return False
 
     async def _listen(self, listener: Listener, servicer: CreditAuthorizationServicer) -> int:
         server = self._server()
@@ -107,6 +148,9 @@ class FrontEnd:
         if listener.authorization:
             server.add_generic_rpc_handlers((servicer.handler(),))
             names.append(SERVICE_NAME)
+            if self._controls is not None:
+                server.add_generic_rpc_handlers((self._controls.handler(),))
+                names.append(CONTROLS_SERVICE)
         if listener.health:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             names.append(health.SERVICE_NAME)
@@ -134,19 +178,18 @@ class FrontEnd:
         return port
 
     async def _watch_backend(self) -> None:
-        """NOT_SERVING while no replica is reachable, so load balancers route around us."""
-        serving = True
+        """Readiness NOT_SERVING while no replica (or store) is reachable, so load balancers
+        route around us; liveness is not touched (this loop running is what it reports)."""
+        serving = self._readiness()
         while not self._draining:
-            await asyncio.sleep(1.0)
-            ok = self._backend.healthy()
+            await asyncio.sleep(self._health_interval_s)  # a periodic check, not a wait for an event
+            ok = self._readiness()
             if ok != serving and not self._draining:
                 serving = ok
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+                await self._set_health(_SERVING if ok else _NOT_SERVING)
 
-    async def _set_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
+    async def _set_health(self, status: int, names: tuple[str, ...] = READINESS_SERVICES) -> None:
+        for name in names:
             result = self._health.set(name, status)
             if asyncio.iscoroutine(result):
                 await result
@@ -160,12 +203,16 @@ class FrontEnd:
         self._draining = True
         if self._monitor is not None:
             self._monitor.cancel()
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(_NOT_SERVING)
         timeout = self._settings.drain_timeout_s
         await self.batcher.close(timeout)
+        await self._set_health(_NOT_SERVING, (LIVENESS_SERVICE,))  # drained: the process may go
         # Whatever is still open (streams mid-window) gets a short grace, then stops.
         await asyncio.gather(*(s.stop(grace=min(2.0, timeout)) for s in self._servers))
         await self._backend.close()
+        if self._refusals is not None:  # after the servers: no call can refuse anything more
+            # close() joins the writer thread and writes what is pending: off the event loop.
+            await asyncio.get_running_loop().run_in_executor(None, self._refusals.close)
 
     async def wait(self) -> None:
         await asyncio.gather(*(s.wait_for_termination() for s in self._servers))

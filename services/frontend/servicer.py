@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import numpy as np
@@ -26,6 +26,9 @@ from services.schema.codes import Code
 from services.schema.records import REQUEST_DTYPE, DecisionBatch, RequestBatch
 from services.settings import ServingSettings
 from services.telemetry import NullTelemetry
+
+if TYPE_CHECKING:  # pyarrow loads where a log is opened (the composition root), not here
+    from services.decisionlog.refusals import Item, RefusalLog
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = "creditauth.v1.CreditAuthorization"
@@ -50,10 +53,14 @@ def prepare(resp: DecisionBatch) -> wire.Encoder:
 
 
 class CreditAuthorizationServicer:
+    """``refusals``: where items refused here (never sent to a replica) go on record."""
+
     def __init__(
-        self, batcher: Batcher, settings: ServingSettings, gate: Gate, telemetry: NullTelemetry | None = None
+        self, batcher: Batcher, settings: ServingSettings, gate: Gate, telemetry: NullTelemetry | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._batcher = batcher
+        self._refusals = refusals
         self._gate = gate
         self._settings = settings
         self._tel = telemetry or NullTelemetry()
@@ -68,6 +75,15 @@ class CreditAuthorizationServicer:
                 "AuthorizeStream": grpc.stream_stream_rpc_method_handler(self.AuthorizeStream),
             },
         )
+
+    def _refuse(self, rpc: str, caller: bytes, items: Sequence[Item], rows: Any = None) -> None:
+        """Put refused items on record (one append; the writer thread does the rest)."""
+        if self._refusals is not None and items:
+            self._refusals.refused(rpc, caller, items, rows)
+
+    def _refuse_call(self, rpc: str, caller: bytes, code: int, message: str, field: str = "") -> None:
+        """A whole call refused before any item was decoded: one row, no ids."""
+        self._refuse(rpc, caller, [(b"", int(code), field, message)])
 
     def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -89,39 +105,49 @@ class CreditAuthorizationServicer:
         try:
             grant = self._gate.caller(context, "Authorize")
         except CreditAuthError as exc:
-            await self._abort(context, code_of(exc), str(exc), t0, _field(exc))
+            await self._abort(context, code_of(exc), str(exc), t0, field=_field(exc), caller=b"")
+        who = grant.caller
         if len(data) > MAX_REQUEST_BYTES:
-            await self._abort(context, Code.INVALID_ARGUMENT, f"AuthorizeRequest over {MAX_REQUEST_BYTES} bytes", t0)
+            await self._abort(
+                context, Code.INVALID_ARGUMENT, f"AuthorizeRequest over {MAX_REQUEST_BYTES} bytes", t0, caller=who
+            )
         try:
-            record = self._decode_one(data, deadline, grant.caller)
+            record = self._decode_one(data, deadline, who)
         except wire.WireError as exc:
-            await self._abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeRequest: {exc}", t0)
+            await self._abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeRequest: {exc}", t0, caller=who)
         except wire.Violation as v:
             e = wire.describe(v)
-            await self._abort(context, Code.INVALID_ARGUMENT, str(e), t0, e.field)
+            await self._abort(context, Code.INVALID_ARGUMENT, str(e), t0, field=e.field, caller=who, app=v.app)
         why = grant.refusal(record)
         if why is not None:
-            await self._abort(context, Code.PERMISSION_DENIED, f"{why[0]}: {why[1]}", t0, why[0])
+            message = f"{why[0]}: {why[1]}"
+            await self._abort(context, Code.PERMISSION_DENIED, message, t0, field=why[0], caller=who, record=record)
         try:
             if deadline <= time.time():
                 raise DeadlineExceeded("deadline already passed")
             ans = await self._batcher.submit_one(record, deadline, trace)
         except CreditAuthError as exc:
-            await self._abort(context, code_of(exc), str(exc), t0, _field(exc))
+            await self._abort(context, code_of(exc), str(exc), t0, field=_field(exc), caller=who, record=record)
         enc: wire.Encoder = ans.prepared
         try:
             status = enc.status(ans.start)
             self._tel.outcome(status, enc.decision(ans.start) if status == 0 else 0)
             body = None if status else wire.encode_one(enc, ans.start)
         except CreditAuthError as exc:  # an answer the codec refuses to encode (EncodeError)
-            await self._abort(context, code_of(exc), str(exc), t0, _field(exc))
-        if body is None:
+            await self._abort(context, code_of(exc), str(exc), t0, field=_field(exc), caller=who, record=record)
+        if body is None:  # refused by the replica, which put it on record itself
             await self._abort(context, status, (ans.batch.message or "not decided")[: wire.MAX_TEXT], t0)
         self._tel.rpc("Authorize", "OK", time.perf_counter() - t0)
         return body
 
-    async def _abort(self, context: Context, code: int, message: str, t0: float, field: str = "") -> NoReturn:
+    async def _abort(
+        self, context: Context, code: int, message: str, t0: float, *, field: str = "",
+        caller: bytes | None = None, app: bytes = b"", record: bytes | None = None,
+    ) -> NoReturn:
+        """Fail the call; on record unless ``caller`` is None (the replica refused it, and logged it)."""
         self._tel.rpc("Authorize", grpc_code(code).name, time.perf_counter() - t0)
+        if caller is not None:
+            self._refuse("Authorize", caller, [(app, int(code), field, message)], record)
         await abort(context, code, message, field)
 
     # -- AuthorizeBatch ----------------------------------------------------------
@@ -130,16 +156,10 @@ class CreditAuthorizationServicer:
         deadline = self._deadline(context)
         try:
             grant = self._gate.caller(context, "AuthorizeBatch")
-            decoded = _deny(
-                grant,
-                wire.decode_batch(
-                    data, deadline, self._settings.max_batch_request, Code.INVALID_ARGUMENT, caller=grant.caller
-                ),
-            )
-        except wire.WireError as exc:
-            await abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
-        except CreditAuthError as exc:  # no caller, or too many items (counted before any was decoded)
+        except CreditAuthError as exc:
+            self._refuse_call("AuthorizeBatch", b"", code_of(exc), str(exc), _field(exc))
             await abort(context, code_of(exc), str(exc), _field(exc))
+        decoded = await self._decode_batch(data, deadline, grant, context)
         if self._tel.sampled():
             with self._tel.span("AuthorizeBatch", size=decoded.total) as trace:
                 body = await self._decide(decoded, deadline, context, trace or "")
@@ -147,6 +167,23 @@ class CreditAuthorizationServicer:
             body = await self._decide(decoded, deadline, context, "")
         self._tel.rpc("AuthorizeBatch", "OK", time.perf_counter() - t0)
         return body
+
+    async def _decode_batch(self, data: bytes, deadline: float, grant: Grant, context: Context) -> wire.DecodedBatch:
+        """The call's valid items; the refused ones go on record (the call itself, if malformed)."""
+        rpc, who = "AuthorizeBatch", grant.caller
+        try:
+            d = wire.decode_batch(data, deadline, self._settings.max_batch_request, Code.INVALID_ARGUMENT, caller=who)
+        except wire.WireError as exc:
+            self._refuse_call(rpc, who, Code.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
+            await abort(context, Code.INVALID_ARGUMENT, f"malformed AuthorizeBatchRequest: {exc}")
+        except CreditAuthError as exc:  # too many items (counted before any was decoded)
+            self._refuse_call(rpc, who, code_of(exc), str(exc), _field(exc))
+            await abort(context, code_of(exc), str(exc), _field(exc))
+        self._refuse(rpc, who, [(e.application_id, e.code, e.field, e.message) for e in d.errors])
+        d, denied = _deny(grant, d)
+        if denied is not None:
+            self._refuse(rpc, who, [(e.application_id, e.code, e.field, e.message) for e in denied[0]], denied[1])
+        return d
 
     async def _decide(self, d: wire.DecodedBatch, deadline: float, context: Context, trace: str) -> bytes:
         """One AuthorizeBatchResponse for a decoded request; a bad item fails only itself."""
@@ -171,10 +208,12 @@ class CreditAuthorizationServicer:
         exc: CreditAuthError, context: Context,
     ) -> bytes:
         """Every scored item of a batch call fails with ``exc`` (the call itself, if nothing else)."""
-        if not errors:  # nothing in the call can be answered: fail the call itself
-            await abort(context, code_of(exc), str(exc), _field(exc))
         code = int(code_of(exc))
         apps = batch.rows["application_id"].tolist()
+        self._refuse("AuthorizeBatch", bytes(batch.rows["caller"][0]), [(a, code, "", str(exc)) for a in apps],
+                     batch.rows)
+        if not errors:  # nothing in the call can be answered: fail the call itself
+            await abort(context, code_of(exc), str(exc), _field(exc))
         errors = errors + [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index.tolist())]
         return wire.encode_batch(d.total, None, d.index[:0], errors)
 
@@ -184,6 +223,7 @@ class CreditAuthorizationServicer:
         try:
             grant = self._gate.caller(context, "AuthorizeStream")
         except CreditAuthError as exc:
+            self._refuse_call("AuthorizeStream", b"", code_of(exc), str(exc), _field(exc))
             await abort(context, code_of(exc), str(exc), _field(exc))
         windows: asyncio.Queue[asyncio.Task[list[bytes]] | None] = asyncio.Queue(STREAM_WINDOWS_IN_FLIGHT)
         incoming: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_WINDOW * 4)
@@ -228,30 +268,42 @@ class CreditAuthorizationServicer:
     def _decode_window(
         self, raws: list[bytes], deadline: float, grant: Grant
     ) -> tuple[list[bytes | None], list[bytes], list[int]]:
-        """Each request of a window: a record to score, or its error answer right away."""
+        """Each request of a window: a record to score, or its error answer right away (on record)."""
         answers: list[bytes | None] = [None] * len(raws)
         records: list[bytes] = []
         where: list[int] = []
+        bad: list[Item] = []  # refused undecoded
+        denied: list[Item] = []  # refused with a record
+        denied_records: list[bytes] = []
         for i, raw in enumerate(raws):
             if len(raw) > MAX_REQUEST_BYTES:
-                answers[i] = wire.encode_error(
-                    b"", Code.INVALID_ARGUMENT, "", f"AuthorizeRequest longer than {MAX_REQUEST_BYTES} bytes"
-                )
+                message = f"AuthorizeRequest longer than {MAX_REQUEST_BYTES} bytes"
+                answers[i] = wire.encode_error(b"", Code.INVALID_ARGUMENT, "", message)
+                bad.append((b"", Code.INVALID_ARGUMENT, "", message))
                 continue
             try:
                 record = self._decode_one(raw, deadline, grant.caller)
             except wire.WireError as exc:
-                answers[i] = wire.encode_error(b"", Code.INVALID_ARGUMENT, "", f"malformed AuthorizeRequest: {exc}")
+                message = f"malformed AuthorizeRequest: {exc}"
+                answers[i] = wire.encode_error(b"", Code.INVALID_ARGUMENT, "", message)
+                bad.append((b"", Code.INVALID_ARGUMENT, "", message))
+                continue  # no record: the next check would read the previous item's
             except wire.Violation as v:
                 e = wire.describe(v)
                 answers[i] = wire.encode_error(v.app, Code.INVALID_ARGUMENT, e.field, e.message)
+                bad.append((v.app, Code.INVALID_ARGUMENT, e.field, e.message))
                 continue
             why = grant.refusal(record)
             if why is not None:
                 answers[i] = wire.encode_error(_app(record), Code.PERMISSION_DENIED, *why)
+                denied.append((_app(record), Code.PERMISSION_DENIED, *why))
+                denied_records.append(record)
                 continue
             records.append(record)
             where.append(i)
+        self._refuse("AuthorizeStream", grant.caller, bad)
+        if denied:
+            self._refuse("AuthorizeStream", grant.caller, denied, b"".join(denied_records))
         return answers, records, where
 
     async def _window(self, raws: list[bytes], deadline: float, grant: Grant) -> list[bytes]:
@@ -268,7 +320,9 @@ class CreditAuthorizationServicer:
                     answers[i] = wire.encode_one(ans.prepared, ans.start + j)
             except CreditAuthError as exc:
                 code = int(code_of(exc))
-                for app, i in zip(batch.rows["application_id"].tolist(), where, strict=True):
+                apps = batch.rows["application_id"].tolist()
+                self._refuse("AuthorizeStream", grant.caller, [(a, code, "", str(exc)) for a in apps], batch.rows)
+                for app, i in zip(apps, where, strict=True):
                     answers[i] = wire.encode_error(app, code, "", str(exc))
         return [a for a in answers if a is not None]
 
@@ -292,17 +346,21 @@ def _app(record: bytes) -> bytes:
     return record[offset : offset + _APP[0].itemsize].rstrip(b"\0")
 
 
-def _deny(grant: Grant, d: wire.DecodedBatch) -> wire.DecodedBatch:
-    """The batch without the items this caller may not ask; those become PERMISSION_DENIED."""
+def _deny(
+    grant: Grant, d: wire.DecodedBatch
+) -> tuple[wire.DecodedBatch, tuple[list[wire.ItemError], Any] | None]:
+    """The batch without the items this caller may not ask; those become PERMISSION_DENIED
+    (also returned, with their records, to go on record)."""
     rows = d.batch.rows
     bad = grant.refused(rows)
     if not bad.any():
-        return d
-    errors = list(d.errors)
+        return d, None
+    denied = []
     for k in np.flatnonzero(bad).tolist():
         field, message = grant.refusal_of_row(rows[k])
         pos = int(d.index[k])
-        errors.append(wire.ItemError(pos, bytes(rows["application_id"][k]), Code.PERMISSION_DENIED,
+        denied.append(wire.ItemError(pos, bytes(rows["application_id"][k]), Code.PERMISSION_DENIED,
                                      f"requests[{pos}].{field}", message))
     keep = ~bad
-    return wire.DecodedBatch(d.total, d.index[keep], RequestBatch(rows[keep], d.batch.trace), errors)
+    kept = wire.DecodedBatch(d.total, d.index[keep], RequestBatch(rows[keep], d.batch.trace), d.errors + denied)
+    return kept, (denied, rows[bad])

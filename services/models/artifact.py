@@ -57,7 +57,7 @@ def load_artifact(data_dir: Path, version: str = "latest") -> ModelArtifact:
     except (OSError, ValueError) as exc:
         raise ModelError(f"model {version} at {path} is unreadable: {exc}") from exc
     try:
-        ensemble = TreeEnsemble.from_lightgbm(text)
+        ensemble = TreeEnsemble.from_lightgbm(text, source=str(path / "model.txt"))
         report = check_parity(ensemble, ref["x"], ref["expected"], tolerance=PARITY_TOLERANCE)
     except KernelError as exc:
         raise ModelError(f"model {version}: kernel refused it: {exc}") from exc

@@ -98,7 +98,7 @@ def train_model(
     expected = np.asarray(booster.predict(x_hold), dtype=np.float64)
     score_auc = auc(y[holdout], expected)
     # Parity gate: the compiled kernel must reproduce LightGBM on held-out rows.
-    ensemble = TreeEnsemble.from_lightgbm(text)
+    ensemble = TreeEnsemble.from_lightgbm(text, source="the model just trained")
     sample = x_hold[:5000]
     report = check_parity(ensemble, sample, expected[:5000], tolerance=PARITY_TOLERANCE)
     if not report.passed:

@@ -19,7 +19,10 @@ from services.schema.currency import CURRENCIES
 from services.schema.enums import PRODUCTS
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
-__all__ = ["DEFAULT_POLICY", "PRODUCTS", "PolicyConfig", "load_policy"]
+__all__ = [
+    "DEFAULT_POLICY", "DEGRADED_INPUTS", "PRODUCTS", "DegradedConfig", "DegradedInput", "DegradedMode",
+    "PolicyConfig", "load_policy",
+]
 
 
 class _Strict(BaseModel):
@@ -85,6 +88,75 @@ class VelocityLimits(_Strict):
     review_apps_24h: int = Field(20, ge=1)
 
 
+DegradedInput = Literal["features", "velocity", "idempotency"]
+DEGRADED_INPUTS: tuple[DegradedInput, ...] = ("features", "velocity", "idempotency")
+
+
+class DegradedMode(_Strict):
+    """What to answer when an input is missing: ``refer`` (REVIEW), ``cap`` (decide with
+    what is there, the limit capped at ``cap_base_minor``) or ``unavailable`` (no decision:
+    the item is answered ``UNAVAILABLE`` and a retry is decided once the input is back).
+
+    Written as a word (``refer``) or a mapping (``{mode: cap, cap_base_minor: 500000}``).
+    ``grade``: what a ``cap`` decision made without features is priced at (default the
+    policy's last grade); decisions made with features keep their own grade.
+    """
+
+    mode: Literal["refer", "cap", "unavailable"]
+    cap_base_minor: int | None = Field(None, ge=0)
+    grade: str | None = Field(None, pattern=r"^[A-Z]$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _word(cls, data: object) -> object:
+        return {"mode": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _shape(self) -> DegradedMode:
+        if (self.cap_base_minor is None) == (self.mode == "cap"):
+            raise ValueError("mode 'cap' needs cap_base_minor; 'refer' and 'unavailable' take none")
+        if self.grade is not None and self.mode != "cap":
+            raise ValueError("'grade' applies to mode 'cap' only")
+        return self
+
+
+class DegradedInputs(_Strict):
+    """A mode per input that can be missing; None: the defaults' (or the built-in) mode."""
+
+    features: DegradedMode | None = None
+    velocity: DegradedMode | None = None
+    idempotency: DegradedMode | None = None
+
+
+# Built in: refer what lacks features or velocity; never decide afresh without
+# idempotency (a retry must not get a different answer), so answer UNAVAILABLE.
+BUILTIN_DEGRADED = DegradedInputs(
+    features=DegradedMode(mode="refer"), velocity=DegradedMode(mode="refer"),
+    idempotency=DegradedMode(mode="unavailable"),
+)
+
+
+class DegradedConfig(_Strict):
+    defaults: DegradedInputs = BUILTIN_DEGRADED
+    products: dict[str, DegradedInputs] = {}
+
+    @model_validator(mode="after")
+    def _products(self) -> DegradedConfig:
+        unknown = sorted(set(self.products) - set(PRODUCTS))
+        if unknown:
+            raise ValueError(f"products names unknown product(s) {unknown}; products are {list(PRODUCTS)}")
+        return self
+
+    def mode(self, product: str | None, name: DegradedInput) -> DegradedMode:
+        """The mode for ``name`` missing on ``product`` (None: the defaults')."""
+        override = self.products.get(product) if product is not None else None
+        chosen = getattr(override, name, None) if override is not None else None
+        if chosen is None:
+            chosen = getattr(self.defaults, name) or getattr(BUILTIN_DEGRADED, name)
+        assert isinstance(chosen, DegradedMode)
+        return chosen
+
+
 class PolicyConfig(_Strict):
     version: str = Field(min_length=1)
     base_currency: str = "CNY"
@@ -101,6 +173,8 @@ class PolicyConfig(_Strict):
     max_model_reasons: int = Field(4, ge=0, le=16)
     reasons: tuple[ReasonMapping, ...]
     rules: tuple[PolicyRule, ...] = ()
+    # What is decided when an input is missing (store down, slow, breaker open).
+    degraded: DegradedConfig = DegradedConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:
@@ -128,7 +202,23 @@ class PolicyConfig(_Strict):
         names = [r.name for r in self.rules]
         if len(names) != len(set(names)):
             raise ValueError("rule names must be unique")
+        self._check_degraded()
         return self
+
+    def _check_degraded(self) -> None:
+        """Grades the modes name exist; a cap is never below the smallest offer the policy makes."""
+        letters = {g.grade for g in self.grades}
+        for product in (None, *self.degraded.products):
+            for name in DEGRADED_INPUTS:
+                mode = self.degraded.mode(product, name)
+                where = f"degraded.{f'products.{product}' if product else 'defaults'}.{name}"
+                if mode.grade is not None and mode.grade not in letters:
+                    raise ValueError(f"{where}.grade {mode.grade!r} is not one of the grades")
+                if mode.cap_base_minor is not None and mode.cap_base_minor < self.min_limit_base_minor:
+                    raise ValueError(
+                        f"{where}.cap_base_minor {mode.cap_base_minor} is below min_limit_base_minor "
+                        f"{self.min_limit_base_minor}"
+                    )
 
     def reason_for(self, feature: str) -> ReasonMapping | None:
         for r in self.reasons:
@@ -152,5 +242,8 @@ def load_policy(path: Path | None = None) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: invalid policy: {problems}") from exc
+        # Imported here: lines.py imports this module to validate whole files.
+        from services.policy.lines import validation_problems
+
+        problems = "; ".join(str(p) for p in validation_problems(path, exc))
+        raise ConfigError(f"invalid policy: {problems}") from exc

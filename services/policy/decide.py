@@ -5,7 +5,10 @@ its rules and the model-feature -> reason-code map into arrays; ``decide`` is th
 handful of numpy operations over the batch. It is the engine's one call per batch: it
 is given what is known about each request (the request, the model's PD and reasons, the
 merchant's features and tags) and does the rest itself: fires its rules, converts
-currencies, grades, decides, limits, prices and gives its reasons.
+currencies, grades, decides, limits, prices and gives its reasons. When an input is
+missing (``PolicyInputs.degraded``: no features; ``velocity_missing``: no fresh counts)
+it applies the policy's degraded modes (``services.policy.degraded``) per product; the
+idempotency store's absence is applied to the decided records (``degrade_records``).
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ import numpy.typing as npt
 
 from kernels import KernelError, PolicyRules
 from services.errors import ConfigError
-from services.policy.config import PRODUCTS, PolicyConfig
+from services.policy.config import PRODUCTS, DegradedInput, PolicyConfig
+from services.policy.degraded import CAP, DEGRADED_REASONS, REFER, UNAVAILABLE, DegradedModes, RowModes, prepend_reason
+from services.schema.codes import Code
 from services.schema.currency import CURRENCIES
 from services.schema.enums import APPROVE, DECLINE, REVIEW
+from services.schema.records import Rows
 
 __all__ = ["APPROVE", "DECLINE", "POLICY_REASONS", "REVIEW", "Decisions", "FxTable", "Policy", "PolicyInputs"]
 
 # Reasons the policy itself gives, in the order they are reported (before model reasons).
 POLICY_REASONS: tuple[tuple[str, str], ...] = (
-    ("DEGRADED_MODE", "Decided without the full set of inputs; referred for review"),
+    ("DEGRADED_MODE", "Decided without the full set of inputs (a D_ reason names what was missing)"),
     ("NO_HISTORY", "No trading history is known for this merchant"),
     ("STALE_FEATURES", "The merchant's data is older than policy allows"),
     ("HIGH_VELOCITY", "Unusually many credit applications in a short time"),
@@ -53,7 +59,8 @@ class PolicyInputs:
     apps_24h: F64
     model_reason_features: npt.NDArray[np.int32]  # (n, k) model feature index, -1 none
     model_reason_contrib: F64  # (n, k)
-    degraded: bool = False
+    degraded: bool = False  # the features could not be read (every row)
+    velocity_missing: bool = False  # the velocity update failed: counts are the reader's, maybe old
     # What the rules read: the feature matrix (columns as the policy was built with) and
     # the tag bitset as uint64 words. None: no features for this batch (no rule fires).
     features: npt.NDArray[np.float32] | None = None
@@ -68,6 +75,8 @@ class Decisions:
     grade: npt.NDArray[np.int8]  # index into Policy.grade_letters, -1 none
     reason: npt.NDArray[np.int16]  # (n, R) index into Policy.reason_table, -1 none
     reason_contrib: npt.NDArray[np.float32]  # (n, R)
+    degraded: B  # (n,) decided with an input missing
+    unavailable: B  # (n,) not decided: the policy says answer UNAVAILABLE for what was missing
 
 
 class FxTable:
@@ -160,6 +169,10 @@ class Policy:
         self._rules = _compile_rules(config, feature_columns, tag_index or {}, n_tags)
         self._rule_decline = np.array([r.action == "decline" for r in config.rules], dtype=bool)
         self._rule_reason = np.array([_code(table, r.code, r.description) for r in config.rules], dtype=np.int16)
+        # Appended last, so the indices of every older code stay what they were.
+        self._missing_reason = {name: _code(table, *DEGRADED_REASONS[name]) for name in DEGRADED_REASONS}
+        self._missing_cols = np.array([self._missing_reason["features"], self._missing_reason["velocity"]], np.int16)
+        self.degraded = DegradedModes(config.degraded, self.grade_letters)
         self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
 
     def _model_reasons(self, model_features: Sequence[str], table: list[tuple[str, str]]) -> npt.NDArray[np.int16]:
@@ -172,8 +185,9 @@ class Policy:
         return out
 
     def reason_columns(self, top_k: int) -> int:
-        """Width of ``Decisions.reason``: policy reasons, one per rule, then model reasons."""
-        return len(POLICY_REASONS) + len(self.config.rules) + min(self.config.max_model_reasons, top_k)
+        """Width of ``Decisions.reason``: policy reasons, one per rule, model reasons, then what
+        was missing (features, velocity)."""
+        return len(POLICY_REASONS) + 2 + len(self.config.rules) + min(self.config.max_model_reasons, top_k)
 
     def fire_rules(
         self, matrix: npt.NDArray[np.float32], tag_words: npt.NDArray[np.uint64] | None
@@ -207,8 +221,56 @@ class Policy:
         approved = np.where((decision == REVIEW) & (cap <= 0), 0, approved)
         bucket = np.minimum(np.searchsorted(self._buckets, x.term_months, side="left"), len(self._buckets) - 1)
         apr = np.where((decision != DECLINE) & (v.grade >= 0), self._apr[g, bucket], 0).astype(np.int32)
-        reason, contrib = self._reasons(x, v, too_low, reduced)
-        return Decisions(decision, approved.astype(np.int64), apr, v.grade.astype(np.int8), reason, contrib)
+        d = Decisions(
+            decision, approved.astype(np.int64), apr, v.grade.astype(np.int8), *self._reasons(x, v, too_low, reduced),
+            degraded=np.full(len(decision), x.degraded or x.velocity_missing),
+            unavailable=np.zeros(len(decision), dtype=bool),
+        )
+        if x.degraded:
+            self._without_features(x, d, requested_base, bucket)
+        if x.velocity_missing:
+            m = self.degraded.rows("velocity", x.product, len(decision))
+            self._restrain(m, d.decision, d.approved_minor, x.currency)
+            d.unavailable[m.mode == UNAVAILABLE] = True
+        return d
+
+    def _without_features(
+        self, x: PolicyInputs, d: Decisions, requested_base: F64, bucket: npt.NDArray[np.intp]
+    ) -> None:
+        """The features mode: refer (already REVIEW, no limit), cap, or unavailable."""
+        m = self.degraded.rows("features", x.product, len(d.decision))
+        d.unavailable[m.mode == UNAVAILABLE] = True
+        offer = np.minimum(requested_base, np.where(m.mode == CAP, m.cap_base_minor, 0.0))
+        ok = (m.mode == CAP) & (offer >= self.config.min_limit_base_minor)
+        if not ok.any():
+            return  # a cap that cannot reach the minimum offer leaves the row REVIEW
+        limit = np.where(offer < requested_base, self.fx.from_base_minor(offer, x.currency), x.amount_minor)
+        d.decision[ok] = APPROVE
+        d.approved_minor[ok] = limit[ok]
+        d.grade[ok] = m.grade[ok]
+        d.apr_bps[ok] = self._apr[m.grade[ok], bucket[ok]]
+
+    def _restrain(
+        self, m: RowModes, decision: npt.NDArray[np.int8], approved: I64, currency: npt.NDArray[np.int8]
+    ) -> None:
+        """Refer (APPROVE -> REVIEW) or cap the limit of decisions made without one input."""
+        decision[(m.mode == REFER) & (decision == APPROVE)] = REVIEW
+        cap = m.mode == CAP
+        if cap.any():
+            limit = self.fx.from_base_minor(np.where(cap, m.cap_base_minor, 0.0), currency)
+            approved[cap] = np.minimum(approved[cap], limit[cap])
+
+    def degrade_records(self, rows: Rows, product: npt.NDArray[np.int8] | None, name: DegradedInput) -> None:
+        """Apply ``name``'s mode to decided records (in place): refer, cap or refuse ``UNAVAILABLE``,
+        flagged degraded with ``DEGRADED_MODE`` and the reason naming ``name`` first.
+        ``product`` None: the defaults' mode for every row."""
+        m = self.degraded.rows(name, product, len(rows))
+        self._restrain(m, rows["decision"], rows["approved_minor"], rows["currency"])
+        rows["status"][m.mode == UNAVAILABLE] = Code.UNAVAILABLE
+        rows["degraded"] = True
+        every = np.ones(len(rows), dtype=bool)
+        prepend_reason(rows["reason"], rows["reason_contrib"], self._missing_reason[name], every)
+        prepend_reason(rows["reason"], rows["reason_contrib"], 0, every)  # DEGRADED_MODE
 
     def _verdict(self, x: PolicyInputs) -> _Verdict:
         n = x.pd.shape[0]
@@ -242,11 +304,14 @@ class Policy:
         self, x: PolicyInputs, v: _Verdict, too_low: B, reduced: B
     ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32]]:
         n = x.pd.shape[0]
+        degraded = x.degraded or x.velocity_missing
         flags = np.stack(
-            [np.full(n, x.degraded), ~x.known & ~x.degraded, v.stale & x.known, v.velocity, too_low, reduced],
+            [np.full(n, degraded), ~x.known & ~x.degraded, v.stale & x.known, v.velocity, too_low, reduced],
             axis=1,
         )
         policy_reason = np.where(flags, np.arange(len(POLICY_REASONS), dtype=np.int16), -1)
+        # What was missing goes last: older column positions (policy, rules, model) never move.
+        missing = np.where(np.array([[x.degraded, x.velocity_missing]]), self._missing_cols, -1).astype(np.int16)
         rule_reason = np.where(v.fired, self._rule_reason, -1).astype(np.int16)
         k = min(self.config.max_model_reasons, x.model_reason_features.shape[1])
         model_reason = self._feature_reason[x.model_reason_features[:, :k]]
@@ -256,9 +321,11 @@ class Policy:
             dup = (model_reason[:, :j] == model_reason[:, j : j + 1]).any(axis=1)
             model_reason[dup, j] = -1
         model_reason[(contrib <= 0) | ~v.scored[:, None]] = -1
-        reason = np.concatenate([policy_reason, rule_reason, model_reason], axis=1).astype(np.int16)
+        reason = np.concatenate(
+            [policy_reason, rule_reason, model_reason, np.repeat(missing, n, axis=0)], axis=1
+        ).astype(np.int16)
         fixed = np.zeros((n, len(POLICY_REASONS) + len(self.config.rules)), np.float32)
-        return reason, np.concatenate([fixed, contrib], axis=1)
+        return reason, np.concatenate([fixed, contrib, np.zeros((n, 2), np.float32)], axis=1)
 
 
 def _code(table: list[tuple[str, str]], code: str, description: str) -> int:

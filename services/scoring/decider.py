@@ -3,7 +3,8 @@
 Per load the decider resolves where each model input comes from (the feature matrix or
 the request-time features); per batch it computes the request features, runs the kernel
 once (PD and reason codes) and makes the policy's one call, then writes the decision
-columns of the records.
+columns of the records. Items the policy's degraded modes refuse (an input missing,
+mode ``unavailable``) get status ``UNAVAILABLE`` instead of a decision.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from features import MATRIX_COLUMNS, REQUEST_COLUMNS, request_features
 from services.errors import ModelError
 from services.models import ModelArtifact
 from services.policy import Policy, PolicyInputs
+from services.schema.codes import Code
 from services.schema.columns import MAX_REASONS
 from services.schema.records import Rows
 from services.scoring.gather import Gathered
@@ -90,7 +92,8 @@ class Decider:
                     apps_24h=feats.matrix[:, _APPS_24H].astype(np.float64),
                     model_reason_features=reasons,
                     model_reason_contrib=contrib,
-                    degraded=gathered.degraded,
+                    degraded=gathered.features_missing,
+                    velocity_missing=gathered.velocity_missing,
                     features=feats.matrix,
                     tag_words=feats.tag_words(),
                 )
@@ -103,7 +106,9 @@ class Decider:
             _reasons_into(out, d.reason, d.reason_contrib)
             out["feature_age_s"] = age
             out["stale"] = stale
-            out["degraded"] = gathered.degraded
+            out["degraded"] = d.degraded
+            # What the policy's degraded modes refuse: not decided, so nothing is saved for it.
+            out["status"][d.unavailable] = Code.UNAVAILABLE
             out["model_version"] = self.model_version.encode()
             out["policy_version"] = self.policy_version.encode()
 
@@ -130,7 +135,7 @@ class Decider:
         pd = np.full(n, np.nan)
         rf = np.full((n, TOP_K), -1, dtype=np.int32)
         rc = np.zeros((n, TOP_K))
-        scorable = feats.found & (not gathered.degraded)
+        scorable = feats.found & (not gathered.features_missing)
         if scorable.any():
             idx = np.flatnonzero(scorable)
             xs = x if len(idx) == n else np.ascontiguousarray(x[idx])

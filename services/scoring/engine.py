@@ -3,8 +3,9 @@
 One call decides a whole batch, stage by stage (``services.scoring.stages.STAGES``):
 the idempotency lookup (replays, repeats, reused ids), one batched online-store read with
 the velocity update (``gather``), the decider's kernel call and its one policy call
-(``decider``), and one idempotency write. Anything that can be done per load (column
-maps, reason tables, the parity gate) is done in ``__init__``.
+(``decider``), the operator controls over the decider's outputs (``controls``: compiled
+per version of the set, applied per batch), and one idempotency write. Anything that can
+be done per load (column maps, reason tables, the parity gate) is done in ``__init__``.
 
 Every decision is one ``DECISION_DTYPE`` record: fresh decisions and replays of earlier
 ones take the same path into the response. With a decision log, every item of the batch
@@ -14,6 +15,7 @@ batch is decided while the log can take nothing more.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import TYPE_CHECKING
@@ -21,12 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from features import FeatureBatch, IdempotencyStore, OnlineReader, VelocityRecorder
+from features import FeatureBatch, FeatureError, IdempotencyStore, OnlineReader, VelocityRecorder
+from features.controls import ControlCache
 from features.stores import NoIdempotency
 from services.models import ModelArtifact
 from services.policy import Policy
 from services.schema.codes import Code
 from services.schema.records import DecisionBatch, RequestBatch, Rows, fingerprints
+from services.scoring import controls as ctl
 from services.scoring.decider import Decider
 from services.scoring.gather import FeatureStage
 from services.scoring.replays import Plan, Replays
@@ -35,6 +39,8 @@ from services.telemetry import NullTelemetry
 
 if TYPE_CHECKING:  # the log (and pyarrow) load only where one is opened
     from services.decisionlog.writer import DecisionLog
+
+log = logging.getLogger(__name__)
 
 
 class ScoringEngine:
@@ -49,17 +55,37 @@ class ScoringEngine:
         telemetry: NullTelemetry | None = None,
         velocity: VelocityRecorder | None = None,
         decision_log: DecisionLog | None = None,
+        controls: ControlCache | None = None,
+        vocabulary: ctl.Vocabulary | None = None,
     ) -> None:
         self._log = decision_log
         self._tel = telemetry or NullTelemetry()
         self._features = FeatureStage(reader, velocity)
         self._decider = Decider(model, policy, max_feature_age_s)
-        self._replays = Replays(store or NoIdempotency(), policy.version, policy.reason_table)
+        self._store = store or NoIdempotency()
+        self._policy = policy
+        self._replays = Replays(self._store, policy.version, policy.reason_table, policy)
+        # Operator controls: their reason entries follow the policy's, at slots that never move.
+        self._controls = (
+            None if controls is None
+            else ctl.ControlStage(controls, vocabulary or ctl.Vocabulary.from_catalog(None), len(policy.reason_table))
+        )
+        self._registry = 0  # control reason entries in the replays' table
         self.model_version = model.version
         self.policy_version = policy.version
         # Decision ids: a per-replica prefix and a counter (no UUID per decision).
         self._id_prefix = f"d{os.urandom(5).hex()}"
         self._next_id = 0
+
+    @property
+    def ready(self) -> bool:
+        """The stores answered the last batch (a replica that answers degraded is alive, not ready)."""
+        return self._features.ready and self._replays.ready
+
+    @property
+    def controls(self) -> ControlCache | None:
+        """The operator controls this engine applies (None: none)."""
+        return None if self._controls is None else self._controls.cache
 
     def score(self, batch: RequestBatch, now: float | None = None) -> DecisionBatch:
         if batch.trace:
@@ -76,34 +102,43 @@ class ScoringEngine:
         requests = batch.rows
         keys = batch.idempotency_keys()
         asked = fingerprints(requests)
+        compiled = self._current_controls(now)
+        replays = self._replays
         with timer("idempotency_lookup"):
-            plan = self._replays.plan(keys, asked, requests["deadline"] <= now)
+            plan = replays.plan(keys, asked, requests["deadline"] <= now, requests["product"])
+        if self._controls is not None and plan.replayed.any():
+            replays = self._replays_within(plan, replays)
         fresh = np.flatnonzero(plan.fresh)
         features = None
         if fresh.size:
-            features = self._decide(requests, plan, fresh, now, timer)
+            features = self._decide(requests, plan, fresh, now, timer, compiled=compiled)
             plan.rows["fingerprint"][fresh] = asked[fresh]
             with timer("idempotency_save"):
-                self._replays.save(plan, fresh, keys)
+                replays.save(plan, fresh, keys)
         plan.finish()
         rows = plan.rows
         # Echo what was asked: the id and the currency the limit is in.
         rows["application_id"] = requests["application_id"]
         rows["currency"] = requests["currency"]
-        answer = DecisionBatch(rows, self._replays.reason_table(plan), _message(rows), timer.seconds)
+        answer = DecisionBatch(rows, replays.reason_table(plan), _message(rows), timer.seconds)
         if self._log is not None:
             replay = (plan.replayed | (plan.copy_of >= 0)) & (rows["status"] == Code.OK)
             self._log.append(requests, answer, replay, fresh, features)
         return answer
 
     def _decide(
-        self, requests: Rows, plan: Plan, fresh: npt.NDArray[np.intp], now: float, timer: StageTimer
+        self, requests: Rows, plan: Plan, fresh: npt.NDArray[np.intp], now: float, timer: StageTimer, *,
+        compiled: ctl.Compiled | None,
     ) -> FeatureBatch:
         asked = requests[fresh]
         with timer("feature_read"):
             gathered = self._features.gather(asked["merchant_id"].astype("U64").tolist(), now)
         out = plan.rows[fresh]
         self._decider.decide(asked, gathered, now, timer, out)
+        if compiled is not None and compiled.size:
+            with timer("policy"):  # the controls adjust the policy's outputs: timed as policy
+                limit = len(self._policy.reason_table) + self._registry
+                ctl.apply(compiled, asked, gathered.features, out, limit)
         out["application_id"] = asked["application_id"]
         out["currency"] = asked["currency"]
         first = self._next_id
@@ -112,8 +147,45 @@ class ScoringEngine:
         plan.rows[fresh] = out
         return gathered.features
 
+    # -- operator controls -----------------------------------------------------------
+    def _current_controls(self, now: float) -> ctl.Compiled | None:
+        """This batch's compiled controls; a grown reason registry first extends the replays' table."""
+        if self._controls is None:
+            return None
+        snap, compiled = self._controls.current(now)
+        if len(snap.reasons) > self._registry:
+            self._publish_reasons(snap.reasons)
+        return compiled
+
+    def _publish_reasons(self, registry: tuple[tuple[str, str], ...]) -> None:
+        """Replays keyed by the policy's table plus the registry (stored for other policy versions)."""
+        try:
+            table = (*self._policy.reason_table, *registry)
+            self._replays = Replays(self._store, self._policy.version, table, self._policy)
+            self._registry = len(registry)
+        except FeatureError as exc:  # controls still apply; entries not in the table go unnamed
+            log.warning("control reason entries not published (store unavailable): %s", exc)
+
+    def _replays_within(self, plan: Plan, replays: Replays) -> Replays:
+        """Replays decided by a replica whose registry is ahead of ours: catch up before answering."""
+        mine = plan.replayed & (plan.rows["policy_version"] == self._policy.version.encode())
+        if not mine.any() or plan.rows["reason"][mine].max() < len(self._policy.reason_table) + self._registry:
+            return replays
+        assert self._controls is not None
+        try:
+            self._controls.cache.refresh()
+        except FeatureError as exc:
+            log.warning("controls refresh for a replay failed: %s", exc)
+        self._current_controls(time.time())
+        # Still beyond the table (the store could not be read): unnamed rather than unanswerable.
+        reasons = plan.rows["reason"]
+        reasons[mine[:, None] & (reasons >= len(self._policy.reason_table) + self._registry)] = -1
+        return self._replays
+
     def close(self) -> None:
         try:
+            if self._controls is not None:
+                self._controls.close()
             self._features.close()
             self._replays.close()
         finally:
@@ -128,4 +200,6 @@ def _message(rows: Rows) -> str:
         return "application_id was already used for a different request within the idempotency window"
     if (status == Code.DEADLINE_EXCEEDED).any():
         return "deadline exceeded before scoring"
+    if (status == Code.UNAVAILABLE).any():
+        return "a store this decision needs is unavailable (see the policy's degraded modes); retry later"
     return ""

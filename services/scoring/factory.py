@@ -10,23 +10,24 @@ from features import (
     TagCatalog,
     open_backend,
 )
+from features.controls import ControlCache
 from services.decisionlog.writer import open_log
 from services.errors import ConfigError, translate
 from services.models import load_artifact
 from services.policy import Policy, load_policy
 from services.schema.records import RECORD_SCHEMA
+from services.scoring.controls import Vocabulary
 from services.scoring.engine import ScoringEngine
 from services.settings import Settings
 from services.telemetry import NullTelemetry, setup
 
 
-def _tag_index(settings: Settings) -> dict[str, int]:
-    """Tag name -> bit id, from the catalogue written with the offline tables."""
+def _catalog(settings: Settings) -> TagCatalog:
+    """The tag catalogue written with the offline tables."""
     try:
-        catalog = TagCatalog.load(settings.features)
+        return TagCatalog.load(settings.features)
     except FeatureError as exc:
         raise ConfigError(str(exc)) from exc
-    return {t.name: t.id for t in catalog}
 
 
 def build_engine(settings: Settings, telemetry: NullTelemetry | None = None) -> ScoringEngine:
@@ -42,7 +43,8 @@ def build_engine(settings: Settings, telemetry: NullTelemetry | None = None) -> 
 
 def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine:
     artifact = load_artifact(settings.data_dir, settings.model_version)
-    tags = _tag_index(settings)
+    catalog = _catalog(settings)
+    tags = {t.name: t.id for t in catalog}
     policy = Policy(
         load_policy(settings.policy_path),
         artifact.feature_names,
@@ -63,6 +65,9 @@ def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine
     if telemetry is None and replica_telemetry.otlp_endpoint:
         telemetry = setup(replica_telemetry, "creditauth-replica")
     velocity = stores.velocity() if settings.serving.record_velocity else None
+    # Loaded before the first batch (a replica restarted mid-incident brakes at once), then
+    # refreshed on the store's notifications and by polling its version.
+    controls = ControlCache(stores.controls()).start()
     return ScoringEngine(
         reader,
         artifact,
@@ -71,6 +76,8 @@ def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine
         store=store,
         telemetry=telemetry,
         velocity=velocity,
+        controls=controls,
+        vocabulary=Vocabulary.from_catalog(catalog),
         # Opened last: nothing above can fail and leave its writer thread behind.
         decision_log=open_log(settings.decision_log, settings.data_dir),
     )

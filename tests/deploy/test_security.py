@@ -648,7 +648,9 @@ def test_acl_file_disables_the_default_user_and_stores_only_a_hash() -> None:
     lines = acl.splitlines()
     assert lines[0].startswith("user default off")
     commands = re.escape(make_secrets.REDIS_COMMANDS)
-    assert re.fullmatch(rf"user creditauth on #[0-9a-f]{{64}} ~\* resetchannels -@all {commands}", lines[1])
+    # Channels: only the operator controls' notifications (SUBSCRIBE/PUBLISH).
+    assert re.fullmatch(rf"user creditauth on #[0-9a-f]{{64}} ~\* resetchannels &\*:controls:\* -@all {commands}",
+                        lines[1])
     # Exactly the commands docs/security/redis.md lists as all the project sends.
     doc = (ROOT / "docs" / "security" / "redis.md").read_text()
     if "-@all +ping" in doc:

@@ -238,6 +238,20 @@ def test_frontend_probes_use_grpc_health_on_a_listener_of_the_settings(target: s
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_liveness_and_readiness_probe_their_own_health_services(target: str) -> None:
+    """Liveness (and startup, which gates it) asks the "liveness" service, SERVING while the
+    process answers; readiness asks the overall one, which follows the replicas: a Ray
+    outage takes front ends out of the Service and never restarts them."""
+    from services.frontend.server import LIVENESS_SERVICE, READINESS_SERVICES
+
+    _, ctr, _ = _frontend(target)
+    assert ctr["livenessProbe"]["grpc"].get("service") == LIVENESS_SERVICE
+    assert ctr["startupProbe"]["grpc"].get("service") == LIVENESS_SERVICE
+    assert ctr["readinessProbe"]["grpc"].get("service", "") in READINESS_SERVICES
+    assert LIVENESS_SERVICE not in READINESS_SERVICES
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_drain_fits_in_the_grace_period(target: str) -> None:
     dep, ctr, settings = _frontend(target)
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

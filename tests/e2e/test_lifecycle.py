@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 from services.frontend import FrontEnd
+from services.frontend.server import LIVENESS_SERVICE, SERVICE_NAME
 from services.runtime import LocalBackend
 from services.scoring import DecisionBatch, RequestBatch, ScoringEngine
 from services.scoring.factory import build_engine
@@ -106,8 +107,8 @@ def test_drain_finishes_in_flight_refuses_new_and_reports_not_serving(world: Wor
     async def accepted() -> int:  # read on the loop: a request is queued or in the backend, never both
         return backend.entered + fe.batcher.queued
 
-    def status() -> int:
-        answer: int = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    def status(name: str = "") -> int:
+        answer: int = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
         return answer
 
     try:
@@ -119,6 +120,8 @@ def test_drain_finishes_in_flight_refuses_new_and_reports_not_serving(world: Wor
         stopping = asyncio.run_coroutine_threadsafe(fe.stop(), lt.loop)
         _until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, "NOT_SERVING while draining")
         assert not any(f.done() for f in inflight)  # still held: the drain is waiting for them
+        # Not ready, but alive: the kubelet must not kill a pod that is draining.
+        assert status(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
         backend.release(lt.loop)
         results = [f.result() for f in inflight]  # every in-flight request is answered
         assert all(r.decision_id for r in results)
@@ -128,6 +131,53 @@ def test_drain_finishes_in_flight_refuses_new_and_reports_not_serving(world: Wor
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         ch.close()
     finally:
+        lt.close()
+
+
+class _Reachable(LocalBackend):
+    """Replicas that can become unreachable: what a Ray outage looks like to a front end."""
+
+    reachable = True
+
+    def healthy(self) -> bool:
+        return self.reachable
+
+
+def test_readiness_follows_replicas_and_stores_liveness_does_not(world: World) -> None:
+    settings = settings_for(world)
+    lt = LoopThread()
+    backend = _Reachable(build_engine(settings))
+    stores = [True]
+
+    async def up() -> FrontEnd:
+        fe = FrontEnd(backend, settings.serving, settings.security, ready=lambda: stores[0], health_interval_s=0.02)
+        await fe.start()
+        return fe
+
+    fe = lt.run(up())
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{fe.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+
+            def status(name: str) -> int:
+                answer: int = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+                return answer
+
+            assert [status(n) for n in ("", SERVICE_NAME, LIVENESS_SERVICE)] == [serving] * 3
+            backend.reachable = False  # every replica lost
+            _until(lambda: status("") == not_serving, "readiness NOT_SERVING without replicas")
+            assert status(SERVICE_NAME) == not_serving
+            assert status(LIVENESS_SERVICE) == serving  # a Ray outage never restarts the pod
+            backend.reachable = True
+            _until(lambda: status("") == serving, "readiness back with the replicas")
+            stores[0] = False  # the stores say they are down
+            _until(lambda: status(SERVICE_NAME) == not_serving, "readiness NOT_SERVING without stores")
+            assert status(LIVENESS_SERVICE) == serving
+            stores[0] = True
+            _until(lambda: status("") == serving, "readiness back with the stores")
+    finally:
+        lt.run(fe.stop())
         lt.close()
 
 

@@ -3,12 +3,17 @@ caller's code would: a field violation naming the field, a stable reason, when t
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from creditauth.v1 import authorization_pb2 as pb
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
+from services.frontend import FrontEnd
 from services.frontend.details import TRAILER, trailer
 from services.schema.codes import Code
 from tests.e2e.api_checks import request
@@ -64,3 +69,25 @@ def test_overload_and_outage_say_when_to_retry() -> None:
         info = error_details_pb2.RetryInfo()
         retry[0].Unpack(info)
         assert info.retry_delay.ToTimedelta().total_seconds() == seconds
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_authorize_and_health(local_server: tuple[grpc.Channel, FrontEnd]) -> None:
+    _, fe = local_server
+    target = f"127.0.0.1:{fe.port}"
+    ok = _cli("authorize", "--target", target, "--merchant", "M00000001", "--amount", "2000000")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["decision"].startswith("DECISION_")
+    bad = _cli("authorize", "--target", target, "--merchant", "M00000001", "--amount", "0")
+    assert bad.returncode == 1
+    refusal = json.loads(bad.stderr)
+    assert refusal["code"] == "INVALID_ARGUMENT" and "requested_amount.amount_minor" in refusal["message"]
+    assert any("fieldViolations" in d for d in refusal["details"])
+    unknown = _cli("authorize", "--target", target, "--merchant", "M1", "--amount", "5", "--product", "YACHT")
+    assert unknown.returncode != 0 and "--product: unknown 'YACHT'" in unknown.stderr
+    health = _cli("health", "--target", target)
+    assert health.returncode == 0 and health.stdout.strip() == "SERVING"

@@ -306,9 +306,12 @@ class Hostile:
     def _serve(self) -> None:
         conn, _ = self._srv.accept()
         with conn:
-            while conn.recv(65536):
-                if self.replies:
-                    conn.sendall(self.replies.pop(0))
+            try:
+                while conn.recv(65536):
+                    if self.replies:
+                        conn.sendall(self.replies.pop(0))
+            except ConnectionResetError:
+                pass  # closed with our reply unread: the kernel answers with a reset, not a FIN
         self.hung_up.set()  # the client closed its end: it dropped the connection
 
     def close(self) -> None:

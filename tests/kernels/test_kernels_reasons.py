@@ -56,6 +56,21 @@ def test_lightgbm_reasons_match_python_reference(cfg: dict[str, object]) -> None
         np.testing.assert_allclose(val1[0], val_b[i], rtol=1e-12, atol=0)
 
 
+def test_block_reasons_of_wide_models_equal_single_rows_past_the_first_block() -> None:
+    """More features than a block has rows (97 > 64): the ranked row must not overwrite the
+    next block's partial sums (it did: reasons from row 64 on were garbage, PD unaffected)."""
+    text = lgb_model(n_features=97, n_trees=20, n_rows=3000)
+    ens = TreeEnsemble.from_lightgbm(text)
+    X = adversarial(300, ens.n_features, seed=5)
+    _, ref_contrib = lgb_reference(text, X)
+    _, idx_b, val_b = ens.predict_with_reasons(X, top_k=4)
+    assert_reasons_match(idx_b, val_b, ref_contrib[:, :-1], 4)
+    for i in range(0, 300, 7):
+        _, idx1, val1 = ens.predict_with_reasons(X[i : i + 1], top_k=4)
+        np.testing.assert_array_equal(idx1[0], idx_b[i])
+        np.testing.assert_allclose(val1[0], val_b[i], rtol=1e-6, atol=1e-9)
+
+
 def test_reasons_float32_input_and_raw_score() -> None:
     text = lgb_model()
     ens = TreeEnsemble.from_lightgbm(text)

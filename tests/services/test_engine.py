@@ -122,10 +122,12 @@ def test_two_replicas_share_decisions(world: World) -> None:
 
 
 def test_window_expiry_allows_a_new_decision(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "idem.db", window_s=0.2)
+    now = [1_000_000.0]  # the store's clock, moved by the test (no sleeping)
+    store = SqliteStore(tmp_path / "idem.db", window_s=0.2, clock=lambda: now[0])
     assert store.save(["x"], [b"one"]) == {}
+    now[0] += 0.1
     assert store.save(["x"], [b"two"]) == {"x": b"one"}  # still live: the first wins
-    time.sleep(0.3)
+    now[0] += 0.2  # 0.3 s after the first save: past the window
     assert store.lookup(["x"]) == {}
     assert store.save(["x"], [b"three"]) == {}
     assert store.lookup(["x"]) == {"x": b"three"}

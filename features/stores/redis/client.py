@@ -16,6 +16,11 @@ TLS with the server's certificate and host name verified; both come from one
 ``ConnectionConfig`` (``secure``) resolved when the client is built. A reply is never
 allowed to grow the receive buffer past ``redis_max_reply_bytes``.
 
+Every call of a ``RedisClient`` goes through its circuit breaker
+(``features.stores.breaker``): once the store has failed ``breaker_failures`` times in a
+row, calls fail at once with ``OnlineStoreUnavailable`` until one probe per backoff
+interval gets an answer, so a dead Redis costs one timeout per interval, not one per call.
+
 The byte-level work (building the batch, decoding replies into arrays) is in the
 compiled ``_resp`` modules; this module only moves bytes.
 """
@@ -37,6 +42,7 @@ from typing import Protocol
 
 from features.errors import FeatureConfigError, FeatureDataError, FeatureError, OnlineStoreUnavailable
 from features.settings import FeatureSettings
+from features.stores.breaker import Breaker
 from features.stores.redis import _resp, _resp_build
 from features.stores.redis.secure import ConnectionConfig
 
@@ -289,6 +295,10 @@ class RedisClient:
         self._created = 0
         self._cond = threading.Condition()
         self.address = self.config.address
+        # One breaker for every part sharing this client: they reach the same server.
+        # Opening drops the idle connections: the probe then dials afresh rather than failing
+        # on a socket the outage already broke.
+        self.breaker = Breaker.from_settings(f"Redis {self.address}", settings, on_open=self.close)
 
     @property
     def connections(self) -> int:
@@ -299,20 +309,22 @@ class RedisClient:
     @contextlib.contextmanager
     def connection(self, *, timeout_s: float | None = None) -> Iterator[RespConnection]:
         """A connection of this client's for the caller alone until the block ends."""
-        conn = self._checkout(time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s))
-        try:
-            yield conn
-        finally:
-            self._checkin(conn)
+        with self.breaker.guard():
+            conn = self._checkout(time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s))
+            try:
+                yield conn
+            finally:
+                self._checkin(conn)
 
     def call(self, payload: bytes | bytearray, decoder: Decoder, *, timeout_s: float | None = None) -> None:
         """Send ``payload`` on a pooled connection and feed the replies to ``decoder``."""
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        conn = self._checkout(deadline)
-        try:
-            conn.call(payload, decoder, timeout_s=max(deadline - time.monotonic(), 1e-6))
-        finally:
-            self._checkin(conn)
+        with self.breaker.guard():
+            deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+            conn = self._checkout(deadline)
+            try:
+                conn.call(payload, decoder, timeout_s=max(deadline - time.monotonic(), 1e-6))
+            finally:
+                self._checkin(conn)
 
     def pipeline(self, commands: Sequence[Sequence[bytes]], *, timeout_s: float | None = None) -> list[object]:
         """Every command in one round trip; replies in order, error replies as ``RespServerError`` values."""
@@ -331,19 +343,20 @@ class RedisClient:
         """``EVALSHA`` of ``script``; on ``NOSCRIPT`` (first use on this server, or its script
         cache was flushed) ``SCRIPT LOAD`` and the same ``EVALSHA`` go in one more round trip."""
         evalsha = _resp_build.encode_command([b"EVALSHA", script.sha, str(len(keys)).encode(), *keys, *args])
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
-        conn = self._checkout(deadline)
-        try:
-            collector = _resp.ReplyCollector(1)
-            conn.call(evalsha, collector, timeout_s=max(deadline - time.monotonic(), 1e-6))
-            reply = collector.replies[0]
-            if isinstance(reply, _resp.RespServerError) and str(reply).startswith("NOSCRIPT"):
-                load = _resp_build.encode_command([b"SCRIPT", b"LOAD", script.body])
-                collector = _resp.ReplyCollector(2)
-                conn.call(load + evalsha, collector, timeout_s=max(deadline - time.monotonic(), 1e-6))
-                reply = collector.replies[1]
-        finally:
-            self._checkin(conn)
+        with self.breaker.guard():
+            deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+            conn = self._checkout(deadline)
+            try:
+                collector = _resp.ReplyCollector(1)
+                conn.call(evalsha, collector, timeout_s=max(deadline - time.monotonic(), 1e-6))
+                reply = collector.replies[0]
+                if isinstance(reply, _resp.RespServerError) and str(reply).startswith("NOSCRIPT"):
+                    load = _resp_build.encode_command([b"SCRIPT", b"LOAD", script.body])
+                    collector = _resp.ReplyCollector(2)
+                    conn.call(load + evalsha, collector, timeout_s=max(deadline - time.monotonic(), 1e-6))
+                    reply = collector.replies[1]
+            finally:
+                self._checkin(conn)
         return self.check(reply, context)
 
     def check(self, reply: object, context: str = "") -> object:

@@ -1,11 +1,12 @@
-"""The embedded store: Feast's SQLite online store, and idempotency in a WAL SQLite file beside it."""
+"""The embedded store: Feast's SQLite online store; idempotency and controls in WAL SQLite files beside it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from features.settings import FeatureSettings
-from features.stores.base import OnlineReader, StoreKind, Writer
+from features.stores.base import ControlStore, OnlineReader, StoreKind, Writer
+from features.stores.breaker import Breaker
 from features.stores.idempotency import IdempotencyStore, NoIdempotency
 from features.tags import TagCatalog
 from features.velocity import VelocityRecorder
@@ -46,7 +47,14 @@ class SqliteBackend:
 
         if window_s <= 0:
             return NoIdempotency()
-        return SqliteIdempotency(self.settings.data_dir / "idempotency.db", window_s, namespace)
+        path = self.settings.data_dir / "idempotency.db"
+        breaker = Breaker.from_settings(f"SQLite {path}", self.settings)
+        return SqliteIdempotency(path, window_s, namespace, timeout_s=self.settings.timeout_s, breaker=breaker)
+
+    def controls(self) -> ControlStore:
+        from features.stores.sqlite.controls import SqliteControls
+
+        return SqliteControls(self.settings.data_dir / "controls.db", max(self.settings.timeout_s, 5.0))
 
     def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:
         return {"type": "sqlite", "path": str(self.settings.sqlite_path.resolve())}

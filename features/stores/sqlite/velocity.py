@@ -18,6 +18,7 @@ from features import catalog
 from features.errors import OnlineStoreUnavailable
 from features.settings import FeatureSettings
 from features.stores import _codec, layout
+from features.stores.breaker import Breaker
 from features.velocity import STATE_BYTES, record_states
 
 VIEW = catalog.VELOCITY
@@ -45,6 +46,8 @@ class SqliteVelocity:
             raise OnlineStoreUnavailable(f"cannot open {path}: {exc}") from exc
         self._table = layout.table(settings.project, VIEW)
         self._lock = threading.Lock()
+        # The write lock can be held past timeout_s by another process: fail fast once it keeps being.
+        self._breaker = Breaker.from_settings(f"SQLite {path}", settings)
 
     def record(self, ids: list[str], k: list[int], now_us: int) -> npt.NDArray[np.int64]:
         keys = layout.entity_keys(ids)
@@ -55,6 +58,13 @@ class SqliteVelocity:
             "value = excluded.value, value_text = excluded.value_text, "
             "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
         )
+        with self._breaker.guard():
+            self._record(keys, k, now_us, out, upsert)
+        return out
+
+    def _record(
+        self, keys: list[bytes], k: list[int], now_us: int, out: npt.NDArray[np.int64], upsert: str
+    ) -> None:
         try:
             with self._lock:
                 # IMMEDIATE takes the write lock before reading: concurrent replicas serialize
@@ -95,7 +105,6 @@ class SqliteVelocity:
                     raise
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"SQLite velocity write failed: {exc}") from exc
-        return out
 
     def close(self) -> None:
         self._conn.close()

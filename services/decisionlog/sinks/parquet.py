@@ -30,6 +30,7 @@ from services.decisionlog.owned import OwnedDir, orphans, read_ipc, write_ipc
 
 log = logging.getLogger(__name__)
 JOURNAL = "_journal"
+REFUSALS = "refusals"  # the front end's refusals: the same layout under <root>/refusals (refusals.py)
 # Measured (docs/decision-log.md): dictionary pages and statistics on every one of ~140
 # columns cost 5 us per decision; kept where they pay (repeated strings; time and order
 # columns, for pruning) the file is written in 1.5 us and is smaller.
