@@ -35,13 +35,13 @@ class Gate:
 
     def caller(self, context: Any, rpc: str) -> Grant:
         """The grant of the caller of this RPC (``context``: a grpc.aio servicer context)."""
-        grant = self._identify.caller(context.invocation_metadata(), context.auth_context())
+        grant = self._identify.caller(context.invocation_metadata(), context.auth_context)
         grant.allow_rpc(rpc)
         return grant
 
     def admin(self, context: Any) -> Grant:
         """The grant of the caller of an admin RPC (operator controls, bundles): it must hold
         the admin right; the scoring RPCs it may call do not matter."""
-        grant = self._identify.caller(context.invocation_metadata(), context.auth_context())
+        grant = self._identify.caller(context.invocation_metadata(), context.auth_context)
         grant.require_admin()
         return grant

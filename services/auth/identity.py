@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,14 @@ class Identify:
         self._issuers = {i.issuer: _load_issuer(i) for i in security.jwt}
         self._cache: OrderedDict[str, tuple[Grant, float]] = OrderedDict()
 
-    def caller(self, metadata: Iterable[tuple[str, Any]] | None, auth: Mapping[str, Iterable[bytes]]) -> Grant:
+    def caller(
+        self, metadata: Iterable[tuple[str, Any]] | None, auth: Callable[[], Mapping[str, Iterable[bytes]]]
+    ) -> Grant:
+        """``auth``: the call's TLS peer properties, asked for only when no token names the caller."""
         token = _bearer(metadata)
         if token is not None:
             return self._from_token(token)
-        names = _certificate_names(auth)
+        names = _certificate_names(auth())
         if names:
             known = next((n for n in names if n in self._grants), None)
             # A trusted certificate whose names hold no grant: authenticated, not authorized.

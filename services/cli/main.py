@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from features import FeatureError
 from kernels import KernelError
+from services import version
 from services.cli.client import add_client
 from services.cli.controls import add_controls
 from services.cli.log import add_log
@@ -43,13 +44,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--redis-url", help="Redis online store URL (default redis://127.0.0.1:6379/0)")
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("creditauth")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         " -> Feast features -> Cython kernels.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    parser.add_argument("--version", action="version", version=f"creditauth {_version()}",
+    parser.add_argument("--version", action="version", version=f"creditauth {version()}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     # The order here is the order `creditauth --help` lists the commands in.

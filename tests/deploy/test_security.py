@@ -24,6 +24,7 @@ import yaml
 from deploy.render import Resource
 from deploy.secrets import make_secrets
 from services.settings import load_settings
+from tests.support import free_port
 
 from .netpol import Pod, admits, namespace_labels, outsider, pods, render_namespace, selecting, shape_errors
 from .podsecurity import violations
@@ -658,10 +659,6 @@ def test_acl_file_disables_the_default_user_and_stores_only_a_hash() -> None:
         assert listed and listed.group(1).split() == make_secrets.REDIS_COMMANDS.split()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _resp(*parts: str) -> bytes:
@@ -693,7 +690,7 @@ def dev_redis(tmp_path: Path) -> Any:
             local.parent.mkdir(exist_ok=True)
             local.write_text(plan.secrets[name][key])
             args[i] = str(local)
-    port = _free_port()
+    port = free_port()
     args[args.index("--tls-port") + 1] = str(port)
     log = tmp_path / "redis.log"
     proc = subprocess.Popen([server, *args, "--dir", str(tmp_path), "--bind", "127.0.0.1", "--logfile", str(log)])

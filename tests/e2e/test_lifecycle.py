@@ -27,6 +27,7 @@ from services.scoring.factory import build_engine
 from tests.conftest import World
 from tests.e2e import api_checks as c
 from tests.e2e.conftest import LoopThread, settings_for
+from tests.support import free_port
 
 
 class _Slow(LocalBackend):
@@ -213,7 +214,7 @@ def test_two_front_ends_share_one_port(world: World) -> None:
 
 @pytest.mark.slow
 def test_serve_with_two_frontends_stops_cleanly_on_sigterm(world: World) -> None:
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "creditauth"
     proc = subprocess.Popen(
         [str(exe), "serve", "--data-dir", str(world.data_dir), "--port", str(port), "--frontends", "2", "--plaintext"],
@@ -240,13 +241,6 @@ def test_serve_with_two_frontends_stops_cleanly_on_sigterm(world: World) -> None
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class _Output:

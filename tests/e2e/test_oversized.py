@@ -8,8 +8,6 @@ the largest allowed batch (services.frontend.servicer.receive_limit).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,36 +22,18 @@ from services.frontend.servicer import receive_limit
 from services.settings import ServingSettings
 from tests.conftest import World
 from tests.e2e.api_checks import request
+from tests.support import serving_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MiB = 1 << 20
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def frontend(world: World) -> Iterator[tuple[psutil.Process, int]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", "--data-dir", str(world.data_dir), "--port", str(port),
-         "--channel", "local", "--plaintext", "--no-telemetry"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            # wait_for_ready: the call waits for the server's port, observed by gRPC itself.
-            pb_grpc.CreditAuthorizationStub(ch).Authorize(request(0), timeout=180, wait_for_ready=True)
-        yield psutil.Process(proc.pid), port
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    with serving_process(world.data_dir) as served:
+        yield served
 
 
 def _oversized(megabytes: int) -> bytes:

@@ -4,7 +4,6 @@ world materialized into it, and engines whose Redis traffic goes through a ``Fau
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -14,17 +13,11 @@ import pytest
 from tests.conftest import AS_OF, World, _window
 from tests.faults.proxy import FaultProxy, wait_until
 from tests.faults.support import RedisWorld, free_port
+from tests.support import redis_pings
 
 REDIS_SERVER = shutil.which("redis-server")
 
 
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +34,7 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: _pings(port), f"redis-server on port {port}")
+        wait_until(lambda: redis_pings(port), f"redis-server on port {port}")
         yield port
     finally:
         proc.terminate()

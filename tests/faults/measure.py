@@ -28,6 +28,7 @@ from services.scoring import ScoringEngine
 from tests.conftest import AS_OF, World, _window, build_world
 from tests.faults.proxy import FaultProxy, wait_until
 from tests.faults.support import TIMEOUT_S, RedisWorld, batch, engine_through, free_port
+from tests.support import redis_pings
 
 
 @dataclass
@@ -123,7 +124,7 @@ def main() -> None:
         for sub in ("raw", "offline", "models"):
             shutil.copytree(world.data_dir / sub, root / sub)
         rw = RedisWorld(world, root, f"measure{uuid.uuid4().hex[:8]}", port)
-        wait_until(lambda: _pings(port), "redis-server")
+        wait_until(lambda: redis_pings(port), "redis-server")
         apply(rw.settings(port, timeout_s=5.0))
         materialize(rw.settings(port, timeout_s=5.0), *_window(AS_OF))
         nk = {"seconds": args.seconds, "size": args.size}
@@ -153,15 +154,6 @@ def main() -> None:
         print(r.line())
 
 
-def _pings(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _model_version(world_dir: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,17 +17,12 @@ from services.policy import Policy, PolicyConfig, load_policy
 from services.schema.records import RECORD_SCHEMA, REQUEST_DTYPE, RequestBatch
 from services.scoring import ScoringEngine
 from tests.conftest import World
+from tests.support import free_port
 
 TIMEOUT_S = 0.2  # the store timeout the fault tests run with
 MAX_AGE_S = 10 * 365 * 86400.0
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import pytest
 
-from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import World
-from tests.e2e.api_checks import request
-from tests.faults.support import free_port
+from tests.support import serving_process
 
 pytestmark = [pytest.mark.slow]
 MiB = 1 << 20
@@ -37,20 +34,8 @@ RECOVERY_S = 10  # full throughput must be back within this of the overload's en
 
 @pytest.fixture(scope="module")
 def frontend(world: World) -> Iterator[tuple[psutil.Process, int]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", "--data-dir", str(world.data_dir), "--port", str(port),
-         "--channel", "local", "--plaintext", "--no-telemetry"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            # wait_for_ready: the call waits for the server's port, observed by gRPC itself.
-            pb_grpc.CreditAuthorizationStub(ch).Authorize(request(0), timeout=180, wait_for_ready=True)
-        yield psutil.Process(proc.pid), port
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    with serving_process(world.data_dir) as served:
+        yield served
 
 
 def _campaign(tmp: Path, name: str, port: int, data_dir: Path, phases: list[dict[str, Any]]) -> dict[str, Any]:

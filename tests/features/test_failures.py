@@ -14,15 +14,12 @@ from features import FeatureSettings, OnlineStoreUnavailable
 from features.errors import FeatureError
 from features.stores import open_backend
 from tests.conftest import World, feature_settings, requires_redis
+from tests.support import free_port
 
 TIMEOUT = 0.3
 TAG_BYTES = 136
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _FakeServer:
@@ -98,7 +95,7 @@ def _timed_failure(call: Callable[[FeatureSettings], None], s: FeatureSettings) 
 
 @pytest.mark.parametrize("call", [_read, _record, _lookup, _save], ids=["read", "record", "lookup", "save"])
 def test_closed_port_fails_fast(call: Callable[[FeatureSettings], None]) -> None:
-    elapsed, msg = _timed_failure(call, _settings(_free_port()))
+    elapsed, msg = _timed_failure(call, _settings(free_port()))
     assert elapsed < TIMEOUT + 0.5 and "127.0.0.1" in msg
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,16 +25,13 @@ from features.stores.redis import RedisBackend, _resp, _resp_build
 from features.stores.redis import admin as redis_admin
 from features.stores.redis.client import RedisClient
 from tests.conftest import World, requires_redis
+from tests.support import free_port
 
 TAG_BYTES = 136
 PASSWORD = "s3cret-test"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +40,7 @@ def private_url() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--requirepass", PASSWORD, "--daemonize", "no", "--loglevel", "notice"],

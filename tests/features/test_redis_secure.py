@@ -39,6 +39,7 @@ from features.stores.redis import RedisBackend, _resp, _resp_build
 from features.stores.redis.client import RedisClient, RespConnection
 from features.stores.redis.secure import FEAST_PASSWORD_ENV
 from tests.conftest import World
+from tests.support import free_port
 
 USER, PASSWORD = "creditauth-app", "Pw-for.tests_only~42"
 TIMEOUT = 1.0
@@ -105,10 +106,6 @@ class Secured:
         return FeatureSettings(**{k: v for k, v in base.items() if v is not None})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +115,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         pytest.skip("redis-server is not installed")
     d = tmp_path_factory.mktemp("redis-tls")
     _pki(d)
-    port = _free_port()
+    port = free_port()
     (d / "redis.conf").write_text(
         f"port 0\ntls-port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\n"
         f"tls-cert-file {d / 'server.pem'}\ntls-key-file {d / 'server.key'}\n"

@@ -19,8 +19,6 @@ from __future__ import annotations
 import random
 import re
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -32,6 +30,7 @@ from creditauth.v1 import authorization_pb2 as pb
 from services.errors import InvalidRequest
 from services.frontend import wire
 from services.schema.records import REQUEST_DTYPE
+from tests.fuzz.loop import Target, main
 
 NAME = "wire"
 _ID = re.compile(rb"[A-Za-z0-9._:\-]{1,64}")
@@ -161,59 +160,15 @@ def mutate(data: bytes, rng: random.Random, corpus: list[bytes]) -> bytes:
     return bytes(b)
 
 
-def run_mutation(runs: int, seed: int) -> int:
-    rng = random.Random(seed)
-    corpus = seeds()
-    outcomes: dict[str, int] = {}
-    crashes = 0
-    t0 = time.perf_counter()
-    for n in range(runs):
-        data = mutate(rng.choice(corpus), rng, corpus) if n >= len(corpus) else corpus[n]
-        try:
-            outcome = one_input(data)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            if outcome in ("ok", "violations") and len(corpus) < 2048:
-                corpus.append(data)  # keep inputs that got deep into the decoder
-        except Exception as exc:
-            crashes += 1
-            print(f"CRASH {type(exc).__name__}: {exc}\n  input {data.hex()}", flush=True)
-    seconds = time.perf_counter() - t0
-    print(f"outcomes {dict(sorted(outcomes.items()))}")
-    print(f"target {NAME}: inputs {runs} crashes {crashes} seconds {seconds:.1f} ({runs / seconds:,.0f}/s)")
-    return 1 if crashes else 0
+def _keep(outcome: str, rng: random.Random) -> bool:
+    return outcome in ("ok", "violations")  # inputs that got deep into the decoder
 
 
-def run_atheris(argv: list[str]) -> None:
-    import atheris
-
-    work = Path(tempfile.mkdtemp(prefix=f"fuzz-{NAME}-"))
-    for sub in ("corpus", "seeds"):
-        (work / sub).mkdir()
-    for i, s in enumerate(seeds()):
-        one_input(s)  # the seeds themselves must pass
-        (work / "seeds" / f"seed-{i}").write_bytes(s)
-    flags = [a for a in argv[1:] if a.startswith("-")]
-    if not any(f.startswith("-max_len=") for f in flags):
-        flags.append("-max_len=4096")
-    module = sys.modules[__name__]
-    for name in ("one_input", "_check_batch", "_check_record", "_check_violation"):
-        setattr(module, name, atheris.instrument_func(getattr(module, name)))
-    atheris.Setup([argv[0], *flags, str(work / "corpus"), str(work / "seeds")], module.one_input)
-    atheris.Fuzz()
-
-
-def main() -> None:
-    args = sys.argv[1:]
-    runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 100_000
-    seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 1
-    try:
-        import atheris  # noqa: F401
-    except ImportError:
-        args.append("--mutate")
-    if "--mutate" in args:
-        sys.exit(run_mutation(runs, seed))
-    run_atheris([sys.argv[0], f"-runs={runs}", f"-seed={seed}"])
+TARGET = Target(
+    NAME, __name__, seeds, one_input, mutate, _keep, corpus_max=2048, max_len=4096,
+    instrument=("one_input", "_check_batch", "_check_record", "_check_violation"),
+)
 
 
 if __name__ == "__main__":
-    main()
+    main(TARGET)

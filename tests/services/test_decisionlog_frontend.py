@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -41,17 +40,13 @@ from services.telemetry import Telemetry
 from tests.conftest import World, feature_settings
 from tests.e2e import api_checks as c
 from tests.e2e.conftest import LoopThread
+from tests.support import free_port
 
 pytestmark = pytest.mark.e2e
 MAX_QUEUE = 4  # a batch call of more valid items is shed (RESOURCE_EXHAUSTED)
 ANON = {"name": "anonymous", "products": ["WORKING_CAPITAL"], "max_amount_minor": {"CNY": 5_000_000}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _settings(world: World, tmp: Path) -> Settings:
@@ -160,7 +155,7 @@ def run(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
     config.write_text(yaml.safe_dump({"decision_log": settings.decision_log.model_dump(mode="json")}))
     r = Run(settings, config, merchants=[f"M{9_000_000 + k:08d}" for k in range(11)])
     exporter = InMemorySpanExporter()
-    port = _free_port()
+    port = free_port()
     tel = Telemetry(TelemetrySettings(prometheus_port=port, trace_sample_ratio=1.0), "test",
                     [SimpleSpanProcessor(exporter)])
     capture = _Capture()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import urllib.request
 
 import grpc
@@ -20,18 +19,12 @@ from services.telemetry import NullTelemetry, Telemetry
 from tests.conftest import World
 from tests.e2e import api_checks as c
 from tests.e2e.conftest import LoopThread, settings_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support import free_port
 
 
 def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
     exporter = InMemorySpanExporter()
-    port = _free_port()
+    port = free_port()
     tel = Telemetry(
         TelemetrySettings(prometheus_port=port, trace_sample_ratio=1.0), "test", [SimpleSpanProcessor(exporter)]
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from importlib import metadata
 from typing import Any
 
+from services import version
 from services.runtime.channel import ChannelServer
 from services.runtime.channel.auth import resolve_secret
 from services.runtime.seam.registry import registry_actor
@@ -23,11 +23,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0  # well inside the registry's TTL, so a live replica never expires
 
 
-def _build() -> str:
-    try:
-        return metadata.version("creditauth")
-    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 class _ScorerImpl:
@@ -44,7 +39,7 @@ class _ScorerImpl:
         # The secret first: a replica that could not lock its channel must not start at all.
         secret = resolve_secret(settings.ray, "replica")
         self._engine = build_engine(settings)
-        self._build = _build()
+        self._build = version()
         self._channel = ChannelServer(
             self._engine.score,
             secret=secret,
