@@ -57,6 +57,8 @@ def add_log(sub: _Subparsers, common: Callable[[argparse.ArgumentParser], None])
     exp.add_argument("--to", dest="end", type=_when, required=True, help="end instant, excluded")
     exp.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="output format (default parquet)")
     exp.add_argument("--out", required=True, help="output file")
+    exp.add_argument("--refusals", action="store_true",
+                     help="export the items the front end refused (the refusals table) instead of the decisions")
     exp.set_defaults(run=log_export)
     cp = lg_sub.add_parser(
         "compact", help="the NATS decision stream into the Parquet layout (a durable consumer; until SIGTERM)"
@@ -76,12 +78,12 @@ def add_log(sub: _Subparsers, common: Callable[[argparse.ArgumentParser], None])
 
 
 def log_show(settings: Settings, args: argparse.Namespace) -> None:
-    from services.decisionlog.privacy import IdHasher, load_key
+    from services.decisionlog.privacy import IdHasher, search_keys
     from services.decisionlog.reader import lookup
 
     cfg = settings.decision_log
-    hasher = IdHasher(load_key(cfg, settings.data_dir, create=False))
-    rows = lookup(cfg.root(settings.data_dir), hasher, args.application_id, args.caller).to_dicts()
+    hashers = [IdHasher(k) for k in search_keys(cfg, settings.data_dir)]  # the current key, then older ones
+    rows = lookup(cfg.root(settings.data_dir), hashers, args.application_id, args.caller).to_dicts()
     if not rows:
         print(f"no decision logged for application {args.application_id}", file=sys.stderr)
         raise SystemExit(1)
@@ -134,12 +136,16 @@ def _describe(application_id: str, r: dict[str, Any]) -> str:
 
 def log_export(settings: Settings, args: argparse.Namespace) -> None:
     from services.decisionlog.reader import export
+    from services.decisionlog.refusals import refusals_root
 
     if args.end <= args.start:
         raise SystemExit("creditauth: error: --to must be after --from")
     root = settings.decision_log.root(settings.data_dir)
+    what = "front-end refusals" if args.refusals else "logged decisions"
+    if args.refusals:  # a table of its own (no decision, no inputs): exported on its own
+        root = refusals_root(root)
     n = export(root, args.start, args.end, Path(args.out), args.format)
-    print(f"exported {n:,} logged decisions ({args.start:%Y-%m-%d %H:%M} to {args.end:%Y-%m-%d %H:%M}) to {args.out}")
+    print(f"exported {n:,} {what} ({args.start:%Y-%m-%d %H:%M} to {args.end:%Y-%m-%d %H:%M}) to {args.out}")
 
 
 def log_compact(settings: Settings, args: argparse.Namespace) -> None:

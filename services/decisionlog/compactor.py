@@ -27,6 +27,11 @@ messages not acknowledged are read again, and those already in files are dropped
   being made, and is dropped: a message read again after a crash, or a retried publish
   stored twice because it came after JetStream's duplicate window.
 
+The front end's refusals (``refusals.py``) travel on the same stream under their own
+writers' subjects; a message whose table says it is one (its schema metadata
+``creditauth.refusals``) goes to the sibling table ``<out>/refusals/``, as the embedded sink
+writes it, so ``creditauth log show`` finds them and replay never reads one as a decision.
+
 One compactor per durable consumer and output directory (a lock in the state directory
 says so). With the default workqueue retention an acknowledged message leaves the stream.
 """
@@ -51,7 +56,7 @@ import pyarrow.parquet as pq
 
 from services.decisionlog.owned import OwnedDir
 from services.decisionlog.sinks.nats import NatsOptions, api_timeout, connect, ensure_stream, read_message
-from services.decisionlog.sinks.parquet import DICTIONARY, STATISTICS, segment_file
+from services.decisionlog.sinks.parquet import DICTIONARY, REFUSALS, STATISTICS, segment_file
 from services.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,6 +68,10 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_compactor"
 REQUIRED = {"replica_id", "batch_seq", "row", "logged_at"}  # what the compactor reads of a row
 META = b"creditauth.compactor"
+REFUSAL_META = b"creditauth.refusals"  # refusals.refusal_table's mark (not imported: the writer side)
+# A roll's groups: (sub-directory, hour); "" is the decisions table, REFUSALS its sibling.
+_Group = tuple[str, int]
+_TABLES = ("", REFUSALS)
 _HOUR_US = 3_600_000_000
 # A writer unseen this long is forgotten (its high-water mark): a repeat of its rows cannot
 # come later than its spool is drained, which is minutes to hours, not a month.
@@ -97,7 +106,7 @@ class CompactStats:
 
 @dataclass
 class _Roll:
-    groups: dict[int, list[pa.Table]]
+    groups: dict[_Group, list[pa.Table]]
     msgs: list[Msg]
     nbytes: int = 0
     opened: float = 0.0
@@ -130,6 +139,9 @@ class Compactor:
     def state_dir(self) -> Path:
         return self.out / STATE_DIR / self.name
 
+    def _table_root(self, kind: str) -> Path:
+        return self.out / kind if kind else self.out
+
     # --- start: the state, the renames left to do --------------------------------------
 
     def open(self) -> None:
@@ -145,8 +157,9 @@ class Compactor:
                 os.replace(t, f)  # committed, not yet renamed: finish
             elif not f.exists():
                 log.error("decision log compactor: %s is gone (committed, then removed by someone)", f)
-        for t in self.out.glob(f"date=*/hour=*/.{self.name}-*.parquet.tmp"):
-            t.unlink()  # written, never committed: its messages were not acknowledged
+        for table in _TABLES:
+            for t in self._table_root(table).glob(f"date=*/hour=*/.{self.name}-*.parquet.tmp"):
+                t.unlink()  # written, never committed: its messages were not acknowledged
         self._hw = {w: [int(k), float(seen)] for w, (k, seen) in state.get("high_water", {}).items()}
         self._next_seg = int(state.get("next_seg", 0))
         self._work = {w: int(v[0]) for w, v in self._hw.items()}
@@ -161,7 +174,7 @@ class Compactor:
         """No state file (first run, or it was lost): the marks from the files' footers."""
         hw: dict[str, list[float]] = {}
         seg = -1
-        files = list(self.out.glob(f"date=*/hour=*/{self.name}-*.parquet"))
+        files = [f for t in _TABLES for f in self._table_root(t).glob(f"date=*/hour=*/{self.name}-*.parquet")]
         for f in files:
             seg = max(seg, int(f.stem.rsplit("-", 1)[1]))
             meta = (pq.read_schema(f).metadata or {}).get(META)
@@ -271,6 +284,7 @@ class Compactor:
             self._take_rows(part)
 
     def _take_rows(self, table: pa.Table) -> None:
+        kind = REFUSALS if REFUSAL_META in (table.schema.metadata or {}) else ""
         writer = table["replica_id"][0].as_py()
         keys = _keys(table)
         mark = self._work.get(writer, -1)
@@ -284,7 +298,7 @@ class Compactor:
         hours = _hours(table)
         for h in np.unique(hours).tolist():
             part = table if (hours == h).all() else table.filter(pa.array(hours == h))
-            self._roll.groups[int(h)].append(part)
+            self._roll.groups[kind, int(h)].append(part)
             self._roll.nbytes += part.nbytes
 
     def _reject(self, m: Msg, exc: Exception) -> None:
@@ -311,9 +325,9 @@ class Compactor:
         """Temporary files, the state (commit point), the renames."""
         files: list[tuple[Path, Path]] = []
         marks: dict[str, int] = {}
-        for hour in sorted(roll.groups):
-            table = pa.concat_tables(roll.groups[hour], promote_options="default")
-            target = segment_file(self.out, self.name, self._next_seg, hour)
+        for kind, hour in sorted(roll.groups):
+            table = pa.concat_tables(roll.groups[kind, hour], promote_options="default")
+            target = segment_file(self._table_root(kind), self.name, self._next_seg, hour)
             self._next_seg += 1
             tmp = target.with_name(f".{target.name}.tmp")
             target.parent.mkdir(parents=True, exist_ok=True)

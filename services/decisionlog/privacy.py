@@ -32,17 +32,30 @@ def load_key(settings: DecisionLogSettings, data_dir: Path, *, create: bool = Tr
     would match nothing.
     """
     if settings.id_key_file is not None:
-        try:
-            key = settings.id_key_file.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"decision_log.id_key_file: cannot read {settings.id_key_file}: {exc}") from exc
-        if len(key) < 16:
-            raise ConfigError(f"decision_log.id_key_file: {settings.id_key_file} holds under 16 bytes")
-        return key
+        return _read_key(settings.id_key_file, "decision_log.id_key_file")
     path = settings.key_path(data_dir)
     if not create and not path.exists():
         raise ConfigError(f"decision_log.id_key_file: no key at {path}; the log cannot be searched without it")
     return _generated(path)
+
+
+def search_keys(settings: DecisionLogSettings, data_dir: Path) -> list[bytes]:
+    """Every key an identifier may have been hashed with: the current one, then the
+    previous ones (``id_previous_key_files``, rotation), for readers."""
+    previous = [
+        _read_key(f, f"decision_log.id_previous_key_files[{k}]") for k, f in enumerate(settings.id_previous_key_files)
+    ]
+    return [load_key(settings, data_dir, create=False), *previous]
+
+
+def _read_key(path: Path, setting: str) -> bytes:
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc}") from exc
+    if len(key) < 16:
+        raise ConfigError(f"{setting}: {path} holds under 16 bytes")
+    return key
 
 
 def _generated(path: Path) -> bytes:

@@ -10,6 +10,7 @@ the front end's refusals (``refusals.py``: a sibling table under ``<root>/refusa
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -50,13 +51,17 @@ def scan(root: Path, *, journal: bool = True) -> pl.DataFrame | None:
     return None
 
 
-def lookup(root: Path, hasher: IdHasher, application_id: str, caller: str | None = None) -> pl.DataFrame:
-    """Every row logged for ``application_id`` (optionally one caller's), oldest first."""
-    key = hasher.one(application_id)
+def lookup(
+    root: Path, hasher: IdHasher | Sequence[IdHasher], application_id: str, caller: str | None = None
+) -> pl.DataFrame:
+    """Every row logged for ``application_id`` (optionally one caller's), oldest first;
+    under each of ``hasher`` (the current key and those before a rotation)."""
+    hashers = [hasher] if isinstance(hasher, IdHasher) else list(hasher)
+    keys = [h.one(application_id) for h in hashers]
     frames = _frames(root, journal=True) + _frames(root / REFUSALS, journal=True)
     if not frames:
         return pl.DataFrame()
-    q = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("application_key") == key)
+    q = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("application_key").is_in(keys))
     if caller is not None:
         q = q.filter(pl.col("caller") == caller)
     return q.unique(subset=list(ROW_KEY), keep="first").sort("logged_at", "batch_seq", "row").collect()

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from services.decisionlog.privacy import KEY_BYTES, IdHasher, load_key
 from services.decisionlog.settings import DecisionLogSettings
+from services.decisionlog.sinks import Sink
 from services.decisionlog.sinks.parquet import REFUSALS, ParquetSink
 from services.decisionlog.spool import Spool
 from services.decisionlog.writer import DecisionLog
@@ -165,19 +166,23 @@ def refusal_table(entries: Sequence[Refused], ids: IdHasher, writer: str, first_
 
 
 def open_refusal_log(settings: DecisionLogSettings, data_dir: Path) -> RefusalLog | None:
-    """The front end's refusal log (None when the decision log is disabled): Parquet under
-    ``<root>/refusals``, its spool beside the decisions' spool, the same identifiers' key.
-
-    With ``sink: nats`` the refusals still go to this Parquet layout (the compactor reads
-    every message of the stream as decisions); see docs/decision-log.md.
+    """The front end's refusal log (None when the decision log is disabled), to the same sink
+    as the decisions: Parquet under ``<root>/refusals``, or the NATS stream under the front
+    end's own writer subject (the compactor puts them under ``refusals/`` by their table's
+    mark); its spool beside the decisions' spool; the same identifiers' key.
     """
     if not settings.enabled:
         return None
     base = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     wid = f"frontend-{base}-{uuid.uuid4().hex[:6]}"
-    root = refusals_root(settings.root(data_dir))
-    sink = ParquetSink(root, wid, roll_bytes=settings.roll_bytes, roll_interval_s=settings.roll_interval_s,
-                       fsync=settings.fsync)
+    sink: Sink
+    if settings.sink == "nats":
+        from services.decisionlog.sinks.nats import NatsSink
+
+        sink = NatsSink.from_settings(settings, wid)
+    else:
+        sink = ParquetSink(refusals_root(settings.root(data_dir)), wid, roll_bytes=settings.roll_bytes,
+                           roll_interval_s=settings.roll_interval_s, fsync=settings.fsync)
     spool_root = settings.spool_root(data_dir)
     # Beside, not inside, the decisions' spool: a spool adopts every stopped writer's
     # directory under its root, and refusals must not drain into the decisions' sink.

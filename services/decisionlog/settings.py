@@ -41,6 +41,10 @@ class DecisionLogSettings(BaseModel):
     # Key of the identifiers' keyed hash: a file (a mounted Secret; only entry points read
     # the environment). None: a key generated once beside the data directory (dev only).
     id_key_file: Path | None = None
+    # Keys the identifiers were hashed with before the current one (files, newest first):
+    # rotation. New rows use id_key_file; `log show` searches under every key, so a
+    # decision logged before a rotation is still found.
+    id_previous_key_files: tuple[Path, ...] = ()
     # Names this replica's files (None: host-pid-random).
     replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -106,3 +106,41 @@ def test_log_export_refuses_a_bad_window(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         main(["log", "export", "--from", "yesterday", "--to", "2026-01-01", "--out", str(tmp_path / "x")])
     assert "not an ISO date" in capsys.readouterr().err
+
+
+def test_a_rotated_key_still_finds_what_was_logged_before(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rotation: new rows under the new key; ``show`` searches the previous keys too."""
+    _write_log(tmp_path)  # under the generated key
+    old = DecisionLogSettings().key_path(tmp_path)
+    new = tmp_path / "rotated.key"
+    new.write_text("a-new-key-of-at-least-16-bytes\n")
+    rotated = tmp_path / "rotated.yaml"
+    rotated.write_text(f"decision_log:\n  id_key_file: {new}\n  id_previous_key_files: [{old}]\n")
+    only_new = tmp_path / "only-new.yaml"
+    only_new.write_text(f"decision_log:\n  id_key_file: {new}\n")
+    log = open_log(DecisionLogSettings(id_key_file=new), tmp_path)  # a replica after the rotation
+    assert log is not None
+    req = np.zeros(1, REQUEST_DTYPE)
+    req["application_id"], req["merchant_id"], req["currency"], req["deadline"] = b"after-1", b"M1", 1, time.time() + 5
+    rows = blank_decisions(1)
+    rows["decision_id"], rows["decision"], rows["currency"] = b"d-after", APPROVE, 1
+    log.append(req, DecisionBatch(rows, TABLE, "", {}), np.zeros(1, bool), np.zeros(0, np.intp), None)
+    log.close()
+
+    base = ["--data-dir", str(tmp_path)]
+    assert _show(["app-0-2", *base, "--config", str(only_new)], capsys)[0] == 1, "not under the new key alone"
+    for app, decision in (("app-0-2", "d-0-2"), ("after-1", "d-after")):
+        code, out = _show([app, *base, "--config", str(rotated)], capsys)
+        assert code == 0 and f"id {decision}" in out
+    missing = tmp_path / "rotated-missing.yaml"
+    missing.write_text(f"decision_log:\n  id_key_file: {new}\n  id_previous_key_files: [{tmp_path / 'gone'}]\n")
+    code, err = _show(["app-0-2", *base, "--config", str(missing)], capsys)
+    assert code == 2 and "decision_log.id_previous_key_files[0]" in err
+
+
+def _show(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        main(["log", "show", *args])
+    except SystemExit as exc:
+        return int(exc.code or 0), capsys.readouterr().err
+    return 0, capsys.readouterr().out

@@ -295,6 +295,49 @@ def test_every_decision_is_in_the_stream_once_then_in_parquet_once(
     assert pl.read_parquet(out).height == sum(sizes.values())
 
 
+def test_refusals_travel_on_the_stream_and_are_compacted_beside_the_decisions(
+    tmp_path: Path, stream: Stream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``sink: nats`` a front end's refusals go to the stream too, under its own writer
+    subject; the compactor writes them to ``refusals/``, never into the decisions table."""
+    from services.cli.main import main
+    from services.decisionlog.refusals import open_refusal_log, refusals_root
+
+    settings = DecisionLogSettings(
+        sink="nats", nats_stream=stream.name, nats_subject=stream.subject, flush_interval_s=0.05, nats_timeout_s=5.0
+    )
+    decisions, refusals = open_log(settings, tmp_path), open_refusal_log(settings, tmp_path)
+    assert decisions is not None and refusals is not None
+    _append(decisions, 1, 3)
+    for k in range(4):
+        refusals.refused("Authorize", b"caller-a", [(f"refused-{k}".encode(), 3, "requested_amount", "too large")])
+    decisions.close()
+    refusals.close()
+    assert refusals.stats.logged_rows == 4 and refusals.stats.spooled_rows == 0
+    writers = (decisions.replica_id, refusals.replica_id)
+    assert opts_subjects(stream) == {stream.options().subject_of(w) for w in writers}
+
+    root = settings.root(tmp_path)
+    c = _compact(stream, root)
+    assert c.stats.rows == 3 + 4 and c.stats.rejected == 0
+    assert _parquet_rows(root).height == 3, "no refusal among the decisions"
+    refused = _parquet_rows(refusals_root(root))
+    assert sorted(refused["application_key"].is_null().to_list()) == [False] * 4
+    assert set(refused["replica_id"].to_list()) == {refusals.replica_id}
+    assert set(refused["error_field"].to_list()) == {"requested_amount"}
+    main(["log", "show", "refused-2", "--data-dir", str(tmp_path)])
+    assert "refused by the front end (Authorize)" in capsys.readouterr().out
+    span = ["--from", "2000-01-01", "--to", "2100-01-01", "--data-dir", str(tmp_path)]
+    for flag, rows in (([], 3), (["--refusals"], 4)):
+        out = tmp_path / f"export{len(flag)}.csv"
+        main(["log", "export", *span, "--format", "csv", "--out", str(out), *flag])
+        assert pl.read_csv(out).height == rows
+
+
+def opts_subjects(s: Stream) -> set[str]:
+    return {subj for subj, _, _ in _stored(s)}
+
+
 def test_a_flush_larger_than_the_server_payload_is_split_in_order(tmp_path: Path, stream: Stream) -> None:
     from services.decisionlog.bench import _sample_entry
     from services.decisionlog.privacy import IdHasher
