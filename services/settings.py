@@ -143,6 +143,21 @@ class TelemetrySettings(_Strict):
     # SDK histogram record costs ~4.6 us here, the largest part of telemetry's cost
     # per unary RPC. Counts (RPCs, decisions, errors) are always exact.
     histogram_sample_every: int = Field(4, ge=1, le=1000)
+    # Process logs: text for a terminal, json (one object per line, with trace and span
+    # ids) for a log pipeline (services/logs.py).
+    log_format: Literal["text", "json"] = "text"
+
+
+class BundleSettings(_Strict):
+    """Serve a deployment from a bundle registry (docs/bundles.md) instead of
+    ``model_version``/``policy_path``, and follow it: a promotion or rollback is loaded,
+    gated and warmed off the hot path, then swapped in between batches."""
+
+    # A directory, or any pyarrow.fs URI (s3://bucket/prefix, gs://..., a mounted volume).
+    registry: str = Field(min_length=1)
+    deployment: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # How often a replica reads the index version (one listing); "reload" asks at once.
+    poll_interval_s: float = Field(5.0, gt=0, le=3600)
 
 
 class Settings(_Strict):
@@ -155,6 +170,8 @@ class Settings(_Strict):
     model_version: str = "latest"
     # None: the packaged default policy.
     policy_path: Path | None = None
+    # None: serve model_version and policy_path, fixed for the replica's life.
+    bundle: BundleSettings | None = None
 
     @property
     def data_dir(self) -> Path:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 
 from services.schema import codes
@@ -34,6 +35,11 @@ from services.settings import TelemetrySettings
 
 log = logging.getLogger(__name__)
 _DECISIONS = ("UNSPECIFIED", "APPROVE", "DECLINE", "REVIEW")
+# OpenTelemetry's RPC semantic conventions: the metric names and attributes every gRPC
+# dashboard and instrumentation library uses (rpc.server.call.duration in seconds).
+RPC_SERVICE = "creditauth.v1.CreditAuthorization"
+RPC_DURATION = "rpc.server.call.duration"
+_STATUS_CODES = {c.name: c.value[0] for c in grpc.StatusCode}
 
 
 class NullTelemetry:
@@ -58,8 +64,14 @@ class NullTelemetry:
         return False
 
     @contextlib.contextmanager
-    def span(self, name: str, links: Sequence[str] = (), **attrs: Any) -> Iterator[str | None]:
+    def span(
+        self, name: str, links: Sequence[str] = (), parent: str | None = None, **attrs: Any
+    ) -> Iterator[str | None]:
         yield None
+
+    def continues(self, traceparent: str | None) -> bool:
+        """Whether a caller's trace context asks for this RPC to be traced (its sampled flag)."""
+        return False
 
     def shutdown(self) -> None:
         return None
@@ -109,7 +121,9 @@ class Telemetry(NullTelemetry):
         self._tracer = tracer_provider.get_tracer("creditauth")
         meter = self._meter_provider.get_meter("creditauth")
         self._trace = trace
-        self._rpc_seconds = meter.create_histogram("creditauth.rpc.duration", unit="s", description="RPC latency")
+        self._rpc_seconds = meter.create_histogram(
+            RPC_DURATION, unit="s", description="Duration of inbound RPCs (OpenTelemetry RPC semantic conventions)"
+        )
         self._batch_size = meter.create_histogram("creditauth.batch.size", description="Decisions per backend call")
         self._batch_seconds = meter.create_histogram("creditauth.batch.duration", unit="s")
         self._stage_seconds = meter.create_histogram(
@@ -119,12 +133,12 @@ class Telemetry(NullTelemetry):
         self._rpc_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._outcome_counts = [0, 0, 0, 0]
         self._error_counts: collections.Counter[str] = collections.Counter()
-        self._attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._attrs: dict[tuple[str, str], dict[str, str | int]] = {}
         self._stage_attrs: dict[str, dict[str, str]] = {}
         self._metrics = metrics
         self._meter = meter
         meter.create_observable_counter(
-            "creditauth.rpcs", callbacks=[self._observe_rpcs], description="RPCs by method and status"
+            "creditauth.rpcs", callbacks=[self._observe_rpcs], description="RPCs by method and gRPC status code"
         )
         meter.create_observable_counter(
             "creditauth.decisions", callbacks=[self._observe_outcomes], description="Decisions by outcome"
@@ -135,7 +149,7 @@ class Telemetry(NullTelemetry):
 
     def _observe_rpcs(self, _options: Any) -> Iterator[Any]:
         for (rpc, status), n in list(self._rpc_counts.items()):
-            yield self._metrics.Observation(n, {"rpc": rpc, "status": status})
+            yield self._metrics.Observation(n, _rpc_attrs(rpc, status))
 
     def _observe_outcomes(self, _options: Any) -> Iterator[Any]:
         for code, n in enumerate(self._outcome_counts):
@@ -155,7 +169,7 @@ class Telemetry(NullTelemetry):
             return
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = self._attrs[key] = {"rpc": rpc, "status": status}
+            attrs = self._attrs[key] = _rpc_attrs(rpc, status)
         self._rpc_seconds.record(seconds, attrs)
 
     def outcome(self, status: int, decision: int) -> None:
@@ -199,14 +213,26 @@ class Telemetry(NullTelemetry):
         return self._ratio > 0 and random.random() < self._ratio  # stdlib: ~20x cheaper than numpy's per call
 
     @contextlib.contextmanager
-    def span(self, name: str, links: Sequence[str] = (), **attrs: Any) -> Iterator[str | None]:
-        """A span (linked to ``links``, W3C traceparents); yields its own traceparent."""
-        from opentelemetry.trace import Link
+    def span(
+        self, name: str, links: Sequence[str] = (), parent: str | None = None, **attrs: Any
+    ) -> Iterator[str | None]:
+        """A span, the child of ``parent`` (a W3C traceparent: the caller's, or the front end's
+        across the Ray hop) or else of the current span, linked to ``links``; yields its own
+        traceparent."""
+        from opentelemetry.trace import Link, NonRecordingSpan, set_span_in_context
 
         link_objs = [Link(ctx) for ctx in (_parse(tp) for tp in links) if ctx is not None]
-        with self._tracer.start_as_current_span(name, links=link_objs, attributes=attrs) as span:
+        remote = _parse(parent) if parent else None
+        context = set_span_in_context(NonRecordingSpan(remote)) if remote is not None else None
+        with self._tracer.start_as_current_span(name, context=context, links=link_objs, attributes=attrs) as span:
             ctx = span.get_span_context()
             yield f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+    def continues(self, traceparent: str | None) -> bool:
+        """A caller's sampled trace is always continued (W3C trace context, ``traceparent``
+        metadata): its own sampling decision stands, as a ParentBased sampler would keep it."""
+        ctx = _parse(traceparent) if traceparent else None
+        return ctx is not None and bool(ctx.trace_flags.sampled)
 
     def shutdown(self) -> None:
         try:
@@ -216,14 +242,26 @@ class Telemetry(NullTelemetry):
             log.debug("telemetry shutdown: %s", exc)
 
 
-def _parse(traceparent: str) -> Any:
-    from opentelemetry.trace import SpanContext, TraceFlags
+def _rpc_attrs(rpc: str, status: str) -> dict[str, str | int]:
+    return {"rpc.system": "grpc", "rpc.service": RPC_SERVICE, "rpc.method": rpc,
+            "rpc.grpc.status_code": _STATUS_CODES.get(status, 2)}
 
+
+def _parse(traceparent: str) -> Any:
+    """A W3C traceparent (version 00) as a remote SpanContext; None if malformed (a caller's
+    header is input: bounded, checked, never trusted to be well formed)."""
+    from opentelemetry.trace import INVALID_SPAN_ID, INVALID_TRACE_ID, SpanContext, TraceFlags
+
+    parts = traceparent.split("-") if len(traceparent) == 55 else ()
+    if len(parts) != 4 or parts[0] != "00" or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
     try:
-        _, trace_id, span_id, flags = traceparent.split("-")
-        return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
     except ValueError:
         return None
+    if trace_id == INVALID_TRACE_ID or span_id == INVALID_SPAN_ID:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
 
 
 def setup(settings: TelemetrySettings, service: str) -> NullTelemetry:

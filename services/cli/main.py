@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from features import FeatureError
 from kernels import KernelError
-from services import version
+from services import logs, version
 from services.cli.client import add_client
 from services.cli.controls import add_controls
 from services.cli.log import add_log
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         " -> Feast features -> Cython kernels.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="process logs as text or JSON lines with trace ids (default: telemetry.log_format)")
     parser.add_argument("--version", action="version", version=f"creditauth {version()}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
@@ -265,10 +267,8 @@ def main(argv: list[str] | None = None) -> None:
         # gRPC: hand it the rest of the command line, unparsed.
         os.execv(sys.executable, [sys.executable, "-m", "loadtest", *argv[1:]])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logs.configure(level, args.log_format or "text")
     from services.cli import commands
 
     try:
@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         # Client commands (services/cli/client.py) talk to a server and take no settings.
         settings = None if getattr(args, "no_settings", False) else settings_from(args)
+        if settings is not None and args.log_format is None:
+            logs.configure(level, settings.telemetry.log_format)
         # A command module of its own sets ``run`` (services/cli/log.py); the rest live in commands.
         name = f"{args.group}_{getattr(args, 'cmd', '')}".rstrip("_")
         handler = getattr(args, "run", None) or getattr(commands, name)

@@ -40,24 +40,59 @@ _FINGERPRINTED = tuple(c.name for c in REQUEST if c.fingerprint)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
+def _word_index() -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+    """Where each byte of the fingerprinted words sits in a request record, and which
+    bytes are padding (each column's bytes zero-padded to whole 64-bit words)."""
+    idx: list[int] = []
+    pad: list[bool] = []
+    for name in _FINGERPRINTED:
+        offset, width = REQUEST_DTYPE.fields[name][1], REQUEST_DTYPE[name].itemsize  # type: ignore[index]
+        padded = -(-width // 8) * 8
+        idx += [offset + k if k < width else 0 for k in range(padded)]
+        pad += [k >= width for k in range(padded)]
+    return np.array(idx, np.intp), np.array(pad, bool)
+
+
+_WORD_BYTES, _WORD_PAD = _word_index()
+_SMALL = 8  # rows up to which the mixing runs on Python ints: ~3 us a row against ~60 us of numpy calls
+_MASK = (1 << 64) - 1
+
+
 def fingerprints(rows: Rows) -> npt.NDArray[np.uint64]:
     """A stable 64-bit digest per request of what was asked (not when, not under which id).
 
-    Each fingerprinted column's bytes are read as little-endian 64-bit words and mixed in,
-    in declaration order; vectorized over the batch.
+    Each fingerprinted column's bytes are read as little-endian 64-bit words (zero-padded)
+    and mixed in, in declaration order. The words are gathered from the records in one
+    indexing step; the mixing is vectorized over the batch, or on Python ints for a few
+    rows (the same arithmetic modulo 2**64: a single request pays microseconds, not the
+    fixed cost of ~50 numpy calls).
     """
     n = rows.shape[0]
+    if not n:
+        return np.zeros(0, dtype=np.uint64)
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(n, REQUEST_DTYPE.itemsize).take(_WORD_BYTES, axis=1)
+    raw[:, _WORD_PAD] = 0
+    words = raw.view("<u8")
+    if n <= _SMALL:
+        return _mix_few(words.tolist())
     h = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for name in _FINGERPRINTED:
-            col = np.ascontiguousarray(rows[name])
-            width = col.dtype.itemsize
-            raw = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
-            raw[:, :width] = col.view(np.uint8).reshape(n, width)
-            for word in raw.view("<u8").T:
-                h = (h ^ word) * _MIX
-                h ^= h >> np.uint64(29)
+        for word in words.T:
+            h = (h ^ word) * _MIX
+            h ^= h >> np.uint64(29)
     return h
+
+
+def _mix_few(words: list[list[int]]) -> npt.NDArray[np.uint64]:
+    mix = int(_MIX)
+    out = []
+    for row in words:
+        x = 0
+        for w in row:
+            x = ((x ^ w) * mix) & _MASK
+            x ^= x >> 29
+        out.append(x)
+    return np.array(out, dtype=np.uint64)
 
 
 @dataclass(frozen=True)

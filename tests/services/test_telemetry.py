@@ -54,18 +54,20 @@ def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
         def series(name: str, *labels: str) -> list[str]:
             return [ln for ln in lines if ln.startswith(name + "{") and all(lb in ln for lb in labels)]
 
-        ok = series("creditauth_rpcs_total", 'rpc="Authorize"', 'status="OK"')
+        ok = series("creditauth_rpcs_total", 'rpc_method="Authorize"', 'rpc_grpc_status_code="0"')
         assert ok and float(ok[0].rsplit(" ", 1)[1]) == 5.0
-        assert series("creditauth_rpcs_total", 'status="INVALID_ARGUMENT"')
+        assert series("creditauth_rpcs_total", 'rpc_grpc_status_code="3"')  # INVALID_ARGUMENT
         decided = series("creditauth_decisions_total")
         assert sum(float(ln.rsplit(" ", 1)[1]) for ln in decided) == 25.0
         for stage in ("feature_read", "kernel", "policy"):
             assert series("creditauth_stage_duration_seconds_count", f'stage="{stage}"')
         assert series("creditauth_batch_size_count") and series("creditauth_queue_depth")
         # Latencies are a 1-in-4 sample of OK RPCs (5 calls -> 1 recorded); errors always.
-        timed = series("creditauth_rpc_duration_seconds_count", 'rpc="Authorize"', 'status="OK"')
+        # OpenTelemetry's RPC semantic conventions: rpc.server.call.duration, rpc.* attributes.
+        semconv = ('rpc_system="grpc"', 'rpc_service="creditauth.v1.CreditAuthorization"', 'rpc_method="Authorize"')
+        timed = series("rpc_server_call_duration_seconds_count", *semconv, 'rpc_grpc_status_code="0"')
         assert timed and float(timed[0].rsplit(" ", 1)[1]) == 1.0
-        failed = series("creditauth_rpc_duration_seconds_count", 'status="INVALID_ARGUMENT"')
+        failed = series("rpc_server_call_duration_seconds_count", 'rpc_grpc_status_code="3"')
         assert failed and float(failed[0].rsplit(" ", 1)[1]) == 1.0
 
         spans = exporter.get_finished_spans()
