@@ -54,10 +54,15 @@ class NullTelemetry:
     def outcomes(self, answered: DecisionBatch) -> None:
         return None
 
-    def batch(self, size: int, seconds: float, stage_s: Mapping[str, float]) -> None:
+    def batch(
+        self, size: int, seconds: float, stage_s: Mapping[str, float], answered: DecisionBatch | None = None
+    ) -> None:
         return None
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
+        return None
+
+    def watch_ready(self, ready: Callable[[], bool]) -> None:
         return None
 
     def sampled(self) -> bool:
@@ -133,6 +138,7 @@ class Telemetry(NullTelemetry):
         self._rpc_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._outcome_counts = [0, 0, 0, 0]
         self._error_counts: collections.Counter[str] = collections.Counter()
+        self._flag_counts = {"degraded": 0, "stale": 0}  # decisions answered with the flag set
         self._attrs: dict[tuple[str, str], dict[str, str | int]] = {}
         self._stage_attrs: dict[str, dict[str, str]] = {}
         self._metrics = metrics
@@ -146,6 +152,10 @@ class Telemetry(NullTelemetry):
         meter.create_observable_counter(
             "creditauth.item.errors", callbacks=[self._observe_errors], description="Items not decided, by status"
         )
+        meter.create_observable_counter(
+            "creditauth.decisions.flagged", callbacks=[self._observe_flags],
+            description="Decisions answered degraded (an input missing) or on stale features, by flag",
+        )
 
     def _observe_rpcs(self, _options: Any) -> Iterator[Any]:
         for (rpc, status), n in list(self._rpc_counts.items()):
@@ -155,6 +165,10 @@ class Telemetry(NullTelemetry):
         for code, n in enumerate(self._outcome_counts):
             if n:
                 yield self._metrics.Observation(n, {"outcome": _DECISIONS[code]})
+
+    def _observe_flags(self, _options: Any) -> Iterator[Any]:
+        for flag, n in list(self._flag_counts.items()):
+            yield self._metrics.Observation(n, {"flag": flag})
 
     def _observe_errors(self, _options: Any) -> Iterator[Any]:
         for status, n in list(self._error_counts.items()):
@@ -189,8 +203,16 @@ class Telemetry(NullTelemetry):
             for code, n in zip(*np.unique(status[~ok], return_counts=True), strict=True):
                 self._error_counts[codes.name(int(code))] += int(n)
 
-    def batch(self, size: int, seconds: float, stage_s: Mapping[str, float]) -> None:
-        """One backend call: its size, its duration and the replica's time per stage."""
+    def batch(
+        self, size: int, seconds: float, stage_s: Mapping[str, float], answered: DecisionBatch | None = None
+    ) -> None:
+        """One backend call: its size, its duration, the replica's time per stage, and (every
+        call: exact counts) how many of its answered decisions were degraded or stale."""
+        if answered is not None:
+            rows = answered.rows
+            ok = rows["status"] == 0
+            self._flag_counts["degraded"] += int(np.count_nonzero(rows["degraded"] & ok))
+            self._flag_counts["stale"] += int(np.count_nonzero(rows["stale"] & ok))
         self._batch_tick += 1
         if self._batch_tick % self._every:
             return
@@ -207,6 +229,13 @@ class Telemetry(NullTelemetry):
             yield self._metrics.Observation(depth())
 
         self._meter.create_observable_gauge("creditauth.queue.depth", callbacks=[observe])
+
+    def watch_ready(self, ready: Callable[[], bool]) -> None:
+        """1 while this front end is ready (replicas reachable, their stores answering), else 0."""
+        def observe(_options: Any) -> Iterator[Any]:
+            yield self._metrics.Observation(1 if ready() else 0)
+
+        self._meter.create_observable_gauge("creditauth.ready", callbacks=[observe])
 
     def sampled(self) -> bool:
         """Whether to trace this RPC: decided here, cheaply, before any SDK object exists."""
