@@ -202,18 +202,22 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtest", description=_DESCRIPTION,
+    # `creditauth loadtest ...` hands its arguments to this parser (also `python -m loadtest`).
+    p = argparse.ArgumentParser(prog="creditauth loadtest", description=_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     q = sub.add_parser("quick", help="short closed-loop run of unary, batch and stream RPCs; JSON on stdout")
-    q.add_argument("--target", default="127.0.0.1:50051", type=_loopback_only)
-    q.add_argument("--data-dir", type=Path, default=Path(".creditauth"))
-    q.add_argument("--requests", type=int, default=4000)
-    q.add_argument("--concurrency", type=int, default=64)
-    q.add_argument("--batch-calls", type=int, default=200)
-    q.add_argument("--stream-requests", type=int, default=10_000)
-    q.add_argument("--timeout", type=float, default=10.0)
+    q.add_argument("--target", default="127.0.0.1:50051", type=_loopback_only,
+                   help="HOST:PORT of the front end, on loopback (default 127.0.0.1:50051)")
+    q.add_argument("--data-dir", type=Path, default=Path(".creditauth"),
+                   help="the synthetic population the requests name merchants from (default .creditauth)")
+    q.add_argument("--requests", type=int, default=4000, help="unary Authorize calls (default 4000)")
+    q.add_argument("--concurrency", type=int, default=64, help="calls in flight at once (default 64)")
+    q.add_argument("--batch-calls", type=int, default=200, help="AuthorizeBatch calls (default 200)")
+    q.add_argument("--stream-requests", type=int, default=10_000,
+                   help="requests sent over AuthorizeStream (default 10,000)")
+    q.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds (default 10)")
     q.add_argument("--tls-ca", type=Path, help="connect with TLS, checking the server against this CA (PEM)")
     q.add_argument("--tls-name", default="localhost", help="the name the server certificate must carry")
     q.set_defaults(func=_cmd_quick)
@@ -233,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_campaign)
 
     v = sub.add_parser("validate", help="check campaign files without running them")
-    v.add_argument("files", nargs="+", type=Path)
+    v.add_argument("files", nargs="+", type=Path, help="campaign YAML files")
     v.set_defaults(func=_cmd_validate)
 
     r = sub.add_parser("report", help="re-render report.html from a summary.json")
-    r.add_argument("summary", type=Path)
-    r.add_argument("--out", type=Path)
+    r.add_argument("summary", type=Path, help="a campaign's summary.json")
+    r.add_argument("--out", type=Path, help="where to write the HTML (default: report.html beside the summary)")
     r.set_defaults(func=_cmd_report)
 
     k = sub.add_parser("capacity", help="cores and nodes for a target rate from measured per-core throughput")
@@ -253,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--label", help="target label in --from-report (default: the first)")
     k.add_argument("--utilisation", type=float, default=0.6, help="planned load as a share of capacity (0.6)")
     k.add_argument("--spare", type=int, default=1, help="spare units per tier, N+k (default 1)")
-    k.add_argument("--cores-per-node", type=int, default=32)
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--cores-per-node", type=int, default=32, help="cores of one node (default 32)")
+    k.add_argument("--json", action="store_true", help="print the plan as JSON")
     k.set_defaults(func=_cmd_capacity)
     return p
 

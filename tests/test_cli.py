@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,25 @@ def test_version() -> None:
 
     out = subprocess.run([sys.executable, "-m", "services.cli.main", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"creditauth {metadata.version('creditauth')}"
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
+    """Every option and positional without a help text, in a parser and its sub-commands."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _undocumented(sub, [*path, name])
+        elif not action.help:
+            out.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+    return out
+
+
+def test_every_option_says_what_it_does() -> None:
+    from loadtest.cli import build_parser as loadtest_parser
+
+
+    assert _undocumented(build_parser(), ["creditauth"]) == []
+    lt = loadtest_parser()
+    assert _undocumented(lt, ["creditauth", "loadtest"]) == []
+    assert lt.format_usage().startswith("usage: creditauth loadtest "), "named as the user calls it"
