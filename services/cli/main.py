@@ -22,6 +22,7 @@ from services.cli.controls import add_controls
 from services.cli.log import add_log
 from services.cli.policy import add_policy
 from services.cli.replay import add_replay
+from services.cli.settings_doc import add_settings
 from services.errors import CreditAuthError
 from services.settings import Settings, load_settings
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_controls(sub, _common)
     add_replay(sub, _common)
     add_policy(sub, _common)
+    add_settings(sub)
     _add_demo(sub)
     return parser
 
