@@ -60,6 +60,21 @@ BUREAU_FEATURES: tuple[str, ...] = (
     "oldest_account_months",
 )
 
+# A merchant's last week against its own 13-week profile (``features.early_warning.baseline``,
+# which documents each column), and the share of its region's and industry's merchants
+# whose revenue dropped so (``features.early_warning.scan.segment_shares``). Policy signals,
+# not model inputs: ``features.training`` lists the model's columns by view and leaves this
+# view out, as it leaves velocity out.
+BASELINE_FEATURES: tuple[str, ...] = (
+    "rev_recent_7d",
+    "rev_profile_median_7d",
+    "rev_profile_mad_7d",
+    "rev_robust_z_7d",
+    "rev_change_7d",
+    "region_drop_share",
+    "industry_drop_share",
+)
+
 ENTITY = "merchant"
 JOIN_KEY = "merchant_id"
 FEATURE_SERVICE = "credit_authorization_v1"
@@ -110,6 +125,13 @@ TAGS = FeatureView(
     "1,000+ identity and behaviour tags packed as one little-endian bitset",
     "risk-data",
 )
+BASELINE = FeatureView(
+    "merchant_baseline",
+    tuple((f, "float32") for f in BASELINE_FEATURES),
+    "Revenue of the last 7 days against the merchant's own 13-week profile (robust z-score), "
+    "and the share of its region and industry whose revenue dropped",
+    "risk-data",
+)
 VELOCITY = FeatureView(
     "merchant_velocity",
     (("apps_1h", "int64"), ("apps_24h", "int64"), ("window_state", "bytes")),
@@ -119,10 +141,11 @@ VELOCITY = FeatureView(
     "risk-platform",
 )
 
-BATCH_VIEWS: tuple[FeatureView, ...] = (FLOWS, PROFILE, BUREAU, TAGS)
+BATCH_VIEWS: tuple[FeatureView, ...] = (FLOWS, PROFILE, BUREAU, TAGS, BASELINE)
 ALL_VIEWS: tuple[FeatureView, ...] = (*BATCH_VIEWS, VELOCITY)
-# Views whose float/int fields form the dense feature matrix, in this order.
-MATRIX_VIEWS: tuple[FeatureView, ...] = (FLOWS, PROFILE, BUREAU, VELOCITY)
+# Views whose float/int fields form the dense feature matrix, in this order (the baseline
+# last: earlier columns keep their positions).
+MATRIX_VIEWS: tuple[FeatureView, ...] = (FLOWS, PROFILE, BUREAU, VELOCITY, BASELINE)
 MATRIX_COLUMNS: tuple[str, ...] = tuple(f for v in MATRIX_VIEWS for f in v.numeric_names)
 
 # Request-time features, computed per batch from the request (see features.request).

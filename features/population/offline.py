@@ -25,6 +25,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.early_warning.baseline import baseline_table
+from features.early_warning.scan import add_segment_shares
 from features.errors import FeatureDataError
 from features.population import aggregate
 from features.population.generate import raw_dir
@@ -33,7 +35,7 @@ from features.population.tags import TagRules, thresholds
 # build_offline_tables reports every merchant once per pass.
 PASSES = 2
 _STAMPS = ["event_timestamp", "created_timestamp"]
-_TABLES = ("merchant_flows", "merchant_profile", "merchant_bureau", "merchant_velocity")
+_TABLES = ("merchant_flows", "merchant_profile", "merchant_bureau", "merchant_velocity", "merchant_baseline")
 
 
 def offline_dir(data_dir: Path) -> Path:
@@ -94,6 +96,7 @@ def build_offline_tables(
                 "merchant_profile": aggregate.profile_table(merchants, stamp),
                 "merchant_bureau": aggregate.bureau_table(bureau, stamp),
                 "merchant_velocity": aggregate.velocity_seed(merchants, stamp),
+                "merchant_baseline": baseline_table(merchants, flows, as_of, stamp),
             }
             for name, frame in tables.items():
                 writers[name].write(frame)
@@ -110,6 +113,7 @@ def build_offline_tables(
         for w in writers.values():
             w.close()
 
+    add_segment_shares(paths["merchant_baseline"], paths["merchant_profile"])
     flow_path = paths["merchant_flows"]
     rules = TagRules(thresholds(lambda c: pl.read_parquet(flow_path, columns=[c]).to_series()))
     rules.write_catalog(out / "tag_catalog.json")

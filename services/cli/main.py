@@ -23,6 +23,7 @@ from services.cli.log import add_log
 from services.cli.policy import add_policy
 from services.cli.replay import add_replay
 from services.cli.settings_doc import add_settings
+from services.cli.warnings import add_warnings
 from services.errors import CreditAuthError
 from services.settings import Settings, load_settings
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client(sub)
     add_log(sub, _common)
     add_controls(sub, _common)
+    add_warnings(sub, _common)
     add_replay(sub, _common)
     add_policy(sub, _common)
     add_settings(sub)

@@ -125,8 +125,20 @@ def _tag_words(df: pl.DataFrame) -> npt.NDArray[np.uint64]:
     return out
 
 
+def _added_since(df: pl.DataFrame) -> pl.DataFrame:
+    """A log written before a feature or view was added to the catalogue replays without it
+    (null: missing, as the replica that decided never read it), rather than not at all."""
+    absent = [c for c in (*_FEATURES, *(f"view_ts_{v}" for v in VIEW_NAMES)) if c not in df.columns]
+    if not absent or not any(c in df.columns for c in _FEATURES):
+        return df  # nothing added, or not a decision log at all (the checks below say so)
+    return df.with_columns(
+        pl.lit(None, dtype=pl.Float32 if c.startswith(FEATURE_PREFIX) else pl.Int64).alias(c) for c in absent
+    )
+
+
 def inputs_of(df: pl.DataFrame, max_feature_age_s: float) -> Inputs:
     """The decider's inputs from logged rows that were decided here."""
+    df = _added_since(df)
     for name in (*_FEATURES, *_FOUND_VIEWS, "feature_event_ts", "feature_age_s", "degraded"):
         _column(df, name)
     matrix = np.ascontiguousarray(df.select(_FEATURES).to_numpy().astype(np.float32, copy=False))

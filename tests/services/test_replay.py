@@ -18,8 +18,10 @@ import pytest
 import yaml
 
 from features import open_backend
+from features.catalog import BATCH_VIEWS
 from services.cli.main import main
-from services.decisionlog.replay import Makers, read_log, recompute
+from services.decisionlog.replay import Log, Makers, read_log, recompute
+from services.decisionlog.schema import FEATURE_PREFIX
 from services.decisionlog.whatif import compared, population_inputs, report, summary
 from services.policy.config import DEFAULT_POLICY
 from services.schema.codes import Code
@@ -144,6 +146,18 @@ def test_replay_with_the_versions_that_made_them_is_identical(made: Made) -> Non
     np.testing.assert_allclose(out.pd[order], f["pd"].to_numpy(), rtol=0, atol=1e-12)
     codes = [[rec.reasons.words[r] for r in row if r >= 0] for row in out.reasons[order]]
     assert codes == f["reasons"].to_list()
+
+
+def test_a_log_from_before_a_view_was_added_still_replays(made: Made) -> None:
+    """Decisions logged before the catalogue grew a view (here: its columns dropped from the
+    log) replay with that view missing, as the replica that made them never read it."""
+    log = read_log(made.root)
+    (view,) = [v for v in BATCH_VIEWS if v.name == "merchant_baseline"]  # policy-only: not a model input
+    older = [f"{FEATURE_PREFIX}{c}" for c in view.numeric_names] + [f"view_ts_{view.name}"]
+    old = Log(log.decided.drop(older), log.replays, log.refused, log.without_inputs)
+    rec = recompute(old, Makers(made.settings.features))
+    s = summary(rec)
+    assert s["mismatched"] == 0 and s["identical"] == log.decided.height, s["first_mismatches"]
 
 
 def test_replay_cli_passes_and_fails_on_a_tampered_log(made: Made, tmp_path: Path,
