@@ -22,6 +22,7 @@ from pathlib import Path
 from features.errors import OnlineStoreUnavailable
 from features.stores.breaker import Breaker
 from features.stores.idempotency import decode_table, encode_table
+from features.stores.sqlite import checkpoint
 
 # Rows per INSERT statement (3 parameters each, under SQLite's 32,766-parameter cap).
 _ROWS_PER_STATEMENT = 2000
@@ -44,6 +45,7 @@ class SqliteIdempotency:
         self._writes = 0
         self._clock = clock
         self._breaker = breaker
+        self._attached = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout_s, isolation_level=None)
@@ -53,6 +55,8 @@ class SqliteIdempotency:
                 f"CREATE TABLE IF NOT EXISTS {self._table} (app_id TEXT PRIMARY KEY, record BLOB, expires REAL)"
             )
             self._conn.execute("CREATE TABLE IF NOT EXISTS reasons (policy TEXT PRIMARY KEY, tbl TEXT)")
+            checkpoint.attach(self._conn, path)  # no batch pays for a checkpoint
+            self._attached = True
         except (sqlite3.Error, OSError) as exc:
             raise OnlineStoreUnavailable(f"idempotency store {path} cannot be opened: {exc}") from exc
 
@@ -130,3 +134,6 @@ class SqliteIdempotency:
 
     def close(self) -> None:
         self._conn.close()
+        if self._attached:
+            self._attached = False
+            checkpoint.detach(self._path)

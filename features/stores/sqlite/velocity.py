@@ -19,6 +19,7 @@ from features.errors import OnlineStoreUnavailable
 from features.settings import FeatureSettings
 from features.stores import _codec, layout
 from features.stores.breaker import Breaker
+from features.stores.sqlite import checkpoint
 from features.velocity import STATE_BYTES, record_states
 
 VIEW = catalog.VELOCITY
@@ -29,6 +30,7 @@ class SqliteVelocity:
         path = settings.sqlite_path
         if not path.exists():
             raise OnlineStoreUnavailable(f"SQLite online store {path} does not exist")
+        self._attached = False
         try:
             self._conn = sqlite3.connect(
                 path, timeout=settings.timeout_s, isolation_level=None, check_same_thread=False
@@ -42,8 +44,11 @@ class SqliteVelocity:
             # readers follow it, and readers no longer wait for writers.
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            checkpoint.attach(self._conn, path)  # no batch pays for a checkpoint
+            self._attached = True
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"cannot open {path}: {exc}") from exc
+        self._path = path
         self._table = layout.table(settings.project, VIEW)
         self._lock = threading.Lock()
         # The write lock can be held past timeout_s by another process: fail fast once it keeps being.
@@ -108,3 +113,6 @@ class SqliteVelocity:
 
     def close(self) -> None:
         self._conn.close()
+        if self._attached:
+            self._attached = False
+            checkpoint.detach(self._path)
