@@ -7,6 +7,11 @@ the direct channel to both, and a bounded load run from the head node's own
 loopback. It reports which replicas answered and the throughput seen.
 
     sudo python -m deploy.multinode.run --data-dir .creditauth   # needs root: ip netns
+    sudo python -m deploy.multinode.run --lose-worker ...        # the worker node dies under load
+
+``--lose-worker`` kills the worker node (its raylet, its replica, everything in its process
+group: a node lost, not a replica restarted) while a load run is going, and reports what
+the callers saw and which replicas answer afterwards.
 
 Everything it creates (namespaces, veth pair, Ray processes) is removed on
 exit; it never runs ``ray stop`` (that would stop every Ray cluster on the
@@ -30,9 +35,17 @@ from pathlib import Path
 
 import yaml
 
-NS = ("ca-node1", "ca-node2")
+NS = ["ca-node1", "ca-node2"]
+VETH = ["ca-veth1", "ca-veth2"]
 ADDR = ("10.77.0.1", "10.77.0.2")
 GCS_PORT = 6390
+POLL_S = 0.5  # between looks at the cluster's state while waiting for it
+
+
+def use_prefix(prefix: str) -> None:
+    """Namespace and link names of this run (two runs at once must not share them)."""
+    NS[:] = [f"{prefix}-node1", f"{prefix}-node2"]
+    VETH[:] = [f"{prefix}-veth1", f"{prefix}-veth2"]
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -49,8 +62,8 @@ def network_up() -> None:
     for ns in NS:
         sh("ip", "netns", "add", ns)
         sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
-    sh("ip", "link", "add", "ca-veth1", "type", "veth", "peer", "name", "ca-veth2")
-    for ns, dev, addr in zip(NS, ("ca-veth1", "ca-veth2"), ADDR, strict=True):
+    sh("ip", "link", "add", VETH[0], "type", "veth", "peer", "name", VETH[1])
+    for ns, dev, addr in zip(NS, VETH, ADDR, strict=True):
         sh("ip", "link", "set", dev, "netns", ns)
         sh(*in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev))
         sh(*in_ns(ns, "ip", "link", "set", dev, "up"))
@@ -84,13 +97,30 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def wait_for_nodes(n: int, timeout_s: float = 180) -> None:
+    """Until the cluster reports ``n`` alive nodes (observed, bounded; never a fixed sleep)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = sh(*in_ns(NS[0], ray, "status", f"--address={ADDR[0]}:{GCS_PORT}"), check=False)
+        alive = out.stdout.split("Pending:")[0].count(" node_") if out.returncode == 0 else 0
+        if alive >= n:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{alive} of {n} Ray nodes up after {timeout_s:.0f} s: {out.stderr[-500:]}")
+        time.sleep(POLL_S)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=Path(".creditauth"))
-    p.add_argument("--requests", type=int, default=4000)
-    p.add_argument("--batch-calls", type=int, default=300)
-    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=Path, default=Path(".creditauth"), help="a generated world")
+    p.add_argument("--requests", type=int, default=4000, help="unary calls of the load run")
+    p.add_argument("--batch-calls", type=int, default=300, help="batch calls of the load run")
+    p.add_argument("--work-dir", type=Path, default=None, help="logs and settings (default: a temp dir)")
+    p.add_argument("--lose-worker", action="store_true", help="kill the worker node during the load run")
+    p.add_argument("--ns-prefix", default="ca", help="names of this run's network namespaces (default ca)")
     args = p.parse_args(argv)
+    use_prefix(args.ns_prefix)
     if os.geteuid() != 0 or shutil.which("ip") is None:
         print("multinode: needs root and iproute2 (ip netns)", file=sys.stderr)
         return 2
@@ -102,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         network_up()
         procs.append(ray_node(NS[0], ADDR[0], head=True, cpus=1, log=work / "head.log", temp=temp))
-        time.sleep(8)
-        procs.append(ray_node(NS[1], ADDR[1], head=False, cpus=1, log=work / "worker.log", temp=temp))
-        time.sleep(8)
+        wait_for_nodes(1)
+        worker = ray_node(NS[1], ADDR[1], head=False, cpus=1, log=work / "worker.log", temp=temp)
+        procs.append(worker)
+        wait_for_nodes(2)
         # The direct channel crosses the veth pair: its peers prove they hold this secret
         # (a joined cluster gets no generated one). The front end listens on the head
         # node's loopback only, where the load generator runs: plaintext there.
@@ -112,20 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-        settings = {
-            "features": {"data_dir": str(args.data_dir.resolve())},
-            "serving": {"host": "127.0.0.1", "port": 50051},
-            "security": {"plaintext": True, "anonymous": {"name": "anonymous"}},
-            "ray": {
-                "address": f"{ADDR[0]}:{GCS_PORT}",
-                "replicas": 2,
-                "replica_num_cpus": 1.0,  # one replica per node
-                "channel_advertise_host": "node",
-                "channel_secret_file": str(secret),
-            },
-        }
-        cfg = work / "settings.yaml"
-        cfg.write_text(yaml.safe_dump(settings))
+        cfg = _settings_file(work, args.data_dir, secret)
         exe = str(Path(sys.executable).parent / "creditauth")
         serve = subprocess.Popen(
             in_ns(NS[0], exe, "serve", "--config", str(cfg)),
@@ -137,13 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             if serve.poll() is not None or time.monotonic() > deadline:
                 print((work / "serve.log").read_text()[-3000:], file=sys.stderr)
                 return 3
-            time.sleep(1)
-        load = subprocess.run(
-            in_ns(NS[0], sys.executable, "-m", "loadtest", "quick", "--target", "127.0.0.1:50051",
-                  "--data-dir", str(args.data_dir), "--requests", str(args.requests),
-                  "--batch-calls", str(args.batch_calls), "--stream-requests", "2000"),
-            capture_output=True, text=True, timeout=900,
-        )
+            time.sleep(POLL_S)
+        if args.lose_worker:
+            return _lose_worker(work, worker)
+        load = subprocess.run(_load_command(args), capture_output=True, text=True, timeout=900)
         if load.returncode != 0:
             print(load.stderr[-3000:], file=sys.stderr)
             return 4
@@ -157,6 +172,82 @@ def main(argv: list[str] | None = None) -> int:
             kill_group(proc)
         network_down()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _settings_file(work: Path, data_dir: Path, secret: Path) -> Path:
+    settings = {
+        "features": {"data_dir": str(data_dir.resolve())},
+        "serving": {"host": "127.0.0.1", "port": 50051},
+        "security": {"plaintext": True, "anonymous": {"name": "anonymous"}},
+        "ray": {
+            "address": f"{ADDR[0]}:{GCS_PORT}",
+            "replicas": 2,
+            "replica_num_cpus": 1.0,  # one replica per node
+            "channel_advertise_host": "node",
+            "channel_secret_file": str(secret),
+        },
+    }
+    cfg = work / "settings.yaml"
+    cfg.write_text(yaml.safe_dump(settings))
+    return cfg
+
+
+def _load_command(args: argparse.Namespace) -> list[str]:
+    return in_ns(NS[0], sys.executable, "-m", "loadtest", "quick", "--target", "127.0.0.1:50051",
+                 "--data-dir", str(args.data_dir), "--requests", str(args.requests),
+                 "--batch-calls", str(args.batch_calls), "--stream-requests", "2000")
+
+
+_STEADY = """
+import sys, time, grpc
+from concurrent.futures import ThreadPoolExecutor
+from creditauth.v1 import authorization_pb2 as pb, authorization_pb2_grpc as g
+
+calls = int(sys.argv[1])
+def call(k):
+    reqs = []
+    for i in range(50):
+        r = pb.AuthorizeRequest(application_id=f"loss-{time.time_ns()}-{k}-{i}",
+                                merchant_id=f"M{(k * 50 + i) % 3000:08d}", term_months=6, product=1, channel=1)
+        r.requested_amount.amount_minor = 100_000
+        r.requested_amount.currency = "CNY"
+        reqs.append(r)
+    try:
+        out = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=30)
+    except grpc.RpcError as err:
+        return f"ERR {err.code().name}"
+    return "OK " + " ".join(sorted({r.decision_id.split("-")[0] for r in out.responses if r.decision_id}))
+
+with grpc.insecure_channel("127.0.0.1:50051") as ch:
+    stub = g.CreditAuthorizationStub(ch)
+    with ThreadPoolExecutor(4) as pool:
+        for line in pool.map(call, range(calls)):
+            print(line, flush=True)
+"""
+KILL_AFTER = 20  # answered calls before the worker node is lost
+
+
+def _lose_worker(work: Path, worker: subprocess.Popen[bytes]) -> int:
+    """Batch calls, 4 in flight; after ``KILL_AFTER`` answers the worker node dies. What the
+    callers saw before and after the loss, and which replicas answered."""
+    load = subprocess.Popen(in_ns(NS[0], sys.executable, "-c", _STEADY, "160"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert load.stdout is not None
+    phases: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
+    replicas: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
+    phase = "before"
+    for n, line in enumerate(load.stdout, 1):
+        status, *prefixes = line.split()
+        phases[phase][status if status == "OK" else prefixes[0]] += 1
+        replicas[phase].update(prefixes if status == "OK" else [])
+        if n == KILL_AFTER:
+            kill_group(worker)
+            phase = "after"
+    load.wait(300)
+    report = {"calls": {k: dict(v) for k, v in phases.items()},
+              "replicas": {k: dict(v) for k, v in replicas.items()}, "probe_after": _replicas_answering(work)}
+    print(json.dumps(report, indent=1))
+    return 0 if load.returncode == 0 else 4
 
 
 _PROBE = """
