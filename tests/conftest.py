@@ -120,4 +120,4 @@ def feature_settings(w: World, **kw: object):  # type: ignore[no-untyped-def]
         cfg = yaml.safe_load((w.data_dir / "feature_repo" / "feature_store.yaml").read_text())
         base.update(online_store="redis", project=cfg["project"])
     base.update(kw)
-    return FeatureSettings(**base)  # type: ignore[arg-type]
+    return FeatureSettings(**base)

@@ -53,12 +53,23 @@ def one(resources: list[Resource], kind: str, name: str | None = None) -> Resour
 # -- pods ---------------------------------------------------------------------------------
 
 
+# Kinds whose pods come from one template: spec.template, or a CronJob's Job's.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+
+
+def template_of(res: Resource) -> dict[str, Any]:
+    """The pod template of a workload of WORKLOAD_KINDS."""
+    spec = res["spec"]["jobTemplate"]["spec"] if res["kind"] == "CronJob" else res["spec"]
+    template: dict[str, Any] = spec["template"]
+    return template
+
+
 def pod_templates(resources: list[Resource]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(description, pod template) for every workload, Ray head and worker groups included."""
     for res in resources:
         kind, name = res["kind"], res["metadata"]["name"]
-        if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-            yield f"{kind}/{name}", res["spec"]["template"]
+        if kind in WORKLOAD_KINDS:
+            yield f"{kind}/{name}", template_of(res)
         elif kind == "RayService":
             cluster = res["spec"]["rayClusterConfig"]
             yield f"{kind}/{name} head", cluster["headGroupSpec"]["template"]
@@ -176,9 +187,20 @@ def serve_config(rayservice: Resource) -> dict[str, Any]:
     return doc
 
 
+def serve_args(resources: list[Resource]) -> dict[str, Any]:
+    """The Scorer replicas' settings document: the args of the RayService's one application."""
+    args: dict[str, Any] = serve_config(one(resources, "RayService"))["applications"][0]["args"]
+    return args
+
+
+def ray_cluster(resources: list[Resource]) -> dict[str, Any]:
+    cluster: dict[str, Any] = one(resources, "RayService")["spec"]["rayClusterConfig"]
+    return cluster
+
+
 def mounted_settings_doc(resources: list[Resource], kind: str, name: str, ctr: str) -> dict[str, Any]:
     """The settings YAML a workload's container mounts at /etc/creditauth (from a ConfigMap)."""
-    tpl = one(resources, kind, name)["spec"]["template"]
+    tpl = template_of(one(resources, kind, name))
     mount = next(m for m in container(tpl, ctr)["volumeMounts"] if m["mountPath"] == SETTINGS_DIR)
     volume = next(v for v in tpl["spec"]["volumes"] if v["name"] == mount["name"])
     cm = one(resources, "ConfigMap", volume["configMap"]["name"])

@@ -14,6 +14,7 @@ import ssl
 import stat
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -153,7 +154,9 @@ def test_front_end_certificate_and_dev_client_complete_a_mutual_tls_handshake(tm
             conn, _ = listener.accept()
             try:
                 with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
-                    subject = dict(x[0] for x in tls_conn.getpeercert()["subject"])
+                    peer = tls_conn.getpeercert() or {}
+                    rdns = cast("tuple[tuple[tuple[str, str], ...], ...]", peer["subject"])
+                    subject = dict(x[0] for x in rdns)
                     seen[0] = subject["commonName"]
                     tls_conn.sendall(b"ok")
             except (ssl.SSLError, OSError):

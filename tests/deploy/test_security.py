@@ -1,4 +1,6 @@
-"""Locked doors, offline: Pod Security restricted, Secrets as files, NetworkPolicies, TLS Redis.
+"""Locked doors, offline: Pod Security restricted, Secrets as files, TLS Redis.
+
+NetworkPolicies: test_netpolicies.py.
 
 Every render (base, dev, prod) gets every check that applies to it. Nothing here needs a
 cluster; the live Redis check needs a local ``redis-server`` built with TLS and skips
@@ -26,11 +28,10 @@ from deploy.secrets import make_secrets
 from services.settings import load_settings
 from tests.support import free_port
 
-from .netpol import Pod, admits, namespace_labels, outsider, pods, render_namespace, selecting, shape_errors
+from .netpol import render_namespace
 from .podsecurity import violations
 from .support import (
     OVERLAYS,
-    RAY_CLIENT_PORT,
     ROOT,
     SECRETS_DIR,
     TARGETS,
@@ -39,38 +40,22 @@ from .support import (
     containers,
     find,
     frontend_settings_doc,
-    matches,
     mounted_settings_doc,
     one,
     pod_templates,
     port_number,
-    quantity,
+    ray_cluster,
     rendered,
     secret_file,
-    serve_config,
+    serve_args,
     settings_files,
+    template_of,
 )
 
 FRONTEND = "creditauth-frontend"
-COMPONENT = "app.kubernetes.io/component"
-# Ray's ports that rayStartParams must pin on every group (Ray picks the others at random).
-RAY_PORT_PARAMS = (
-    "node-manager-port", "object-manager-port", "runtime-env-agent-port", "dashboard-agent-grpc-port",
-    "dashboard-agent-listen-port", "metrics-export-port", "min-worker-port", "max-worker-port",
-)
 # The one Secret that reaches a container as an environment variable: KubeRay hands the
 # Ray token to Ray containers that way, and Ray client reads the same variable.
 SECRET_ENV_ALLOWED = {"RAY_AUTH_TOKEN"}
-
-
-def _args(resources: list[Resource]) -> dict[str, Any]:
-    args: dict[str, Any] = serve_config(one(resources, "RayService"))["applications"][0]["args"]
-    return args
-
-
-def _cluster(resources: list[Resource]) -> dict[str, Any]:
-    cluster: dict[str, Any] = one(resources, "RayService")["spec"]["rayClusterConfig"]
-    return cluster
 
 
 def _overlay_of(target: str) -> str:
@@ -199,37 +184,65 @@ def test_root_filesystems_are_read_only_and_writes_go_to_empty_dirs(target: str)
             home = next((e["value"] for e in ctr.get("env", []) if e["name"] == "HOME"), None)
             if home is not None:
                 assert any(home.startswith(m["mountPath"]) for m in writable), f"{where}: HOME {home} is read-only"
-            if what.startswith("RayService") or ctr["name"] == "frontend":
+            if what.startswith(("RayService", "Job/", "CronJob/")) or ctr["name"] == "frontend":
                 assert any(m["mountPath"] == "/tmp" for m in writable), f"{where}: Ray and Python need /tmp"
 
 
 # -- Secrets are files ------------------------------------------------------------------------------
 
 
-def _settings_readers(resources: list[Resource]) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
-    """(what, settings document, pod template, container) for every process that reads settings."""
-    out = []
+# Settings sections whose *_file paths a scheduled command opens (None: all of them). A
+# CronJob shares the front ends' settings ConfigMap but should mount only the Secrets
+# its command reads, not the front end's TLS key or JWT key.
+COMMAND_READS: dict[tuple[str, str], frozenset[str] | None] = {
+    ("features", "materialize"): frozenset({"features"}),
+    ("warnings", "scan"): frozenset(),  # offline files only: no Redis, no Ray, no listener
+}
+Reader = tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], "frozenset[str] | None"]
+
+
+def _cronjob_readers(resources: list[Resource]) -> list[Reader]:
+    out: list[Reader] = []
+    for cron in find(resources, "CronJob"):
+        tpl = template_of(cron)
+        name = cron["metadata"]["name"]
+        ctr = tpl["spec"]["containers"][0]
+        argv = [*ctr.get("command", []), *ctr.get("args", [])]
+        command = (argv[1], argv[2])
+        assert command in COMMAND_READS, f"CronJob {name}: {command}: add it to COMMAND_READS"
+        doc = mounted_settings_doc(resources, "CronJob", name, ctr["name"])
+        out.append((f"CronJob {name}", doc, tpl, ctr, COMMAND_READS[command]))
+    return out
+
+
+def _settings_readers(resources: list[Resource]) -> list[Reader]:
+    """(what, settings document, pod template, container, sections whose files it opens)
+    for every process that reads settings."""
+    out: list[Reader] = []
     dep = one(resources, "Deployment", FRONTEND)["spec"]["template"]
-    out.append(("front end", frontend_settings_doc(resources), dep, container(dep, "frontend")))
-    cluster = _cluster(resources)
+    out.append(("front end", frontend_settings_doc(resources), dep, container(dep, "frontend"), None))
+    cluster = ray_cluster(resources)
     for group in cluster["workerGroupSpecs"]:
         tpl = group["template"]
-        out.append((f"Scorer replicas ({group['groupName']})", _args(resources), tpl, tpl["spec"]["containers"][0]))
+        ray = tpl["spec"]["containers"][0]
+        out.append((f"Scorer replicas ({group['groupName']})", serve_args(resources), tpl, ray, None))
     for job in find(resources, "Job"):
         tpl = job["spec"]["template"]
         name = job["metadata"]["name"]
         ctr = tpl["spec"]["containers"][0]
-        out.append((f"Job {name}", mounted_settings_doc(resources, "Job", name, ctr["name"]), tpl, ctr))
-    return out
+        out.append((f"Job {name}", mounted_settings_doc(resources, "Job", name, ctr["name"]), tpl, ctr, None))
+    return out + _cronjob_readers(resources)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_settings_file_is_a_key_of_a_mounted_secret(target: str) -> None:
     resources = rendered(target)
     checked = 0
-    for what, doc, tpl, ctr in _settings_readers(resources):
+    for what, doc, tpl, ctr, reads in _settings_readers(resources):
         load_settings(None, doc)
         for key, path in settings_files(doc):
+            if reads is not None and key.split(".")[0] not in reads:
+                continue
             assert path.startswith(f"{SECRETS_DIR}/"), f"{what}: {key} = {path}"
             name, secret_key, mount = secret_file(tpl, ctr, path)
             assert mount.get("readOnly") is True, f"{what}: {mount['mountPath']} must be read-only"
@@ -247,9 +260,9 @@ def test_settings_carry_every_security_key(target: str) -> None:
         "security.jwt[0].key_file", "features.redis_password_file", "features.redis_tls_ca_file",
         "ray.channel_secret_file", "telemetry.otlp_ca_file",
     } <= set(front)
-    replicas = dict(settings_files(_args(resources)))
+    replicas = dict(settings_files(serve_args(resources)))
     assert {"features.redis_password_file", "features.redis_tls_ca_file", "ray.channel_secret_file"} <= set(replicas)
-    for what, doc, _, _ in _settings_readers(resources):
+    for what, doc, *_ in _settings_readers(resources):
         features = load_settings(None, doc).features
         assert features.online_store == "redis", what
         assert features.redis_url.startswith("rediss://"), f"{what}: Redis without TLS"
@@ -267,7 +280,7 @@ def test_nothing_listens_or_connects_in_plaintext_but_probes(target: str) -> Non
         if listener.plaintext:
             assert listener.health and not listener.authorization and not listener.reflection, listener
     assert not front.ray.channel_plaintext and front.ray.channel_secret_file
-    replicas = load_settings(None, _args(resources))
+    replicas = load_settings(None, serve_args(resources))
     assert not replicas.ray.channel_plaintext and replicas.ray.channel_secret_file == front.ray.channel_secret_file
     if front.telemetry.otlp_endpoint is not None:
         assert front.telemetry.otlp_endpoint.startswith("https://")
@@ -395,7 +408,7 @@ def _credential_shaped(doc: Any, path: str = "") -> list[str]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_settings_hold_paths_never_credentials(target: str) -> None:
     resources = rendered(target)
-    for what, doc, _, _ in _settings_readers(resources):
+    for what, doc, *_ in _settings_readers(resources):
         assert _credential_shaped(doc) == [], what
     for text in [s for cm in find(resources, "ConfigMap") for s in _strings(cm["data"])] + [
         rs["spec"]["serveConfigV2"] for rs in find(resources, "RayService")
@@ -423,191 +436,6 @@ def test_the_repository_holds_no_key_material() -> None:
                             pytest.fail(f"{path}: a Secret manifest in git")
 
 
-# -- NetworkPolicies ------------------------------------------------------------------------------------
-
-RAY = {"ray-head", "ray-worker"}
-
-
-def _sources(resources: list[Resource]) -> dict[str, Pod]:
-    ns = render_namespace(resources)
-    here = namespace_labels(resources, ns)
-    inside = {p.labels[COMPONENT]: p for p in pods(resources)}
-    client = {"creditauth.io/client": "true"}
-    front_labels = inside["frontend"].labels
-    return {
-        **inside,
-        "caller": Pod("caller", client, ns, here),
-        "caller-elsewhere": outsider("caller-elsewhere", client, "payments", {"creditauth.io/client-access": "true"}),
-        "caller-unlabelled-namespace": outsider("caller-unlabelled-namespace", client, "batch"),
-        "stranger": Pod("stranger", {"app": "stranger"}, ns, here),
-        "frontend-lookalike-elsewhere": outsider("frontend-lookalike-elsewhere", dict(front_labels), "other"),
-        "monitoring": outsider("monitoring", {"app.kubernetes.io/name": "prometheus"}, "monitoring"),
-        "kuberay": outsider("kuberay", {"app.kubernetes.io/name": "kuberay-operator"}, "kuberay-system"),
-    }
-
-
-def _ray_ports(resources: list[Resource]) -> list[int]:
-    """Ray's own listening ports: GCS and dashboard (head) and every pinned rayStartParams port,
-    each range by its two ends."""
-    cluster = _cluster(resources)
-    head = cluster["headGroupSpec"]
-    ports = [port_number(head["template"]["spec"]["containers"][0], n) for n in ("gcs-server", "dashboard")]
-    params = head["rayStartParams"]
-    ports += [int(params[p]) for p in RAY_PORT_PARAMS if p != "metrics-export-port"]
-    return sorted(set(ports))
-
-
-def _expected(resources: list[Resource]) -> list[tuple[str, int, set[str]]]:
-    """(destination component, port, the sources that may connect) for every port that matters."""
-    front = load_settings(None, frontend_settings_doc(resources))
-    replicas = load_settings(None, _args(resources))
-    assert replicas.ray.channel_ports is not None
-    lo, hi = replicas.ray.channel_ports
-    health = next(lst.port for lst in front.security.listeners if lst.plaintext)
-    rows = [
-        ("frontend", front.serving.port, {"caller", "caller-elsewhere"}),
-        ("frontend", front.telemetry.prometheus_port, {"monitoring"}),
-        ("frontend", health, set()),  # kubelet probes come from the node
-        ("ray-head", RAY_CLIENT_PORT, {"frontend"}),
-        ("ray-head", 8265, RAY | {"kuberay"}),
-        ("ray-worker", lo, {"frontend"}),
-        ("ray-worker", (lo + hi) // 2, {"frontend"}),
-        ("ray-worker", hi, {"frontend"}),
-        ("ray-worker", hi + 1, set()),
-        ("ray-head", lo, set()),  # no replicas on the head, no channel
-        ("ray-worker", 30000, set()),
-    ]
-    for dst in sorted(RAY):
-        rows += [(dst, 8000, {"kuberay"}), (dst, 8080, {"monitoring"})]
-        rows += [(dst, port, RAY) for port in _ray_ports(resources) if port != 8265]
-    if find(resources, "Deployment", "feast-redis"):
-        rows.append(("online-store", 6379, {"frontend", "ray-head", "ray-worker", "bootstrap"}))
-    if find(resources, "Job"):
-        rows.append(("bootstrap", 8080, set()))
-    return rows
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_who_reaches_what(target: str) -> None:
-    """The whole matrix: for each port that matters, exactly the expected sources get in."""
-    resources = rendered(target)
-    sources = _sources(resources)
-    for dst_name, port, allowed in _expected(resources):
-        dst = sources[dst_name]
-        got = {name for name, src in sources.items() if admits(resources, src, dst, port)}
-        assert got == allowed, f"{dst_name}:{port}: admitted {sorted(got)}, expected {sorted(allowed)}"
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_every_pod_is_isolated_by_default(target: str) -> None:
-    resources = rendered(target)
-    deny = [
-        p for p in find(resources, "NetworkPolicy") if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
-    ]
-    assert len(deny) == 1 and deny[0]["spec"]["policyTypes"] == ["Ingress"]
-    for pod in pods(resources):
-        assert selecting(resources, pod), pod.what
-
-
-# Which pods each policy is there for: its selector must select exactly these.
-CLAIMS = {
-    "creditauth-default-deny": None,  # every pod
-    "creditauth-frontend": {"frontend"},
-    "creditauth-ray": RAY,
-    "creditauth-ray-channel": {"ray-worker"},
-    "feast-redis": {"online-store"},
-}
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_policies_select_the_pods_they_claim(target: str) -> None:
-    resources = rendered(target)
-    everyone = {p.labels[COMPONENT] for p in pods(resources)}
-    for policy in find(resources, "NetworkPolicy"):
-        name = policy["metadata"]["name"]
-        assert name in CLAIMS, f"{name}: add it to CLAIMS"
-        got = {p.labels[COMPONENT] for p in pods(resources) if matches(policy["spec"]["podSelector"], p.labels)}
-        assert got == (CLAIMS[name] or everyone), f"{name} selects {sorted(got)}"
-        # Peers that name this application's pods must name pods of the render.
-        for rule in policy["spec"].get("ingress", []):
-            for peer in rule.get("from", []):
-                sel = peer.get("podSelector") or {}
-                if "namespaceSelector" not in peer and "app.kubernetes.io/name" in (sel.get("matchLabels") or {}):
-                    assert any(matches(sel, p.labels) for p in pods(resources)), f"{name}: {sel} selects no pod"
-    names = {p["metadata"]["name"] for p in find(resources, "NetworkPolicy")}
-    assert {n for n in CLAIMS if n != "feast-redis"} <= names
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_policies_are_well_formed(target: str) -> None:
-    for policy in find(rendered(target), "NetworkPolicy"):
-        assert shape_errors(policy) == []
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_ray_pins_its_ports_on_every_group_and_the_channel_stays_apart(target: str) -> None:
-    resources = rendered(target)
-    cluster = _cluster(resources)
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    pinned = [{p: g["rayStartParams"].get(p) for p in RAY_PORT_PARAMS} for g in groups]
-    assert all(None not in p.values() for p in pinned), "an unpinned Ray port is random, and blocked"
-    assert all(p == pinned[0] for p in pinned), "head and workers must pin the same ports"
-    replicas = load_settings(None, _args(resources))
-    assert replicas.ray.channel_ports is not None
-    lo, hi = replicas.ray.channel_ports
-    params = pinned[0]
-    for port in [*_ray_ports(resources), RAY_CLIENT_PORT, 8000, 8080]:
-        assert not lo <= port <= hi, f"channel range overlaps Ray's port {port}"
-    assert not (lo <= int(params["max-worker-port"]) and int(params["min-worker-port"]) <= hi)
-    # Enough ports for every replica a worker pod can hold, twice over (a roll's surge).
-    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    per_pod = quantity(worker["resources"]["limits"]["cpu"]) / replicas.ray.replica_num_cpus
-    assert hi - lo + 1 >= 2 * per_pod
-    # Outside Linux's default ephemeral range, so an outgoing connection never holds one.
-    assert hi < 32768
-
-
-def _pod(labels: dict[str, str], ns: str, ns_labels: dict[str, str] | None = None) -> Pod:
-    return Pod("p", labels, ns, {**(ns_labels or {}), "kubernetes.io/metadata.name": ns})
-
-
-def test_the_evaluator_follows_kubernetes_semantics() -> None:
-    def policy(ingress: list[dict[str, Any]] | None, selector: dict[str, Any] | None = None) -> Resource:
-        spec: dict[str, Any] = {"podSelector": selector or {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}
-        if ingress is not None:
-            spec["ingress"] = ingress
-        return {"kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "a"}, "spec": spec}
-
-    db = Pod("db", {"app": "db"}, "a", {"kubernetes.io/metadata.name": "a"}, ({"name": "sql", "containerPort": 5432},))
-    web_here, web_there = _pod({"app": "web"}, "a"), _pod({"app": "web"}, "b", {"team": "x"})
-    assert admits([], web_there, db, 5432), "no policy: not isolated"
-    assert not admits([policy(None)], web_here, db, 5432), "selected with no rules: deny"
-    pod_only = policy([{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": "sql"}]}])
-    assert admits([pod_only], web_here, db, 5432)
-    assert not admits([pod_only], web_there, db, 5432), "podSelector alone: own namespace only"
-    assert not admits([pod_only], web_here, db, 5433)
-    both = policy([{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}},
-                              "podSelector": {"matchLabels": {"app": "web"}}}]}])
-    assert admits([both], web_there, db, 1) and not admits([both], _pod({"app": "api"}, "b", {"team": "x"}), db, 1)
-    either = policy([{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}},
-                               {"podSelector": {"matchLabels": {"app": "web"}}}]}])
-    assert admits([either], _pod({"app": "api"}, "b", {"team": "x"}), db, 1) and admits([either], web_here, db, 1)
-    everyone = policy([{"ports": [{"port": 1000, "endPort": 1010}]}])
-    assert admits([everyone], web_there, db, 1010) and not admits([everyone], web_there, db, 1011)
-    assert not admits([everyone], web_there, db, 1005, "UDP")
-    assert admits([policy(None), everyone], web_there, db, 1000), "policies add up"
-    other = policy([{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}], selector={"matchLabels": {"app": "x"}})
-    assert admits([other], web_there, db, 1), "a policy selecting other pods does not isolate this one"
-
-
-def test_an_unlabelled_caller_namespace_or_pod_is_refused() -> None:
-    resources = rendered("overlays/prod")
-    sources = _sources(resources)
-    port = load_settings(None, frontend_settings_doc(resources)).serving.port
-    for name in ("caller-unlabelled-namespace", "stranger", "frontend-lookalike-elsewhere"):
-        assert not admits(resources, sources[name], sources["frontend"], port), name
-
-
 # -- Redis: TLS and an ACL user ----------------------------------------------------------------------
 
 
@@ -631,13 +459,13 @@ def test_dev_redis_speaks_tls_only_and_reads_its_users_from_the_secret() -> None
     assert secret_file(tpl, ctr, opts["--tls-key-file"])[:2] == ("creditauth-redis-server-tls", "tls.key")
     assert not {"--requirepass", "--user", "--masterauth"} & set(opts)
     # Clients connect to the Service by the name the server certificate carries.
-    host = re.sub(r"^rediss://([^:/]+).*", r"\1", load_settings(None, _args(resources)).features.redis_url)
+    host = re.sub(r"^rediss://([^:/]+).*", r"\1", load_settings(None, serve_args(resources)).features.redis_url)
     assert host == "feast-redis"
 
 
 def test_prod_reaches_the_managed_redis_by_its_certificate_name() -> None:
     resources = rendered("overlays/prod")
-    for what, doc, _, _ in _settings_readers(resources):
+    for what, doc, *_ in _settings_readers(resources):
         host = re.sub(r"^rediss://([^:/]+).*", r"\1", load_settings(None, doc).features.redis_url)
         assert "." in host, f"{what}: an in-namespace alias would not match the managed certificate"
         assert not find(resources, "Service", host.split(".")[0]), f"{what}: {host} is shadowed by a Service"

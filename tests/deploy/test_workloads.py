@@ -20,6 +20,7 @@ from .support import (
     SETTINGS_DIR,
     SETTINGS_FILE,
     TARGETS,
+    WORKLOAD_KINDS,
     container,
     containers,
     find,
@@ -35,12 +36,14 @@ from .support import (
     rendered,
     selects_anything,
     service_schema,
+    template_of,
     validate,
 )
 
 FRONTEND = "creditauth-frontend"
 API_VERSIONS = {
     "ConfigMap": "v1",
+    "CronJob": "batch/v1",
     "Deployment": "apps/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "Job": "batch/v1",
@@ -82,11 +85,14 @@ def test_every_object_is_well_formed(target: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_pod_templates_match_the_kubernetes_schema(target: str) -> None:
     schema = pod_template_schema()
+    checked = 0
     for res in rendered(target):
-        if res["kind"] in ("Deployment", "Job"):
-            tpl = res["spec"]["template"]
+        if res["kind"] in WORKLOAD_KINDS:
+            tpl = template_of(res)
             validate(tpl, "pod")
+            checked += 1
             assert pruned_fields(tpl, schema, "template") == [], res["metadata"]["name"]
+    assert checked >= 2, "the front end and the materialization CronJob at least"
 
 
 @pytest.mark.parametrize("target", TARGETS)
