@@ -232,6 +232,9 @@ class ControlCache:
         self._watch: Any = None
         self.refreshes = 0  # loads of a changed set (tests and benchmarks read it)
         self.failures = 0
+        # When the store last answered a version check (monotonic; None: never, e.g. a
+        # replica started while the store was down): how current the set in force is known to be.
+        self.checked_at: float | None = None
 
     def start(self) -> ControlCache:
         self._safe_refresh()
@@ -244,8 +247,10 @@ class ControlCache:
         """Check the version; load the set if it changed. True if a new set was loaded."""
         version = self._store.version()
         if version == self.snapshot.version:
+            self.checked_at = time.monotonic()
             return False
         snap = self._store.snapshot()
+        self.checked_at = time.monotonic()
         with self._changed:
             # Versions only grow; a lower one means the store was reset (``drop_project``).
             if snap.version > self.snapshot.version or version < self.snapshot.version:
@@ -253,6 +258,14 @@ class ControlCache:
                 self.refreshes += 1
             self._changed.notify_all()
         return True
+
+    def age_s(self, now: float | None = None) -> float:
+        """Seconds since the store last confirmed the set in force (inf: it never did). A
+        set older than the policy allows is a missing input (its degraded mode applies):
+        a brake set during the outage may not be in it."""
+        if self.checked_at is None:
+            return float("inf")
+        return (time.monotonic() if now is None else now) - self.checked_at
 
     def wait_for(self, version: int, timeout_s: float) -> bool:
         """Block until the cached version is at least ``version`` (tests; bounded)."""
