@@ -26,7 +26,7 @@ def generate_protos() -> None:
     from grpc_tools import protoc
 
     include = Path(protoc.__file__).parent / "_proto"
-    for proto in sorted(PROTO_ROOT.rglob("*.proto")):
+    for proto in sorted((PROTO_ROOT / "creditauth").rglob("*.proto")):
         rel = proto.relative_to(PROTO_ROOT)
         args = [
             "grpc_tools.protoc",

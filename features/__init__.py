@@ -16,6 +16,7 @@ from features.errors import (
     FeatureError,
     OnlineStoreUnavailable,
 )
+from features.exposure import CapLimit, Claims, ExposureState, Grants
 from features.request import request_features
 from features.settings import FeatureSettings
 from features.stores import IdempotencyStore, OnlineReader, StoreBackend, open_backend
@@ -27,11 +28,15 @@ __all__ = [
     "MATRIX_COLUMNS",
     "REQUEST_COLUMNS",
     "CachedReader",
+    "CapLimit",
+    "Claims",
+    "ExposureState",
     "FeatureBatch",
     "FeatureConfigError",
     "FeatureDataError",
     "FeatureError",
     "FeatureSettings",
+    "Grants",
     "IdempotencyStore",
     "OnlineReader",
     "OnlineStoreUnavailable",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +24,10 @@ class FeatureSettings(BaseModel):
     data_dir: Path = Path(".creditauth")
     online_store: StoreKind = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"  # rediss://... for TLS; no password here
+    # How feature rows sit in Redis: Feast's standard layout (a hash per entity, a field per
+    # feature) or the packed one (a value per entity and view, Feast's custom store
+    # features.stores.packed.feast_store; docs/packed-layout.md). Only read with redis.
+    redis_layout: Literal["standard", "packed"] = "standard"
     # Redis ACL user and a file holding its password (a mounted Kubernetes Secret); the
     # password never sits in a settings file, a ConfigMap or serveConfigV2.
     redis_username: str | None = None

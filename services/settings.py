@@ -63,6 +63,20 @@ class ServingSettings(_Strict):
     max_connection_age_s: float = Field(300.0, gt=0)
     # On SIGTERM: stop taking work, let in-flight work finish for at most this long.
     drain_timeout_s: float = Field(10.0, gt=0)
+    # Calls gRPC holds that the event loop has not taken yet: past the soft bound it refuses a
+    # growing share (CANCELLED), past the hard one all (grpc.server.max_pending_requests[_hard_limit]).
+    max_pending_rpcs: int = Field(128, ge=1)
+    max_pending_rpcs_hard: int = Field(512, ge=1)
+    # Unary/batch calls admitted at once; more are refused RESOURCE_EXHAUSTED with RetryInfo.
+    max_calls_in_flight: int = Field(256, ge=1)
+    # The event loop's lag (two probes running) past which new calls are refused.
+    max_loop_lag_ms: float = Field(100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pending(self) -> ServingSettings:
+        if self.max_pending_rpcs > self.max_pending_rpcs_hard:
+            raise ValueError("max_pending_rpcs must not exceed max_pending_rpcs_hard")
+        return self
 
 
 class AutoscalingSettings(_Strict):

@@ -230,6 +230,16 @@ KILL_AFTER = 20  # answered calls before the worker node is lost
 def _lose_worker(work: Path, worker: subprocess.Popen[bytes]) -> int:
     """Batch calls, 4 in flight; after ``KILL_AFTER`` answers the worker node dies. What the
     callers saw before and after the loss, and which replicas answered."""
+    # Both replicas registered and answering first (observed, bounded): a node not yet in
+    # the route cannot be lost from it.
+    deadline = time.monotonic() + 180
+    probe_before = _replicas_answering(work)
+    while len(probe_before) < 2:
+        if time.monotonic() > deadline:
+            print(f"multinode: only {probe_before} answer before the loss", file=sys.stderr)
+            return 6
+        time.sleep(POLL_S)
+        probe_before = _replicas_answering(work)
     load = subprocess.Popen(in_ns(NS[0], sys.executable, "-c", _STEADY, "160"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert load.stdout is not None
@@ -244,7 +254,7 @@ def _lose_worker(work: Path, worker: subprocess.Popen[bytes]) -> int:
             kill_group(worker)
             phase = "after"
     load.wait(300)
-    report = {"calls": {k: dict(v) for k, v in phases.items()},
+    report = {"probe_before": probe_before, "calls": {k: dict(v) for k, v in phases.items()},
               "replicas": {k: dict(v) for k, v in replicas.items()}, "probe_after": _replicas_answering(work)}
     print(json.dumps(report, indent=1))
     return 0 if load.returncode == 0 else 4

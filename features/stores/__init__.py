@@ -1,4 +1,5 @@
-"""Online stores, one backend per kind: ``sqlite`` (the embedded default) and ``redis``.
+"""Online stores, one backend per kind: ``sqlite`` (the embedded default) and ``redis``
+(Feast's standard layout, or with ``redis_layout: packed`` the packed one, ``packed``).
 
 ``open_backend`` is the only place that branches on the kind of store; everything else
 asks the backend it returns for a reader, a writer, the velocity state or the idempotency
@@ -34,6 +35,10 @@ __all__ = [
 
 def open_backend(settings: FeatureSettings) -> StoreBackend:
     """The backend for ``settings.online_store`` (connections open lazily, on first use)."""
+    if settings.online_store == "redis" and settings.redis_layout == "packed":
+        from features.stores.packed import PackedBackend
+
+        return PackedBackend(settings)
     if settings.online_store == "redis":
         from features.stores.redis import RedisBackend
 

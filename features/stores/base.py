@@ -2,8 +2,8 @@
 
 A backend is everything the system keeps in one kind of online store: the batched
 feature reader, the bulk writer, the velocity state, the idempotency records and the
-operator controls, and it is where the next pieces of shared state belong (exposure
-counters, bundle pointers), so that adding a store kind is one new package under
+operator controls and the exposure counters, and it is where the next pieces of shared
+state belong (bundle pointers), so that adding a store kind is one new package under
 ``features.stores`` and adding a kind of state is one new method here.
 """
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from features.batch import FeatureBatch
 from features.controls import AuditEntry, Control, ControlSnapshot
+from features.exposure import ExposureState
 from features.stores.idempotency import IdempotencyStore
 from features.velocity import VelocityRecorder
 
@@ -108,6 +109,10 @@ class StoreBackend(Protocol):
 
     def controls(self) -> ControlStore:
         """Operator controls, shared by every replica and front end of the project."""
+        ...
+
+    def exposure(self) -> ExposureState:
+        """Exposure-cap counters (``features.exposure``), shared by every replica and front end."""
         ...
 
     def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:

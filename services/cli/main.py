@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from features import FeatureError
 from kernels import KernelError
 from services import logs, version
+from services.cli.bundle import add_bundle
 from services.cli.client import add_client
 from services.cli.controls import add_controls
 from services.cli.log import add_log
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_warnings(sub, _common)
     add_replay(sub, _common)
     add_policy(sub, _common)
+    add_bundle(sub, _common)
     add_settings(sub)
     _add_demo(sub)
     return parser

@@ -257,7 +257,7 @@ class Batcher:
             resp = await self._backend.score(batch)
             answered = True
             self._measure(len(batch), saturated)
-            self._tel.batch(len(batch), time.perf_counter() - t0, resp.stage_s)
+            self._tel.batch(len(batch), time.perf_counter() - t0, resp.stage_s, resp)
             self._answer(units, resp)
             self.stats.calls += 1
             self.stats.decisions += len(batch)

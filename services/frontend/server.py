@@ -6,6 +6,12 @@ chosen subset, e.g. plaintext health on the pod's address for the kubelet while 
 use mutual TLS. Every listener bounds what it reads: a receive limit sized to the largest
 allowed batch, and at most ``max_concurrent_rpcs`` calls at once.
 
+Overload (``limits``, ``services.frontend.admission``): gRPC holds at most
+``max_pending_hard`` calls the event loop has not taken yet (past that it answers
+``CANCELLED`` itself, at no cost to the loop), and the servicer admits a call only while
+the loop keeps up and fewer than ``max_calls`` are in flight (else ``RESOURCE_EXHAUSTED``
+with a ``RetryInfo``).
+
 Health has two meanings, under separate service names of ``grpc.health.v1``:
 
 - **liveness** (``LIVENESS_SERVICE``, "liveness"): the process and its event loop answer
@@ -34,6 +40,7 @@ from grpc_reflection.v1alpha import reflection
 from creditauth.v1 import authorization_pb2 as pb
 from services.auth import Gate, Listener, ReloadingCredentials, SecuritySettings, server_credentials
 from services.errors import ConfigError
+from services.frontend.admission import Admission, Limits
 from services.frontend.batcher import Batcher
 from services.frontend.controls import SERVICE as CONTROLS_SERVICE
 from services.frontend.controls import ControlsServicer
@@ -65,6 +72,7 @@ class FrontEnd:
         health_interval_s: float = 1.0,
         controls: ControlsServicer | None = None,
         refusals: RefusalLog | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._refusals = refusals  # items refused here go on record; closed (flushed) by stop
         self._controls = controls  # the admin service, served where CreditAuthorization is
@@ -85,6 +93,10 @@ class FrontEnd:
             prepare=prepare,
         )
         self._tel.watch_queue(lambda: self.batcher.queued)
+        self._tel.watch_ready(self._readiness)
+        # Overload is refused before it queues unseen (services/frontend/admission.py).
+        self.limits = limits or Limits.of(settings)
+        self.admission = Admission(self.limits, queue_wait=self.batcher.expected_wait_s)
         self._servers: list[grpc.aio.Server] = []
         self._monitor: asyncio.Task[None] | None = None
         self._draining = False
@@ -114,6 +126,8 @@ class FrontEnd:
                 # Clients re-resolve now and then, so new front ends get traffic after a scale-out.
                 ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)),
+                # The backlog gRPC holds before the loop takes a call: bounded (services.frontend.admission).
+                *self.limits.grpc_options(),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
@@ -123,8 +137,9 @@ class FrontEnd:
         if refusal is not None:
             raise ConfigError(f"front end: {refusal}")
         self.batcher.start()
+        self.admission.start()
         servicer = CreditAuthorizationServicer(
-            self.batcher, self._settings, Gate(self._security), self._tel, self._refusals
+            self.batcher, self._settings, Gate(self._security), self._tel, self._refusals, admission=self.admission
         )
         for listener in self._listeners():
             self.ports.append(await self._listen(listener, servicer))
@@ -206,6 +221,8 @@ class FrontEnd:
         await self._set_health(_NOT_SERVING)
         timeout = self._settings.drain_timeout_s
         await self.batcher.close(timeout)
+        await self.admission.close()
+        log.info("admission: %s", self.admission.stats)
         await self._set_health(_NOT_SERVING, (LIVENESS_SERVICE,))  # drained: the process may go
         # Whatever is still open (streams mid-window) gets a short grace, then stops.
         await asyncio.gather(*(s.stop(grace=min(2.0, timeout)) for s in self._servers))

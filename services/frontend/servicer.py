@@ -9,6 +9,7 @@ decision instead of the tens a protobuf object tree costs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 from services.auth import Gate, Grant
 from services.errors import CreditAuthError, DeadlineExceeded, code_of
 from services.frontend import details, wire
+from services.frontend.admission import Admission
 from services.frontend.batcher import Answer, Batcher
 from services.frontend.status import grpc_code
 from services.schema.codes import Code
@@ -52,13 +54,19 @@ def prepare(resp: DecisionBatch) -> wire.Encoder:
     return wire.encoder(resp)
 
 
+# Refusals on entry have constant texts: their trailers are built once, not per shed call.
+_trailer = functools.lru_cache(maxsize=16)(details.trailer)
+
+
 class CreditAuthorizationServicer:
-    """``refusals``: where items refused here (never sent to a replica) go on record."""
+    """``refusals``: where items refused here (never sent to a replica) go on record;
+    ``admission``: what unary and batch calls pass on entry (``services.frontend.admission``)."""
 
     def __init__(
         self, batcher: Batcher, settings: ServingSettings, gate: Gate, telemetry: NullTelemetry | None = None,
-        refusals: RefusalLog | None = None,
+        refusals: RefusalLog | None = None, *, admission: Admission | None = None,
     ) -> None:
+        self._admission = admission or Admission()
         self._batcher = batcher
         self._refusals = refusals
         self._gate = gate
@@ -94,11 +102,26 @@ class CreditAuthorizationServicer:
     # -- Authorize ---------------------------------------------------------------
     async def Authorize(self, data: bytes, context: Context) -> bytes:
         t0 = time.perf_counter()
-        tel = self._tel
-        if tel.sampled():
-            with tel.span("Authorize") as traceparent:
-                return await self._authorize(data, context, t0, traceparent or "")
-        return await self._authorize(data, context, t0, "")
+        await self._admit("Authorize", context, t0)
+        try:
+            tel = self._tel
+            parent = _traceparent(context) if tel.enabled else None
+            if tel.continues(parent) or tel.sampled():
+                with tel.span("Authorize", parent=parent) as traceparent:
+                    return await self._authorize(data, context, t0, traceparent or "")
+            return await self._authorize(data, context, t0, "")
+        finally:
+            self._admission.leave()
+
+    async def _admit(self, rpc: str, context: Context, t0: float) -> None:
+        """Admit the call, or refuse it now, before it costs anything (no identity, no decoding)."""
+        why = self._admission.refusal(context.time_remaining())
+        if why is None:
+            return
+        code, message = code_of(why), str(why)
+        self._tel.rpc(rpc, grpc_code(code).name, time.perf_counter() - t0)
+        self._refuse_call(rpc, b"", code, message)
+        await context.abort(grpc_code(code), message, _trailer(int(code), message))
 
     async def _authorize(self, data: bytes, context: Context, t0: float, trace: str) -> bytes:
         deadline = self._deadline(context)
@@ -153,6 +176,13 @@ class CreditAuthorizationServicer:
     # -- AuthorizeBatch ----------------------------------------------------------
     async def AuthorizeBatch(self, data: bytes, context: Context) -> bytes:
         t0 = time.perf_counter()
+        await self._admit("AuthorizeBatch", context, t0)
+        try:
+            return await self._authorize_batch(data, context, t0)
+        finally:
+            self._admission.leave()
+
+    async def _authorize_batch(self, data: bytes, context: Context, t0: float) -> bytes:
         deadline = self._deadline(context)
         try:
             grant = self._gate.caller(context, "AuthorizeBatch")
@@ -160,8 +190,9 @@ class CreditAuthorizationServicer:
             self._refuse_call("AuthorizeBatch", b"", code_of(exc), str(exc), _field(exc))
             await abort(context, code_of(exc), str(exc), _field(exc))
         decoded = await self._decode_batch(data, deadline, grant, context)
-        if self._tel.sampled():
-            with self._tel.span("AuthorizeBatch", size=decoded.total) as trace:
+        parent = _traceparent(context) if self._tel.enabled else None
+        if self._tel.continues(parent) or self._tel.sampled():
+            with self._tel.span("AuthorizeBatch", parent=parent, size=decoded.total) as trace:
                 body = await self._decide(decoded, deadline, context, trace or "")
         else:
             body = await self._decide(decoded, deadline, context, "")
@@ -364,3 +395,12 @@ def _deny(
     keep = ~bad
     kept = wire.DecodedBatch(d.total, d.index[keep], RequestBatch(rows[keep], d.batch.trace), d.errors + denied)
     return kept, (denied, rows[bad])
+
+
+def _traceparent(context: Context) -> str | None:
+    """The caller's W3C trace context (``traceparent`` metadata), if it sent one; checked
+    by the telemetry before use (services/telemetry.py)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else None
+    return None

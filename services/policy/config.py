@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.errors import ConfigError
+from services.policy.exposure import ExposureConfig
 from services.schema.currency import CURRENCIES
 from services.schema.enums import PRODUCTS
 
@@ -88,8 +89,8 @@ class VelocityLimits(_Strict):
     review_apps_24h: int = Field(20, ge=1)
 
 
-DegradedInput = Literal["features", "velocity", "idempotency"]
-DEGRADED_INPUTS: tuple[DegradedInput, ...] = ("features", "velocity", "idempotency")
+DegradedInput = Literal["features", "velocity", "idempotency", "exposure"]
+DEGRADED_INPUTS: tuple[DegradedInput, ...] = ("features", "velocity", "idempotency", "exposure")
 
 
 class DegradedMode(_Strict):
@@ -126,13 +127,16 @@ class DegradedInputs(_Strict):
     features: DegradedMode | None = None
     velocity: DegradedMode | None = None
     idempotency: DegradedMode | None = None
+    # The exposure counters (only with caps in the policy): approvals that could not be reserved.
+    exposure: DegradedMode | None = None
 
 
 # Built in: refer what lacks features or velocity; never decide afresh without
-# idempotency (a retry must not get a different answer), so answer UNAVAILABLE.
+# idempotency (a retry must not get a different answer), so answer UNAVAILABLE; an
+# approval whose exposure cannot be reserved could overdraw a cap, so refer it.
 BUILTIN_DEGRADED = DegradedInputs(
     features=DegradedMode(mode="refer"), velocity=DegradedMode(mode="refer"),
-    idempotency=DegradedMode(mode="unavailable"),
+    idempotency=DegradedMode(mode="unavailable"), exposure=DegradedMode(mode="refer"),
 )
 
 
@@ -175,6 +179,8 @@ class PolicyConfig(_Strict):
     rules: tuple[PolicyRule, ...] = ()
     # What is decided when an input is missing (store down, slow, breaker open).
     degraded: DegradedConfig = DegradedConfig()
+    # Portfolio caps over a window, enforced across every replica (services.policy.exposure).
+    exposure: ExposureConfig = ExposureConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:

@@ -170,9 +170,17 @@ class Policy:
         self._rule_decline = np.array([r.action == "decline" for r in config.rules], dtype=bool)
         self._rule_reason = np.array([_code(table, r.code, r.description) for r in config.rules], dtype=np.int16)
         # Appended last, so the indices of every older code stay what they were.
-        self._missing_reason = {name: _code(table, *DEGRADED_REASONS[name]) for name in DEGRADED_REASONS}
+        # The exposure counters are an input only where the policy sets caps: a policy
+        # without any keeps the reason table it always had.
+        self._missing_reason = {
+            name: _code(table, *DEGRADED_REASONS[name])
+            for name in DEGRADED_REASONS if name != "exposure" or config.exposure.caps
+        }
         self._missing_cols = np.array([self._missing_reason["features"], self._missing_reason["velocity"]], np.int16)
         self.degraded = DegradedModes(config.degraded, self.grade_letters)
+        # Each exposure cap's reason, by cap name (after every older code, for the same reason).
+        self.exposure_reasons: dict[str, int] = {c.name: _code(table, c.code, c.description)
+                                                 for c in config.exposure.caps}
         self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
 
     def _model_reasons(self, model_features: Sequence[str], table: list[tuple[str, str]]) -> npt.NDArray[np.int16]:

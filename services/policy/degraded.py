@@ -14,7 +14,8 @@ operations per batch. Each input that can be missing has a mode per product:
 
 Every decision made with an input missing has ``degraded=true`` and carries
 ``DEGRADED_MODE`` first, then a reason naming what was missing
-(``D_FEATURES_UNAVAILABLE``, ``D_VELOCITY_UNAVAILABLE``, ``D_IDEMPOTENCY_UNAVAILABLE``).
+(``D_FEATURES_UNAVAILABLE``, ``D_VELOCITY_UNAVAILABLE``, ``D_IDEMPOTENCY_UNAVAILABLE``,
+``D_EXPOSURE_UNAVAILABLE``: the exposure counters, applied to approvals only, with caps set).
 Modes compose: features and velocity both missing applies both, and each mode only ever
 makes a decision more conservative.
 """
@@ -35,6 +36,7 @@ DEGRADED_REASONS: dict[DegradedInput, tuple[str, str]] = {
     "features": ("D_FEATURES_UNAVAILABLE", "The merchant's features could not be read"),
     "velocity": ("D_VELOCITY_UNAVAILABLE", "Recent application counts could not be updated"),
     "idempotency": ("D_IDEMPOTENCY_UNAVAILABLE", "The decision could not be recorded against retries"),
+    "exposure": ("D_EXPOSURE_UNAVAILABLE", "The approval could not be reserved against the exposure caps"),
 }
 
 

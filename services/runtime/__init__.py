@@ -27,9 +27,9 @@ def open_backend(settings: Settings) -> ScoringBackend:
     """
     channel = settings.serving.channel
     if channel == "local":
-        from services.scoring.factory import build_engine
+        from services.scoring.swap import serving_engine
 
-        return LocalBackend(build_engine(settings))
+        return LocalBackend(serving_engine(settings))
     if channel == "handle":
         from services.runtime.seam import RayServeBackend
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from services.scoring import DecisionBatch, RequestBatch, ScoringEngine
+
+if TYPE_CHECKING:
+    from services.scoring.swap import SwappableEngine
 
 
 class ScoringBackend(Protocol):
@@ -29,7 +32,7 @@ class ScoringBackend(Protocol):
 class LocalBackend:
     """Scores in this process on a worker thread (the engine releases the GIL in C)."""
 
-    def __init__(self, engine: ScoringEngine) -> None:
+    def __init__(self, engine: ScoringEngine | SwappableEngine) -> None:
         self._engine = engine
 
     async def start(self) -> None:

@@ -4,7 +4,9 @@ One call decides a whole batch, stage by stage (``services.scoring.stages.STAGES
 the idempotency lookup (replays, repeats, reused ids), one batched online-store read with
 the velocity update (``gather``), the decider's kernel call and its one policy call
 (``decider``), the operator controls over the decider's outputs (``controls``: compiled
-per version of the set, applied per batch), and one idempotency write. Anything that can
+per version of the set, applied per batch), the exposure caps' reservation of the approvals
+(``exposure``: one atomic store call; reservations not answered as granted are released
+after the save), and one idempotency write. Anything that can
 be done per load (column maps, reason tables, the parity gate) is done in ``__init__``.
 
 Every decision is one ``DECISION_DTYPE`` record: fresh decisions and replays of earlier
@@ -25,13 +27,16 @@ import numpy.typing as npt
 
 from features import FeatureBatch, FeatureError, IdempotencyStore, OnlineReader, VelocityRecorder
 from features.controls import ControlCache
+from features.exposure import ExposureState
 from features.stores import NoIdempotency
+from services.errors import ConfigError
 from services.models import ModelArtifact
 from services.policy import Policy
 from services.schema.codes import Code
 from services.schema.records import DecisionBatch, RequestBatch, Rows, fingerprints
 from services.scoring import controls as ctl
 from services.scoring.decider import Decider
+from services.scoring.exposure import ExposureStage, Held
 from services.scoring.gather import FeatureStage
 from services.scoring.replays import Plan, Replays
 from services.scoring.stages import StageTimer
@@ -57,6 +62,7 @@ class ScoringEngine:
         decision_log: DecisionLog | None = None,
         controls: ControlCache | None = None,
         vocabulary: ctl.Vocabulary | None = None,
+        exposure: ExposureState | None = None,
     ) -> None:
         self._log = decision_log
         self._tel = telemetry or NullTelemetry()
@@ -71,6 +77,7 @@ class ScoringEngine:
             else ctl.ControlStage(controls, vocabulary or ctl.Vocabulary.from_catalog(None), len(policy.reason_table))
         )
         self._registry = 0  # control reason entries in the replays' table
+        self._exposure = _exposure_stage(exposure, policy)
         self.model_version = model.version
         self.policy_version = policy.version
         # Decision ids: a per-replica prefix and a counter (no UUID per decision).
@@ -80,7 +87,8 @@ class ScoringEngine:
     @property
     def ready(self) -> bool:
         """The stores answered the last batch (a replica that answers degraded is alive, not ready)."""
-        return self._features.ready and self._replays.ready
+        return (self._features.ready and self._replays.ready
+                and (self._exposure is None or self._exposure.ready))
 
     @property
     def controls(self) -> ControlCache | None:
@@ -89,8 +97,10 @@ class ScoringEngine:
 
     def score(self, batch: RequestBatch, now: float | None = None) -> DecisionBatch:
         if batch.trace:
-            # Link this batch's span to every sampled request it carries.
-            with self._tel.span("score_batch", links=batch.trace.split("\n"), size=len(batch)):
+            # The first sampled request's trace continues here (a child of its RPC's span, so
+            # a caller's trace reaches the replica); every sampled request is linked.
+            traces = batch.trace.split("\n")
+            with self._tel.span("score_batch", links=traces, parent=traces[0], size=len(batch)):
                 return self._score(batch, now)
         return self._score(batch, now)
 
@@ -111,10 +121,13 @@ class ScoringEngine:
         fresh = np.flatnonzero(plan.fresh)
         features = None
         if fresh.size:
-            features = self._decide(requests, plan, fresh, now, timer, compiled=compiled)
+            features, held = self._decide(requests, plan, fresh, now, timer, compiled=compiled)
             plan.rows["fingerprint"][fresh] = asked[fresh]
             with timer("idempotency_save"):
                 replays.save(plan, fresh, keys)
+            if held is not None and self._exposure is not None:
+                with timer("policy"):  # only where an approval is not answered as granted
+                    self._exposure.settle(held, plan.rows[fresh], plan.replayed[fresh])
         plan.finish()
         rows = plan.rows
         # Echo what was asked: the id and the currency the limit is in.
@@ -129,7 +142,7 @@ class ScoringEngine:
     def _decide(
         self, requests: Rows, plan: Plan, fresh: npt.NDArray[np.intp], now: float, timer: StageTimer, *,
         compiled: ctl.Compiled | None,
-    ) -> FeatureBatch:
+    ) -> tuple[FeatureBatch, Held | None]:
         asked = requests[fresh]
         with timer("feature_read"):
             gathered = self._features.gather(asked["merchant_id"].astype("U64").tolist(), now)
@@ -144,8 +157,12 @@ class ScoringEngine:
         first = self._next_id
         self._next_id += len(fresh)
         out["decision_id"] = [f"{self._id_prefix}-{k:x}".encode() for k in range(first, first + len(fresh))]
+        held = None
+        if self._exposure is not None:  # after the controls: the limits are final; reserved by decision id
+            with timer("policy"):
+                held = self._exposure.reserve(asked, gathered.features, out, now)
         plan.rows[fresh] = out
-        return gathered.features
+        return gathered.features, held
 
     # -- operator controls -----------------------------------------------------------
     def _current_controls(self, now: float) -> ctl.Compiled | None:
@@ -188,9 +205,20 @@ class ScoringEngine:
                 self._controls.close()
             self._features.close()
             self._replays.close()
+            if self._exposure is not None:
+                self._exposure.close()
         finally:
             if self._log is not None:  # everything answered is written before the replica goes
                 self._log.close()
+
+
+def _exposure_stage(state: ExposureState | None, policy: Policy) -> ExposureStage | None:
+    """The caps' stage; a policy with caps and no counters to enforce them with is refused."""
+    if not policy.config.exposure.caps:
+        return None  # nothing to enforce; a given store stays its owner's (shared across bundle swaps)
+    if state is None:
+        raise ConfigError("the policy sets exposure caps but the engine was given no exposure store")
+    return ExposureStage(state, policy)
 
 
 def _message(rows: Rows) -> str:

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from features import (
     MATRIX_COLUMNS,
     CachedReader,
     FeatureError,
+    IdempotencyStore,
     OnlineReader,
     TagCatalog,
+    VelocityRecorder,
     open_backend,
 )
 from features.controls import ControlCache
+from features.exposure import ExposureState
 from services.decisionlog.writer import open_log
 from services.errors import ConfigError, translate
-from services.models import load_artifact
-from services.policy import Policy, load_policy
+from services.models import ModelArtifact, load_artifact
+from services.policy import Policy, PolicyConfig, load_policy
 from services.schema.records import RECORD_SCHEMA
 from services.scoring.controls import Vocabulary
 from services.scoring.engine import ScoringEngine
 from services.settings import Settings
 from services.telemetry import NullTelemetry, setup
 
+if TYPE_CHECKING:
+    from services.decisionlog.writer import DecisionLog
 
-def _catalog(settings: Settings) -> TagCatalog:
+
+def catalog_of(settings: Settings) -> TagCatalog:
     """The tag catalogue written with the offline tables."""
     try:
         return TagCatalog.load(settings.features)
@@ -43,15 +52,41 @@ def build_engine(settings: Settings, telemetry: NullTelemetry | None = None) -> 
 
 def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine:
     artifact = load_artifact(settings.data_dir, settings.model_version)
-    catalog = _catalog(settings)
-    tags = {t.name: t.id for t in catalog}
-    policy = Policy(
-        load_policy(settings.policy_path),
-        artifact.feature_names,
-        feature_columns=MATRIX_COLUMNS,
-        tag_index=tags,
-        n_tags=len(tags),
-    )
+    catalog = catalog_of(settings)
+    policy = compile_policy(load_policy(settings.policy_path), artifact, catalog)
+    return engine_with(open_shared(settings, catalog, telemetry), artifact, policy)
+
+
+def compile_policy(config: PolicyConfig, artifact: ModelArtifact, catalog: TagCatalog) -> Policy:
+    """A policy compiled for this model's inputs and the catalogue's tags."""
+    tags = tag_index(catalog)
+    return Policy(config, artifact.feature_names, feature_columns=MATRIX_COLUMNS, tag_index=tags, n_tags=len(tags))
+
+
+def tag_index(catalog: TagCatalog) -> dict[str, int]:
+    return {t.name: t.id for t in catalog}
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a replica opens once. Every engine it builds (one per bundle it swaps in) uses
+    these same stores, so an engine swapped out is dropped, never closed: closing it would
+    close the stores the new one reads."""
+
+    settings: Settings
+    catalog: TagCatalog
+    reader: OnlineReader
+    store: IdempotencyStore
+    velocity: VelocityRecorder | None
+    controls: ControlCache
+    telemetry: NullTelemetry | None
+    exposure: ExposureState | None
+    decision_log: DecisionLog | None
+
+
+def open_shared(settings: Settings, catalog: TagCatalog, telemetry: NullTelemetry | None = None) -> Shared:
+    """The stores, telemetry and decision log a replica's engines share."""
+    tags = tag_index(catalog)
     stores = open_backend(settings.features)
     reader: OnlineReader = stores.reader(8 * ((len(tags) + 63) // 64))
     serving = settings.serving
@@ -68,16 +103,27 @@ def _build(settings: Settings, telemetry: NullTelemetry | None) -> ScoringEngine
     # Loaded before the first batch (a replica restarted mid-incident brakes at once), then
     # refreshed on the store's notifications and by polling its version.
     controls = ControlCache(stores.controls()).start()
+    # Exposure reservations: one atomic store call per batch, shared by every engine swapped in.
+    exposure = stores.exposure()
+    return Shared(
+        settings, catalog, reader, store, velocity, controls, telemetry, exposure,
+        # Opened last: nothing above can fail and leave its writer thread behind.
+        open_log(settings.decision_log, settings.data_dir),
+    )
+
+
+def engine_with(shared: Shared, artifact: ModelArtifact, policy: Policy) -> ScoringEngine:
+    """An engine deciding with ``artifact`` and ``policy`` on the shared stores."""
     return ScoringEngine(
-        reader,
+        shared.reader,
         artifact,
         policy,
-        settings.features.max_feature_age_s,
-        store=store,
-        telemetry=telemetry,
-        velocity=velocity,
-        controls=controls,
-        vocabulary=Vocabulary.from_catalog(catalog),
-        # Opened last: nothing above can fail and leave its writer thread behind.
-        decision_log=open_log(settings.decision_log, settings.data_dir),
+        shared.settings.features.max_feature_age_s,
+        store=shared.store,
+        telemetry=shared.telemetry,
+        velocity=shared.velocity,
+        controls=shared.controls,
+        vocabulary=Vocabulary.from_catalog(shared.catalog),
+        decision_log=shared.decision_log,
+        exposure=shared.exposure,
     )

@@ -39,7 +39,7 @@ def test_losing_a_ray_node_under_load(world: World, tmp_path: Path) -> None:
     report = json.loads(out.stdout)
     before, after = report["calls"]["before"], report["calls"]["after"]
     assert before.get("OK", 0) == sum(before.values()), f"all answered before the loss: {before}"
-    assert len(report["replicas"]["before"]) == 2, "both nodes' replicas answered before the loss"
+    assert len(report["probe_before"]) == 2, "both nodes' replicas answered before the loss"
     errors = {k: v for k, v in after.items() if k != "OK"}
     # In flight at the dead node: resent once to the survivor (the router's retry), or answered
     # UNAVAILABLE; never a deadline, a hang or a crash.

@@ -1,7 +1,7 @@
 """The production store: Feast's Redis online store, with velocity and idempotency beside it.
 
 One ``RedisBackend`` holds one ``RedisClient`` (created on first use), and every runtime
-part it builds (reader, velocity state, idempotency store, controls, admin helpers) shares it: a
+part it builds (reader, velocity state, idempotency store, controls, exposure counters, admin helpers) shares it: a
 process holds one pool of connections, sized by its concurrent callers. The bulk writer
 alone opens its own connection (see ``writer``), with the same credentials and TLS
 context: the password is read once per backend, when its first client is built.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from features.exposure import ExposureState
 from features.settings import FeatureSettings
 from features.stores.base import ControlStore, OnlineReader, StoreKind, Writer
 from features.stores.idempotency import IdempotencyStore, NoIdempotency
@@ -83,6 +84,11 @@ class RedisBackend:
         from features.stores.redis.controls import RedisControls
 
         return RedisControls(self.client, self.settings)
+
+    def exposure(self) -> ExposureState:
+        from features.stores.redis.exposure import RedisExposure
+
+        return RedisExposure(self.client, self.settings)
 
     def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:
         """Feast's section: the password as the ``${CREDITAUTH_REDIS_PASSWORD}`` placeholder

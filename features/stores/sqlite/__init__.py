@@ -1,9 +1,10 @@
-"""The embedded store: Feast's SQLite online store; idempotency and controls in WAL SQLite files beside it."""
+"""The embedded store: Feast's SQLite online store; idempotency, controls and exposure in WAL SQLite files beside it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from features.exposure import ExposureState
 from features.settings import FeatureSettings
 from features.stores.base import ControlStore, OnlineReader, StoreKind, Writer
 from features.stores.breaker import Breaker
@@ -55,6 +56,13 @@ class SqliteBackend:
         from features.stores.sqlite.controls import SqliteControls
 
         return SqliteControls(self.settings.data_dir / "controls.db", max(self.settings.timeout_s, 5.0))
+
+    def exposure(self) -> ExposureState:
+        from features.stores.sqlite.exposure import SqliteExposure
+
+        path = self.settings.data_dir / "exposure.db"
+        breaker = Breaker.from_settings(f"SQLite {path}", self.settings)
+        return SqliteExposure(path, timeout_s=self.settings.timeout_s, breaker=breaker)
 
     def feast_online_store(self, *, reveal: bool = False) -> dict[str, Any]:
         return {"type": "sqlite", "path": str(self.settings.sqlite_path.resolve())}

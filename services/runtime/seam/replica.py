@@ -11,7 +11,7 @@ import threading
 import uuid
 from typing import Any
 
-from services import version
+from services import logs, version
 from services.runtime.channel import ChannelServer
 from services.runtime.channel.auth import resolve_secret
 from services.runtime.seam.registry import registry_actor
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0  # well inside the registry's TTL, so a live replica never expires
 
 
-
-
 class _ScorerImpl:
     """The Serve replica: builds the engine once, then scores batches.
 
@@ -33,12 +31,14 @@ class _ScorerImpl:
     """
 
     def __init__(self, settings_json: str) -> None:
-        from services.scoring.factory import build_engine
+        # The fixed engine, or (settings.bundle) one that follows its deployment and hot-swaps.
+        from services.scoring.swap import serving_engine
 
         settings = Settings.model_validate_json(settings_json)
+        logs.configure(logging.WARNING, settings.telemetry.log_format)  # the replica's own lines, as configured
         # The secret first: a replica that could not lock its channel must not start at all.
         secret = resolve_secret(settings.ray, "replica")
-        self._engine = build_engine(settings)
+        self._engine = serving_engine(settings)
         self._build = version()
         self._channel = ChannelServer(
             self._engine.score,
@@ -65,6 +65,7 @@ class _ScorerImpl:
         return {
             "model_version": self._engine.model_version,
             "policy_version": self._engine.policy_version,
+            "bundle": getattr(self._engine, "bundle_id", None),
             "build": self._build,
             "endpoint": self._address,
         }
@@ -75,6 +76,13 @@ class _ScorerImpl:
 
     def versions(self) -> tuple[str, str]:
         return self._engine.model_version, self._engine.policy_version
+
+    def reload(self) -> str | None:
+        """Look at the bundle registry now (a Serve handle call); the bundle served (None: none followed)."""
+        reload = getattr(self._engine, "reload", None)
+        if reload is not None:
+            reload()
+        return getattr(self._engine, "bundle_id", None)
 
     def endpoint(self) -> str:
         return self._address
