@@ -15,6 +15,7 @@ from services.frontend import FrontEnd
 from services.runtime import LocalBackend
 from services.scoring.factory import build_engine
 from services.settings import Settings, load_settings
+from services.telemetry import NullTelemetry
 from tests.conftest import World
 
 
@@ -49,13 +50,17 @@ def settings_for(world: World, **serving: object) -> Settings:
     )
 
 
-def start_local(world: World, **serving: object) -> tuple[LoopThread, FrontEnd]:
-    """The real front end over the real engine in process (no Ray)."""
+def start_local(
+    world: World, telemetry: NullTelemetry | None = None, **serving: object
+) -> tuple[LoopThread, FrontEnd]:
+    """The real front end over the real engine in process (no Ray); with ``telemetry``, both
+    sides record into it (so a test's exporter sees the front end's and the replica's spans)."""
     settings = settings_for(world, **serving)
+    engine = build_engine(settings, telemetry=telemetry)
     lt = LoopThread()
 
     async def up() -> FrontEnd:
-        fe = FrontEnd(LocalBackend(build_engine(settings)), settings.serving, settings.security)
+        fe = FrontEnd(LocalBackend(engine), settings.serving, settings.security, telemetry)
         await fe.start()
         return fe
 

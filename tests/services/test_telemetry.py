@@ -11,14 +11,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from creditauth.v1 import authorization_pb2 as pb
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
-from services.frontend import FrontEnd
-from services.runtime import LocalBackend
-from services.scoring.factory import build_engine
 from services.settings import TelemetrySettings
 from services.telemetry import NullTelemetry, Telemetry
 from tests.conftest import World
 from tests.e2e import api_checks as c
-from tests.e2e.conftest import LoopThread, settings_for
+from tests.e2e.conftest import start_local
 from tests.support import free_port
 
 
@@ -28,17 +25,8 @@ def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
     tel = Telemetry(
         TelemetrySettings(prometheus_port=port, trace_sample_ratio=1.0), "test", [SimpleSpanProcessor(exporter)]
     )
-    settings = settings_for(world)
     # The replica side shares the test's telemetry so its spans land in the same exporter.
-    engine = build_engine(settings, telemetry=tel)
-    lt = LoopThread()
-
-    async def up() -> FrontEnd:
-        fe = FrontEnd(LocalBackend(engine), settings.serving, settings.security, tel)
-        await fe.start()
-        return fe
-
-    fe = lt.run(up())
+    lt, fe = start_local(world, telemetry=tel)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{fe.port}") as ch:
             stub = pb_grpc.CreditAuthorizationStub(ch)

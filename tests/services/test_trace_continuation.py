@@ -9,14 +9,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from creditauth.v1 import authorization_pb2 as pb
 from creditauth.v1 import authorization_pb2_grpc as pb_grpc
-from services.frontend import FrontEnd
-from services.runtime import LocalBackend
-from services.scoring.factory import build_engine
 from services.settings import TelemetrySettings
 from services.telemetry import Telemetry
 from tests.conftest import World
 from tests.e2e import api_checks as c
-from tests.e2e.conftest import LoopThread, settings_for
+from tests.e2e.conftest import start_local
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{TRACE}-00f067aa0ba902b7-01"
@@ -25,16 +22,8 @@ CALLER = f"00-{TRACE}-00f067aa0ba902b7-01"
 def test_the_callers_trace_goes_on_through_the_front_end(world: World) -> None:
     exporter = InMemorySpanExporter()
     tel = Telemetry(TelemetrySettings(trace_sample_ratio=0.0), "test", [SimpleSpanProcessor(exporter)])
-    settings = settings_for(world)
-    engine = build_engine(settings, telemetry=tel)
-    lt = LoopThread()
-
-    async def up() -> FrontEnd:
-        fe = FrontEnd(LocalBackend(engine), settings.serving, settings.security, tel)
-        await fe.start()
-        return fe
-
-    fe = lt.run(up())
+    # The replica side shares the test's telemetry so its spans land in the same exporter.
+    lt, fe = start_local(world, telemetry=tel)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{fe.port}") as ch:
             stub = pb_grpc.CreditAuthorizationStub(ch)
