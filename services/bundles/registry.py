@@ -43,16 +43,49 @@ class IndexConflict(ConfigError):
 
 
 @dataclass(frozen=True)
+class Arm:
+    """A bundle beside the champion: a challenger answering ``share`` of the merchants
+    (a sticky split by merchant hash), or a shadow (share 0) scored and never answering."""
+
+    name: str
+    bundle: str
+    share: float = 0.0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"name": self.name, "bundle": self.bundle, "share": self.share}
+
+
+@dataclass(frozen=True)
 class Deployment:
     name: str
     bundle: str
     history: tuple[str, ...] = ()  # earlier bundles, most recent first
     updated_at: str = ""
     action: str = ""
+    challengers: tuple[Arm, ...] = ()
+    shadows: tuple[Arm, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "history": list(self.history), "updated_at": self.updated_at,
-                "action": self.action}
+        doc: dict[str, Any] = {"bundle": self.bundle, "history": list(self.history), "updated_at": self.updated_at,
+                               "action": self.action}
+        if self.challengers:
+            doc["challengers"] = [a.to_doc() for a in self.challengers]
+        if self.shadows:
+            doc["shadows"] = [a.to_doc() for a in self.shadows]
+        return doc
+
+    @classmethod
+    def from_doc(cls, name: str, d: dict[str, Any]) -> Deployment:
+        def arms(key: str) -> tuple[Arm, ...]:
+            return tuple(Arm(str(a["name"]), str(a["bundle"]), float(a.get("share", 0.0))) for a in d.get(key, ()))
+
+        return cls(name, d["bundle"], tuple(d.get("history", ())), d.get("updated_at", ""), d.get("action", ""),
+                   arms("challengers"), arms("shadows"))
+
+    @property
+    def serving(self) -> tuple[str, tuple[Arm, ...], tuple[Arm, ...]]:
+        """What a replica serves for this deployment: a change here is a swap."""
+        return self.bundle, self.challengers, self.shadows
 
 
 @dataclass(frozen=True)
@@ -68,11 +101,7 @@ class Index:
     def parse(cls, data: bytes, where: str) -> Index:
         try:
             doc = json.loads(data)
-            deps = {
-                name: Deployment(name, d["bundle"], tuple(d.get("history", ())), d.get("updated_at", ""),
-                                 d.get("action", ""))
-                for name, d in doc["deployments"].items()
-            }
+            deps = {name: Deployment.from_doc(name, d) for name, d in doc["deployments"].items()}
             return cls(int(doc["version"]), deps)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{where}: unreadable registry index: {exc}") from exc

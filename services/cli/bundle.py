@@ -1,4 +1,5 @@
-"""``creditauth bundle build | import | validate | list | show | diff | promote | rollback``.
+"""``creditauth bundle build | import | validate | list | show | diff | promote | rollback``
+(and ``challenge | shadow | retire``, in ``services.cli.bundle_arms``).
 
 The registry is ``--registry`` (a directory or any pyarrow.fs URI), else the settings'
 ``bundle.registry``, else ``<data_dir>/registry``. Every problem with a bundle is printed
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.bundles import BundleError, Registry
 from services.bundles.manifest import TRAINING, short
+from services.cli.bundle_arms import add_arms
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ def add_bundle(sub: _Subparsers, common: Callable[[argparse.ArgumentParser], Non
     r = command("rollback", bundle_rollback, "a deployment back to its previous bundle")
     r.add_argument("--deployment", help="deployment name (default: settings bundle.deployment, else 'default')")
     r.add_argument("--to", help="an earlier bundle of this deployment (default: the one before)")
+    add_arms(command)
 
 
 # -- shared ---------------------------------------------------------------------------
@@ -183,6 +186,10 @@ def _deployed_at(registry: Registry) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for dep in registry.index().deployments.values():
         out.setdefault(dep.bundle, []).append(dep.name)
+        for arm in dep.challengers:
+            out.setdefault(arm.bundle, []).append(f"{dep.name} ({arm.name} {arm.share:.0%})")
+        for arm in dep.shadows:
+            out.setdefault(arm.bundle, []).append(f"{dep.name} (shadow {arm.name})")
     return out
 
 

@@ -17,6 +17,9 @@ per item, answered or refused, in request order:
 - the inputs of a decision made here: every feature value (``f_<column>``), the oldest
   feature's event time, each view's event time (``view_ts_<view>``) and the tag bitset as
   64-bit words; null on rows not decided here (refused, replays);
+- the variant: ``bundle_id`` and ``variant`` (``champion`` or the challenger's name) of the
+  bundle that answered, and ``shadows``, per row decided here, what each shadow bundle
+  would have answered (variant, bundle, PD, decision, limit, grade);
 - ``stage_<name>_s``: the batch's seconds per pipeline stage.
 """
 
@@ -36,6 +39,7 @@ from services.decisionlog.privacy import IdHasher
 from services.schema.currency import CURRENCIES
 from services.schema.records import Rows
 from services.scoring.stages import STAGES
+from services.scoring.variants import ShadowLog
 
 LAYOUT_VERSION = "1"
 FEATURE_PREFIX = "f_"
@@ -57,6 +61,8 @@ class Entry:
     reason_table: tuple[tuple[str, str], ...]
     stage_s: Mapping[str, float] = field(default_factory=dict)
     logged_at: float = 0.0
+    shadows: ShadowLog | None = None  # the shadows' answers for the ``fresh`` rows
+
 
     def __len__(self) -> int:
         return int(self.requests.shape[0])
@@ -157,11 +163,43 @@ def _decision_columns(j: _Joined) -> dict[str, pa.Array]:
         **_reasons(j),
         "model_version": _text(d["model_version"]),
         "policy_version": _text(d["policy_version"]),
+        "bundle_id": _text(d["bundle_id"]),
+        "variant": _text(d["variant"]),
         "feature_age_s": pa.array(d["feature_age_s"], from_pandas=True),
         "stale": pa.array(d["stale"]),
         "degraded": pa.array(d["degraded"]),
         "fingerprint": pa.array(d["fingerprint"]),
     }
+
+
+SHADOW_TYPE = pa.struct([("variant", pa.string()), ("bundle_id", pa.string()), ("pd", pa.float64()),
+                         ("decision", pa.int8()), ("approved_minor", pa.int64()), ("risk_grade", pa.string())])
+
+
+def _shadow_column(j: _Joined) -> pa.Array:
+    """Per row, what each shadow bundle would have answered (empty where none ran)."""
+    counts = np.zeros(j.n, dtype=np.int64)
+    parts: list[dict[str, pa.Array]] = []
+    start = 0
+    for e in j.entries:
+        sh = e.shadows
+        if sh is not None and len(e.fresh):
+            counts[start + e.fresh] = len(sh.names)
+            flat = sh.scores.reshape(-1)  # row-major: a row's shadows side by side
+            k = len(e.fresh)
+            parts.append({
+                "variant": pa.array(list(sh.names) * k, pa.string()),
+                "bundle_id": pa.array(list(sh.bundles) * k, pa.string()),
+                "pd": pa.array(flat["pd"], from_pandas=True), "decision": pa.array(flat["decision"]),
+                "approved_minor": pa.array(flat["approved_minor"]), "risk_grade": _text(flat["risk_grade"]),
+            })
+        start += len(e)
+    if not parts:
+        values = pa.array([], SHADOW_TYPE)
+    else:
+        values = pa.StructArray.from_arrays(
+            [pa.concat_arrays([p[f.name] for p in parts]).cast(f.type) for f in SHADOW_TYPE], fields=list(SHADOW_TYPE))
+    return _lists(values, counts)
 
 
 def _feature_columns(j: _Joined) -> dict[str, pa.Array]:
@@ -199,6 +237,7 @@ def to_table(entries: Sequence[Entry], ids: IdHasher, replica_id: str, first_seq
         **_request_columns(j, ids),
         **_decision_columns(j),
         **_feature_columns(j),
+        "shadows": _shadow_column(j),
     }
     for stage in STAGES:
         cols[f"stage_{stage}_s"] = pa.array(_per_batch(entries, [e.stage_s.get(stage, 0.0) for e in entries], "f8"))

@@ -37,6 +37,7 @@ from services.decisionlog.sinks.parquet import ParquetSink
 from services.decisionlog.spool import Spool
 from services.errors import StoreUnavailable
 from services.schema.records import DecisionBatch, Rows
+from services.scoring.variants import ShadowLog
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,15 @@ class DecisionLog:
         replay: npt.NDArray[np.bool_],
         fresh: npt.NDArray[np.intp],
         features: FeatureBatch | None,
+        *,
+        shadows: ShadowLog | None = None,
     ) -> None:
-        """Hand over one scored batch: ``fresh`` rows were decided here from ``features``' rows."""
+        """Hand over one scored batch: ``fresh`` rows were decided here from ``features``' rows
+        (and, with shadows, scored by them: ``shadows.scores`` has a row per ``fresh`` row)."""
         decided = ~replay[fresh]  # an id another replica decided first is answered as a replay
         rows = fresh[decided]
+        if shadows is not None and not decided.all():
+            shadows = ShadowLog(shadows.names, shadows.bundles, shadows.scores[decided])
         if features is None or not len(rows):
             rows, matrix = rows[:0], np.zeros((0, 0), np.float32)
             event_ts, view_ts, words = np.zeros(0, np.int64), None, np.zeros((0, 0), np.uint64)
@@ -118,7 +124,7 @@ class DecisionLog:
             words = features.tag_words()[decided]
         entry = Entry(
             requests.copy(), answer.rows.copy(), replay.copy(), rows, matrix, event_ts, view_ts, words,
-            answer.reason_table, dict(answer.stage_s), time.time(),
+            answer.reason_table, dict(answer.stage_s), time.time(), shadows,
         )
         with self._cond:
             self.stats.appended_batches += 1

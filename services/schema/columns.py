@@ -111,6 +111,10 @@ DECISION: tuple[Out, ...] = (
     Out("reason_contrib", "<f4", "reasons.contribution", MAX_REASONS),
     Out("model_version", "S64", "model_version"),
     Out("policy_version", "S64", "policy_version"),
+    # Which bundle decided (its registry id; "" for an engine not built from a registry) and
+    # as which variant of its deployment ("champion" or a challenger's name).
+    Out("bundle_id", "S64", "bundle_id"),
+    Out("variant", "S32", "variant"),
     Out("feature_age_s", "<f4", "freshness.max_age_seconds", nan_as=0.0),
     Out("stale", "?", "freshness.stale"),
     Out("degraded", "?", "degraded"),

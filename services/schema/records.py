@@ -162,6 +162,8 @@ class DecisionBatch:
     reason_table: tuple[tuple[str, str], ...] = ()
     message: str = ""
     stage_s: Mapping[str, float] = field(default_factory=dict)
+    # Per shadow bundle: [scored, approved, sum of PD, sum of limits] (services.scoring.variants).
+    shadow_stats: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -181,7 +183,7 @@ class DecisionBatch:
         return [self.reason_table[r][0] for r in self.rows["reason"][i].tolist() if r >= 0]
 
     def slice(self, start: int, stop: int) -> DecisionBatch:
-        return DecisionBatch(self.rows[start:stop], self.reason_table, self.message, self.stage_s)
+        return DecisionBatch(self.rows[start:stop], self.reason_table, self.message, self.stage_s, self.shadow_stats)
 
 
 assert DECISION_DTYPE["reason"].shape == (MAX_REASONS,)

@@ -14,7 +14,7 @@ not per row in Python; only the rows found bad are described one by one.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,9 +206,10 @@ def screen(batch: RequestBatch, score: Callable[[RequestBatch], DecisionBatch]) 
     message = describe(report)
     table: tuple[tuple[str, str], ...] = ()
     stages: dict[str, float] = {}
+    shadows: Mapping[str, Sequence[float]] = {}
     if good.any():
         resp = score(RequestBatch(rows[good], batch.trace))
         out[good] = resp.rows
-        table, stages = resp.reason_table, dict(resp.stage_s)
+        table, stages, shadows = resp.reason_table, dict(resp.stage_s), resp.shadow_stats
         message = f"{resp.message}; {message}" if resp.message else message
-    return DecisionBatch(out, table, message, stages)
+    return DecisionBatch(out, table, message, stages, shadows)

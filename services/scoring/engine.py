@@ -37,9 +37,10 @@ from services.schema.records import DecisionBatch, RequestBatch, Rows, fingerpri
 from services.scoring import controls as ctl
 from services.scoring.decider import Decider
 from services.scoring.exposure import ExposureStage, Held
-from services.scoring.gather import FeatureStage
+from services.scoring.gather import FeatureStage, Gathered
 from services.scoring.replays import Plan, Replays
 from services.scoring.stages import StageTimer
+from services.scoring.variants import CHAMPION, Arms, Variant, Variants, take
 from services.telemetry import NullTelemetry
 
 if TYPE_CHECKING:  # the log (and pyarrow) load only where one is opened
@@ -63,20 +64,32 @@ class ScoringEngine:
         controls: ControlCache | None = None,
         vocabulary: ctl.Vocabulary | None = None,
         exposure: ExposureState | None = None,
+        arms: Arms | None = None,
     ) -> None:
         self._log = decision_log
         self._tel = telemetry or NullTelemetry()
         self._features = FeatureStage(reader, velocity)
-        self._decider = Decider(model, policy, max_feature_age_s)
+        arms = arms or Arms()
+        self._variants = Variants(
+            Variant(CHAMPION, arms.bundle, Decider(model, policy, max_feature_age_s), policy),
+            [Variant(a.name, a.bundle, Decider(a.model, a.policy, max_feature_age_s), a.policy, a.share)
+             for a in arms.challengers],
+            [Variant(a.name, a.bundle, Decider(a.model, a.policy, max_feature_age_s), a.policy)
+             for a in arms.shadows],
+            salt=arms.salt,
+        )
         self._store = store or NoIdempotency()
         self._policy = policy
         self._replays = Replays(self._store, policy.version, policy.reason_table, policy)
-        # Operator controls: their reason entries follow the policy's, at slots that never move.
-        self._controls = (
-            None if controls is None
-            else ctl.ControlStage(controls, vocabulary or ctl.Vocabulary.from_catalog(None), len(policy.reason_table))
-        )
+        # Operator controls: their reason entries follow each policy's own, at slots that never
+        # move (one compiled set per table length: a challenger's policy may name more reasons).
+        vocab = vocabulary or ctl.Vocabulary.from_catalog(None)
+        self._controls: dict[int, ctl.ControlStage] = {} if controls is None else {
+            n: ctl.ControlStage(controls, vocab, n) for n in {len(v.reason_table) for v in self._variants.arms}
+        }
         self._registry = 0  # control reason entries in the replays' table
+        self._tables = self._variants.tables()  # each arm's policy table (+ the registry, once published)
+        self._save_tables()
         self._exposure = _exposure_stage(exposure, policy)
         self.model_version = model.version
         self.policy_version = policy.version
@@ -93,7 +106,12 @@ class ScoringEngine:
     @property
     def controls(self) -> ControlCache | None:
         """The operator controls this engine applies (None: none)."""
-        return None if self._controls is None else self._controls.cache
+        return next((st.cache for st in self._controls.values()), None)
+
+    @property
+    def variants(self) -> Variants:
+        """The champion, challengers and shadows this engine decides with."""
+        return self._variants
 
     def score(self, batch: RequestBatch, now: float | None = None) -> DecisionBatch:
         if batch.trace:
@@ -116,12 +134,12 @@ class ScoringEngine:
         replays = self._replays
         with timer("idempotency_lookup"):
             plan = replays.plan(keys, asked, requests["deadline"] <= now, requests["product"])
-        if self._controls is not None and plan.replayed.any():
+        if self._controls and plan.replayed.any():
             replays = self._replays_within(plan, replays)
         fresh = np.flatnonzero(plan.fresh)
-        features = None
+        features, shadows = None, None
         if fresh.size:
-            features, held = self._decide(requests, plan, fresh, now, timer, compiled=compiled)
+            features, held, shadows = self._decide(requests, plan, fresh, now, timer, compiled=compiled)
             plan.rows["fingerprint"][fresh] = asked[fresh]
             with timer("idempotency_save"):
                 replays.save(plan, fresh, keys)
@@ -133,25 +151,26 @@ class ScoringEngine:
         # Echo what was asked: the id and the currency the limit is in.
         rows["application_id"] = requests["application_id"]
         rows["currency"] = requests["currency"]
-        answer = DecisionBatch(rows, replays.reason_table(plan), _message(rows), timer.seconds)
+        answer = DecisionBatch(rows, replays.reason_table(plan, self._tables), _message(rows), timer.seconds,
+                               self._variants.shadow_stats(shadows))
         if self._log is not None:
             replay = (plan.replayed | (plan.copy_of >= 0)) & (rows["status"] == Code.OK)
-            self._log.append(requests, answer, replay, fresh, features)
+            self._log.append(requests, answer, replay, fresh, features, shadows=self._variants.shadow_log(shadows))
         return answer
 
     def _decide(
         self, requests: Rows, plan: Plan, fresh: npt.NDArray[np.intp], now: float, timer: StageTimer, *,
-        compiled: ctl.Compiled | None,
-    ) -> tuple[FeatureBatch, Held | None]:
+        compiled: dict[int, ctl.Compiled] | None,
+    ) -> tuple[FeatureBatch, Held | None, npt.NDArray[np.void] | None]:
         asked = requests[fresh]
         with timer("feature_read"):
             gathered = self._features.gather(asked["merchant_id"].astype("U64").tolist(), now)
         out = plan.rows[fresh]
-        self._decider.decide(asked, gathered, now, timer, out)
-        if compiled is not None and compiled.size:
+        arm = self._variants.decide(asked, gathered, now, timer, out)
+        shadows = self._variants.shadow(asked, gathered, now, timer)
+        if compiled:
             with timer("policy"):  # the controls adjust the policy's outputs: timed as policy
-                limit = len(self._policy.reason_table) + self._registry
-                ctl.apply(compiled, asked, gathered.features, out, limit)
+                self._apply_controls(compiled, asked, gathered, out, arm)
         out["application_id"] = asked["application_id"]
         out["currency"] = asked["currency"]
         first = self._next_id
@@ -162,14 +181,34 @@ class ScoringEngine:
             with timer("policy"):
                 held = self._exposure.reserve(asked, gathered.features, out, now)
         plan.rows[fresh] = out
-        return gathered.features, held
+        return gathered.features, held, shadows
+
+    def _apply_controls(
+        self, compiled: dict[int, ctl.Compiled], asked: Rows, gathered: Gathered, out: Rows,
+        arm: npt.NDArray[np.intp],
+    ) -> None:
+        """Each row's controls, their reasons at the slots after its own policy's table."""
+        lengths = self._variants.table_lengths[arm]
+        for n, c in compiled.items():
+            if not c.size:
+                continue
+            if len(compiled) == 1:  # every arm's table is as long (the usual case): all rows at once
+                ctl.apply(c, asked, gathered.features, out, n + self._registry)
+                return
+            idx = np.flatnonzero(lengths == n)
+            part = out[idx]
+            ctl.apply(c, asked[idx], take(gathered, idx).features, part, n + self._registry)
+            out[idx] = part
 
     # -- operator controls -----------------------------------------------------------
-    def _current_controls(self, now: float) -> ctl.Compiled | None:
-        """This batch's compiled controls; a grown reason registry first extends the replays' table."""
-        if self._controls is None:
+    def _current_controls(self, now: float) -> dict[int, ctl.Compiled] | None:
+        """This batch's compiled controls (by policy table length); a grown reason registry
+        first extends the replays' tables."""
+        if not self._controls:
             return None
-        snap, compiled = self._controls.current(now)
+        compiled = {}
+        for n, stage in self._controls.items():
+            snap, compiled[n] = stage.current(now)
         if len(snap.reasons) > self._registry:
             self._publish_reasons(snap.reasons)
         return compiled
@@ -180,17 +219,29 @@ class ScoringEngine:
             table = (*self._policy.reason_table, *registry)
             self._replays = Replays(self._store, self._policy.version, table, self._policy)
             self._registry = len(registry)
+            self._tables = {v: (*t, *registry) for v, t in self._variants.tables().items()}
+            self._save_tables()
         except FeatureError as exc:  # controls still apply; entries not in the table go unnamed
             log.warning("control reason entries not published (store unavailable): %s", exc)
+
+    def _save_tables(self) -> None:
+        """The challengers' tables, so a replay of their decisions (on any replica) names its reasons."""
+        for version, table in self._tables.items():
+            if version == self._policy.version:
+                continue
+            try:
+                self._replays.save_table(version, table)
+            except FeatureError as exc:
+                log.warning("reason table of %s not stored (store unavailable): %s", version, exc)
 
     def _replays_within(self, plan: Plan, replays: Replays) -> Replays:
         """Replays decided by a replica whose registry is ahead of ours: catch up before answering."""
         mine = plan.replayed & (plan.rows["policy_version"] == self._policy.version.encode())
         if not mine.any() or plan.rows["reason"][mine].max() < len(self._policy.reason_table) + self._registry:
             return replays
-        assert self._controls is not None
+        assert self.controls is not None
         try:
-            self._controls.cache.refresh()
+            self.controls.refresh()
         except FeatureError as exc:
             log.warning("controls refresh for a replay failed: %s", exc)
         self._current_controls(time.time())
@@ -201,8 +252,9 @@ class ScoringEngine:
 
     def close(self) -> None:
         try:
-            if self._controls is not None:
-                self._controls.close()
+            for stage in self._controls.values():  # every stage reads the one cache: closed once
+                stage.close()
+                break
             self._features.close()
             self._replays.close()
             if self._exposure is not None:

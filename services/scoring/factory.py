@@ -24,6 +24,7 @@ from services.policy import Policy, PolicyConfig, load_policy
 from services.schema.records import RECORD_SCHEMA
 from services.scoring.controls import Vocabulary
 from services.scoring.engine import ScoringEngine
+from services.scoring.variants import Arms
 from services.settings import Settings
 from services.telemetry import NullTelemetry, setup
 
@@ -112,8 +113,9 @@ def open_shared(settings: Settings, catalog: TagCatalog, telemetry: NullTelemetr
     )
 
 
-def engine_with(shared: Shared, artifact: ModelArtifact, policy: Policy) -> ScoringEngine:
-    """An engine deciding with ``artifact`` and ``policy`` on the shared stores."""
+def engine_with(shared: Shared, artifact: ModelArtifact, policy: Policy, arms: Arms | None = None) -> ScoringEngine:
+    """An engine deciding with ``artifact`` and ``policy`` (and ``arms``' challengers and
+    shadows beside them) on the shared stores."""
     return ScoringEngine(
         shared.reader,
         artifact,
@@ -126,4 +128,5 @@ def engine_with(shared: Shared, artifact: ModelArtifact, policy: Policy) -> Scor
         vocabulary=Vocabulary.from_catalog(shared.catalog),
         decision_log=shared.decision_log,
         exposure=shared.exposure,
+        arms=arms,
     )

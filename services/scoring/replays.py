@@ -162,11 +162,21 @@ class Replays:
             self._store.put_reasons(self._version, self._table)
             self._table_saved = True
 
-    def reason_table(self, plan: Plan) -> tuple[tuple[str, str], ...]:
-        """This policy's reason table, extended with the codes of replays made under others
-        (whose reason indices are rewritten into it)."""
+    def reason_table(
+        self, plan: Plan, known: dict[str, tuple[tuple[str, str], ...]] | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """This policy's reason table, extended with the codes of rows decided under others
+        (whose reason indices are rewritten into it): replays made under another version,
+        read back through the store, and rows a challenger decided here, through ``known``
+        (each policy version's table as this replica holds it)."""
         table = list(self._table)
-        older = plan.replayed & (plan.rows["policy_version"] != self._policy)
+        other = plan.rows["policy_version"] != self._policy
+        for version, theirs in (known or {}).items():
+            mine = other & (plan.rows["policy_version"] == version.encode())
+            if version != self._version and mine.any():
+                plan.rows["reason"][mine] = _index_map(theirs, table)[plan.rows["reason"][mine]]
+                other &= ~mine
+        older = plan.replayed & other
         for i in np.flatnonzero(older).tolist():
             version = plan.rows["policy_version"][i].decode()
             plan.rows["reason"][i] = self._remap(plan.rows["reason"][i], version, table)
@@ -192,6 +202,10 @@ class Replays:
                 out[k] = codes.index(entry[0])
         return out
 
+    def save_table(self, version: str, table: tuple[tuple[str, str], ...]) -> None:
+        """Another policy version's table (a challenger's), before any record that refers to it."""
+        self._store.put_reasons(version, table)
+
     def _lookup(self, app_ids: list[str]) -> dict[str, bytes]:
         try:
             found = self._store.lookup(app_ids)
@@ -208,3 +222,18 @@ class Replays:
 
     def close(self) -> None:
         self._store.close()
+
+
+def _index_map(theirs: tuple[tuple[str, str], ...], table: list[tuple[str, str]]) -> npt.NDArray[np.int16]:
+    """Indices into ``theirs`` -> indices into ``table`` (extended as needed); index -1 (the
+    map's last slot) and anything beyond ``theirs`` read -1."""
+    codes = {c: k for k, (c, _) in enumerate(table)}
+    out = np.full(len(theirs) + 1, -1, dtype=np.int16)
+    for k, entry in enumerate(theirs):
+        if entry[0] not in codes:
+            codes[entry[0]] = len(table)
+            table.append(entry)
+        out[k] = codes[entry[0]]
+    full = np.full(1 << 15, -1, dtype=np.int16)  # any int16 index (negative ones wrap to -1)
+    full[: len(theirs)] = out[:-1]
+    return full

@@ -21,16 +21,19 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from features import FeatureError
 from kernels import KernelError
 from services.bundles import BundleError, LoadedBundle, Registry, load_bundle
+from services.bundles.registry import Arm, Deployment
 from services.errors import ConfigError, CreditAuthError, translate
 from services.schema.records import DecisionBatch, RequestBatch
 from services.scoring.decider import TOP_K
 from services.scoring.engine import ScoringEngine
 from services.scoring.factory import Shared, catalog_of, engine_with, open_shared, tag_index
+from services.scoring.variants import Arms, ArmSpec
 from services.settings import Settings
 from services.telemetry import NullTelemetry
 
@@ -41,11 +44,12 @@ SWAPS_KEPT = 100
 
 @dataclass(frozen=True)
 class Serving:
-    """The engine that scores the next batch, and the bundle it came from."""
+    """The engine that scores the next batch, and the deployment state it was built for."""
 
     engine: ScoringEngine
     bundle: str
     index_version: int
+    arms: tuple[tuple[Arm, ...], tuple[Arm, ...]] = ((), ())  # challengers, shadows
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class SwappableEngine:
         self.swaps: deque[SwapRecord] = deque(maxlen=SWAPS_KEPT)
         self.refused: dict[str, str] = {}  # bundle id -> why it was not swapped in
         self.last_error: str | None = None
+        self._loaded: dict[str, LoadedBundle] = {}  # compiled bundles the deployment names, by id
 
     @classmethod
     def open(cls, settings: Settings, telemetry: NullTelemetry | None = None) -> SwappableEngine:
@@ -95,7 +100,13 @@ class SwappableEngine:
             shared = open_shared(settings, catalog, telemetry)
         except FeatureError as exc:
             raise translate(exc) from exc
-        first = Serving(engine_with(shared, loaded.artifact, loaded.compiled_policy), dep.bundle, index.version)
+        tags = tag_index(catalog)
+        try:
+            arms = _arms(dep, cfg.deployment, lambda bid: load_bundle(registry, bid, tags=tags))
+        except FeatureError as exc:
+            raise translate(exc) from exc
+        engine = engine_with(shared, loaded.artifact, loaded.compiled_policy, arms)
+        first = Serving(engine, dep.bundle, index.version, (dep.challengers, dep.shadows))
         return cls(shared, registry, cfg.deployment, cfg.poll_interval_s, first)
 
     # -- what the replica calls --------------------------------------------------------
@@ -163,16 +174,27 @@ class SwappableEngine:
             index = self._registry.index()
             self._seen_version = index.version
             dep = index.deployments.get(self._deployment)
-            if dep is None or dep.bundle == self._current.bundle:
+            cur = self._current
+            if dep is None or dep.serving == (cur.bundle, *cur.arms):
                 return None
-            return self._swap_to(dep.bundle, index.version)
+            return self._swap_to(dep, index.version)
 
-    def _swap_to(self, bundle_id: str, index_version: int) -> SwapRecord | None:
-        started = time.perf_counter()
-        try:
+    def _load(self, bundle_id: str) -> LoadedBundle:
+        """A bundle read, checked, compiled and warmed (kept while the deployment names it)."""
+        loaded = self._loaded.get(bundle_id)
+        if loaded is None:
             loaded = load_bundle(self._registry, bundle_id, tags=self._tags)
-            engine = engine_with(self._shared, loaded.artifact, loaded.compiled_policy)
             _warm(loaded)
+            self._loaded[bundle_id] = loaded
+        return loaded
+
+    def _swap_to(self, dep: Deployment, index_version: int) -> SwapRecord | None:
+        started = time.perf_counter()
+        bundle_id = dep.bundle
+        try:
+            loaded = self._load(bundle_id)
+            arms = _arms(dep, self._deployment, self._load)
+            engine = engine_with(self._shared, loaded.artifact, loaded.compiled_policy, arms)
         except (CreditAuthError, FeatureError, KernelError) as exc:
             self.last_error = f"bundle {bundle_id[:12]} refused, still serving {self._current.bundle[:12]}: {exc}"
             log.error("%s", self.last_error)
@@ -183,7 +205,10 @@ class SwappableEngine:
         before = self._current.bundle
         prepared = time.perf_counter()
         with self._changed:
-            self._current = Serving(engine, bundle_id, index_version)  # the swap: one assignment between batches
+            # The swap: one assignment between batches.
+            self._current = Serving(engine, bundle_id, index_version, (dep.challengers, dep.shadows))
+            used = {bundle_id, *(a.bundle for a in (*dep.challengers, *dep.shadows))}
+            self._loaded = {b: x for b, x in self._loaded.items() if b in used}
             self.refused.pop(bundle_id, None)
             self._changed.notify_all()
         record = SwapRecord(before, bundle_id, engine.model_version, engine.policy_version, prepared - started,
@@ -203,6 +228,16 @@ def serving_engine(settings: Settings) -> ScoringEngine | SwappableEngine:
 
         return build_engine(settings)
     return SwappableEngine.open(settings).start()
+
+
+def _arms(dep: Deployment, salt: str, load: Callable[[str], LoadedBundle]) -> Arms:
+    """The deployment's challengers and shadows, each bundle loaded and checked like the champion."""
+
+    def spec(arm: Arm) -> ArmSpec:
+        b = load(arm.bundle)
+        return ArmSpec(arm.name, arm.bundle, b.artifact, b.compiled_policy, arm.share)
+
+    return Arms(dep.bundle, tuple(spec(a) for a in dep.challengers), tuple(spec(a) for a in dep.shadows), salt)
 
 
 def _warm(loaded: LoadedBundle) -> None:

@@ -236,6 +236,7 @@ def reference_response(row: np.void, resp: DecisionBatch) -> pb.AuthorizeRespons
         apr_bps=int(row["apr_bps"]), risk_grade=row["risk_grade"].decode(),
         probability_of_default=float(row["pd"]), model_version=row["model_version"].decode(),
         policy_version=row["policy_version"].decode(), degraded=bool(row["degraded"]),
+        bundle_id=row["bundle_id"].decode(), variant=row["variant"].decode(),
     )
     r.approved_limit.amount_minor = int(row["approved_minor"])
     r.approved_limit.currency = CURRENCIES[row["currency"]].code
