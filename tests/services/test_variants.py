@@ -114,7 +114,7 @@ def _codes(answer: DecisionBatch, rows: np.ndarray) -> list[list[str]]:
 
 
 def test_challenger_rows_decide_as_the_challenger_alone(setup: Setup, clean_world: World) -> None:
-    reg, a, b, tmp = setup
+    _reg, a, b, tmp = setup
     merchants = _merchants(clean_world)
     split = SwappableEngine.open(_settings(clean_world, tmp, "prod"))
     solo = SwappableEngine.open(_settings(clean_world, tmp, "solo"))
