@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from kernels.ensemble import TreeEnsemble
 from kernels.errors import InputShapeError
 
-__all__ = ["ParityReport", "check_parity"]
+__all__ = ["ParityReport", "Predictor", "check_parity"]
+
+
+class Predictor(Protocol):
+    """What the gate scores: a ``TreeEnsemble``, or any model with the same ``predict``."""
+
+    def predict(self, X: npt.NDArray[Any], raw_score: bool = False) -> npt.NDArray[np.float64]: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class ParityReport:
 
 
 def check_parity(
-    ensemble: TreeEnsemble,
+    ensemble: Predictor,
     X: npt.NDArray[Any],
     expected: npt.ArrayLike,
     tolerance: float = 1e-9,

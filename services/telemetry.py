@@ -10,7 +10,8 @@ mapping per series; spans are only recorded for the sampled share of RPCs
 (``telemetry.trace_sample_ratio``, 1% by default). A
 batch that crosses the Ray hop carries the trace contexts of its sampled
 requests; the replica's ``score_batch`` span links to them and holds child
-spans for the feature read, the kernel and the policy.
+spans for each stage (idempotency look-up, feature read, kernel, policy, exposure,
+idempotency save, log write), made from the stage timer's intervals after the batch.
 
 ``NullTelemetry`` is what every component gets when telemetry is disabled: no
 SDK objects are touched at all.
@@ -32,6 +33,7 @@ import numpy as np
 from services.schema import codes
 from services.schema.records import DecisionBatch
 from services.settings import TelemetrySettings
+from services.telemetry_variants import VariantTally
 
 log = logging.getLogger(__name__)
 _DECISIONS = ("UNSPECIFIED", "APPROVE", "DECLINE", "REVIEW")
@@ -73,6 +75,9 @@ class NullTelemetry:
         self, name: str, links: Sequence[str] = (), parent: str | None = None, **attrs: Any
     ) -> Iterator[str | None]:
         yield None
+
+    def stage_spans(self, intervals: Sequence[tuple[str, int, int]]) -> None:
+        return None
 
     def continues(self, traceparent: str | None) -> bool:
         """Whether a caller's trace context asks for this RPC to be traced (its sampled flag)."""
@@ -152,6 +157,8 @@ class Telemetry(NullTelemetry):
         meter.create_observable_counter(
             "creditauth.item.errors", callbacks=[self._observe_errors], description="Items not decided, by status"
         )
+        self.variants = VariantTally()
+        self.variants.register(meter, metrics.Observation)
         meter.create_observable_counter(
             "creditauth.decisions.flagged", callbacks=[self._observe_flags],
             description="Decisions answered degraded (an input missing) or on stale features, by flag",
@@ -207,12 +214,14 @@ class Telemetry(NullTelemetry):
         self, size: int, seconds: float, stage_s: Mapping[str, float], answered: DecisionBatch | None = None
     ) -> None:
         """One backend call: its size, its duration, the replica's time per stage, and (every
-        call: exact counts) how many of its answered decisions were degraded or stale."""
+        call: exact counts) how many of its answered decisions were degraded or stale, and
+        what each variant decided (``telemetry_variants``)."""
         if answered is not None:
             rows = answered.rows
             ok = rows["status"] == 0
             self._flag_counts["degraded"] += int(np.count_nonzero(rows["degraded"] & ok))
             self._flag_counts["stale"] += int(np.count_nonzero(rows["stale"] & ok))
+            self.variants.add(rows, answered.shadow_stats)
         self._batch_tick += 1
         if self._batch_tick % self._every:
             return
@@ -256,6 +265,12 @@ class Telemetry(NullTelemetry):
         with self._tracer.start_as_current_span(name, context=context, links=link_objs, attributes=attrs) as span:
             ctx = span.get_span_context()
             yield f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+    def stage_spans(self, intervals: Sequence[tuple[str, int, int]]) -> None:
+        """A child of the current span per timed stage (name, start and end in epoch ns), made
+        after the fact from the stage timer's intervals: no SDK call inside the stages."""
+        for name, start, end in intervals:
+            self._tracer.start_span(name, start_time=start).end(end_time=end)
 
     def continues(self, traceparent: str | None) -> bool:
         """A caller's sampled trace is always continued (W3C trace context, ``traceparent``

@@ -18,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 
 from features import FEATURE_SERVICE
-from kernels import TreeEnsemble
 from services.bundles.manifest import (
     FEATURES,
     MODEL_FILES,
@@ -44,6 +43,7 @@ from services.bundles.validate import (
     source_predict,
 )
 from services.errors import ConfigError
+from services.models.artifact import PDModel
 from services.policy.config import DEFAULT_POLICY
 
 SAMPLE_ROWS = 2000  # reference rows an imported model is gated on (and every load re-checks)
@@ -69,7 +69,7 @@ def _npy(a: npt.NDArray[Any]) -> bytes:
 
 def make_bundle(
     source: ModelSource,
-    ensemble: TreeEnsemble,
+    ensemble: PDModel,
     *,
     x: npt.NDArray[np.float32],
     expected: npt.NDArray[np.float64],
@@ -154,7 +154,14 @@ def data_window(data_dir: Path) -> tuple[str, str]:
 
 # -- a model trained elsewhere --------------------------------------------------------
 def detect_kind(data: bytes) -> str:
-    return "xgboost" if data.lstrip()[:1] == b"{" else "lightgbm"
+    """LightGBM text, XGBoost JSON, or a scorecard (JSON with a top-level ``scorecard`` key)."""
+    if data.lstrip()[:1] != b"{":
+        return "lightgbm"
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return "xgboost"  # the XGBoost loader names what is wrong with it
+    return "scorecard" if isinstance(doc, dict) and "scorecard" in doc else "xgboost"
 
 
 def names_line(kind: str, data: bytes) -> tuple[int, str]:
@@ -162,6 +169,8 @@ def names_line(kind: str, data: bytes) -> tuple[int, str]:
     JSON path (XGBoost, whose JSON is often one line)."""
     if kind == "xgboost":
         return 0, "learner.feature_names"
+    if kind == "scorecard":
+        return 0, "feature_names"
     for i, line in enumerate(data.splitlines(), 1):
         if line.startswith(b"feature_names="):
             return i, "feature_names"

@@ -34,9 +34,9 @@ from services.bundles.manifest import (
 from services.bundles.registry import Registry, checksum_problems
 from services.errors import ConfigError
 from services.models import ModelArtifact
-from services.models.artifact import PARITY_TOLERANCE
+from services.models.artifact import PARITY_TOLERANCE, PDModel
+from services.models.scorecard import ScorecardError, ScorecardModel, reference_pd
 from services.policy import Policy, PolicyConfig
-from services.scoring.decider import TOP_K
 
 CATALOGUE: tuple[str, ...] = (*MATRIX_COLUMNS, *REQUEST_COLUMNS)
 Progress = Callable[[str], None]
@@ -73,9 +73,11 @@ def _json(bundle: Bundle, name: str, where: str) -> Any:
         raise BundleError([Problem(where, "<json>", f"unreadable: {exc}", line)]) from exc
 
 
-def compile_model(kind: str, data: bytes, where: str) -> TreeEnsemble:
+def compile_model(kind: str, data: bytes, where: str) -> PDModel:
     """The model file compiled into the kernel; a refusal names the file and line (or JSON path)."""
     try:
+        if kind == "scorecard":
+            return ScorecardModel.from_json(data)
         if kind == "lightgbm":
             return TreeEnsemble.from_lightgbm(data.decode("utf-8"), source=where)
         if kind == "xgboost":
@@ -83,8 +85,19 @@ def compile_model(kind: str, data: bytes, where: str) -> TreeEnsemble:
     except UnicodeDecodeError as exc:
         raise BundleError([Problem(where, "<file>", f"not UTF-8 text (byte {exc.start})")]) from exc
     except KernelError as exc:
-        raise BundleError([_kernel_problem(str(exc), where)]) from exc
-    raise BundleError([Problem(where, "model.kind", f"unknown model kind {kind!r}: lightgbm or xgboost")])
+        problem = _kernel_problem(str(exc), where)
+        if "multiclass" in problem.message:
+            problem = Problem(where, problem.field, f"{_MULTICLASS} ({problem.message})", problem.line)
+        raise BundleError([problem]) from exc
+    except ScorecardError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise BundleError([Problem(where, field, message, exc.line)]) from exc
+    raise BundleError([Problem(where, "model.kind", f"unknown model kind {kind!r}: lightgbm, xgboost or scorecard")])
+
+
+_MULTICLASS = ("a multiclass model predicts a class, not a probability of default: the decider sets grade, "
+               "limit and price from a PD, so it serves binary models and scorecards; train the grade model "
+               "as binary (default or not) and let the policy's grades band its PD")
 
 
 def _kernel_problem(message: str, where: str) -> Problem:
@@ -96,7 +109,7 @@ def _kernel_problem(message: str, where: str) -> Problem:
     return Problem(where, "model", rest.strip())
 
 
-def _features(doc: Any, ensemble: TreeEnsemble, where: str) -> tuple[str, ...]:
+def _features(doc: Any, ensemble: PDModel, where: str) -> tuple[str, ...]:
     """The catalogue name of each model input, in the model's column order."""
     try:
         names = tuple(str(n) for n in doc["features"])
@@ -115,12 +128,12 @@ def _features(doc: Any, ensemble: TreeEnsemble, where: str) -> tuple[str, ...]:
     return names
 
 
-def servable_problems(ensemble: TreeEnsemble, where: str) -> list[Problem]:
-    """What keeps the decider from serving this model (it ranks TOP_K model reasons per decision)."""
-    if ensemble.n_features >= TOP_K:
+def servable_problems(ensemble: PDModel, where: str) -> list[Problem]:
+    """What keeps the decider from serving this model: a model with no inputs (one with fewer
+    than the decider's TOP_K gives fewer model reasons; the rest stay empty)."""
+    if ensemble.n_features >= 1:
         return []
-    return [Problem(where, "features", f"{ensemble.n_features} features: the decider ranks {TOP_K} "
-                    "reasons per decision and serves models of at least that many")]
+    return [Problem(where, "features", "the model reads no features")]
 
 
 def _reference(bundle: Bundle, registry: Registry, bid: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
@@ -138,7 +151,7 @@ def _reference(bundle: Bundle, registry: Registry, bid: str) -> tuple[npt.NDArra
 
 
 def parity(
-    ensemble: TreeEnsemble, x: npt.NDArray[np.float32], expected: npt.NDArray[np.float64], where: str
+    ensemble: PDModel, x: npt.NDArray[np.float32], expected: npt.NDArray[np.float64], where: str
 ) -> ParityReport:
     try:
         report = check_parity(ensemble, x, expected, tolerance=PARITY_TOLERANCE)
@@ -238,7 +251,10 @@ def load_bundle(
 
 
 def source_predict(kind: str, data: bytes, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """What the model's own library predicts for ``x`` (LightGBM, or XGBoost if installed)."""
+    """What the model's own library predicts for ``x`` (LightGBM, or XGBoost if installed; a
+    scorecard's reference is its spec evaluated in numpy, independently of the kernel)."""
+    if kind == "scorecard":
+        return reference_pd(data, x)
     if kind == "lightgbm":
         import lightgbm as lgb
 

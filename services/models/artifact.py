@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from kernels import KernelError, TreeEnsemble, check_parity
 from services.errors import ModelError
@@ -29,11 +30,30 @@ def models_dir(data_dir: Path) -> Path:
     return data_dir / "models"
 
 
+class PDModel(Protocol):
+    """What the decider scores with: a compiled ``TreeEnsemble`` or a ``ScorecardModel``.
+    ``predict_with_reasons`` gives the PD, the model's ``top_k`` adverse features (-1: none)
+    and what each contributed (positive: towards default)."""
+
+    @property
+    def feature_names(self) -> Any: ...
+    @property
+    def n_features(self) -> int: ...
+    @property
+    def n_trees(self) -> int: ...
+    @property
+    def objective(self) -> str: ...
+
+    def predict(self, x: npt.NDArray[Any], raw_score: bool = False) -> npt.NDArray[np.float64]: ...
+
+    def predict_with_reasons(self, x: npt.NDArray[Any], top_k: int) -> tuple[Any, Any, Any]: ...
+
+
 @dataclass(frozen=True)
 class ModelArtifact:
     version: str
     path: Path
-    ensemble: TreeEnsemble
+    ensemble: PDModel
     feature_names: tuple[str, ...]
     manifest: dict[str, Any]
 

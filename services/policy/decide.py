@@ -184,7 +184,14 @@ class Policy:
         self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
 
     def _model_reasons(self, model_features: Sequence[str], table: list[tuple[str, str]]) -> npt.NDArray[np.int16]:
-        """Model feature index -> reason index; the last slot answers feature -1 ("no reason")."""
+        """Model feature index -> reason index; the last slot answers feature -1 ("no reason").
+
+        Every mapping's code enters the table in the policy's order, whatever the model reads:
+        the table is a function of the policy alone, so bundles that share a policy version
+        (a champion and a challenger with other models) share its table, which is how answers,
+        replays and the decision log look codes up."""
+        for r in self.config.reasons:
+            _code(table, r.code, r.description)
         out = np.full(len(model_features) + 1, -1, dtype=np.int16)
         for i, name in enumerate(model_features):
             mapping = self.config.reason_for(name)

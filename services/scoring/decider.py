@@ -139,8 +139,11 @@ class Decider:
         if scorable.any():
             idx = np.flatnonzero(scorable)
             xs = x if len(idx) == n else np.ascontiguousarray(x[idx])
-            prob, fidx, c = self._model.ensemble.predict_with_reasons(xs, TOP_K)
-            pd[idx], rf[idx], rc[idx] = prob, fidx, c
+            # A model of fewer than TOP_K inputs has fewer reasons to give; the rest stay "none".
+            k = min(TOP_K, self._model.ensemble.n_features)
+            prob, fidx, c = self._model.ensemble.predict_with_reasons(xs, k)
+            pd[idx] = prob
+            rf[idx, :k], rc[idx, :k] = fidx[:, :k], c[:, :k]
         return pd, rf, rc
 
 

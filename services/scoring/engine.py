@@ -119,14 +119,17 @@ class ScoringEngine:
             # a caller's trace reaches the replica); every sampled request is linked.
             traces = batch.trace.split("\n")
             with self._tel.span("score_batch", links=traces, parent=traces[0], size=len(batch)):
-                return self._score(batch, now)
-        return self._score(batch, now)
+                timer = StageTimer(traced=True)
+                try:
+                    return self._score(batch, now, timer)
+                finally:  # a child span per stage, also for a batch that failed part way
+                    self._tel.stage_spans(timer.intervals or ())
+        return self._score(batch, now, StageTimer())
 
-    def _score(self, batch: RequestBatch, now: float | None) -> DecisionBatch:
+    def _score(self, batch: RequestBatch, now: float | None, timer: StageTimer) -> DecisionBatch:
         if self._log is not None:
             self._log.check()
         now = time.time() if now is None else now
-        timer = StageTimer()
         requests = batch.rows
         keys = batch.idempotency_keys()
         asked = fingerprints(requests)
@@ -144,7 +147,7 @@ class ScoringEngine:
             with timer("idempotency_save"):
                 replays.save(plan, fresh, keys)
             if held is not None and self._exposure is not None:
-                with timer("policy"):  # only where an approval is not answered as granted
+                with timer("exposure"):  # only where an approval is not answered as granted
                     self._exposure.settle(held, plan.rows[fresh], plan.replayed[fresh])
         plan.finish()
         rows = plan.rows
@@ -155,7 +158,8 @@ class ScoringEngine:
                                self._variants.shadow_stats(shadows))
         if self._log is not None:
             replay = (plan.replayed | (plan.copy_of >= 0)) & (rows["status"] == Code.OK)
-            self._log.append(requests, answer, replay, fresh, features, shadows=self._variants.shadow_log(shadows))
+            with timer("log_write"):
+                self._log.append(requests, answer, replay, fresh, features, shadows=self._variants.shadow_log(shadows))
         return answer
 
     def _decide(
@@ -178,7 +182,7 @@ class ScoringEngine:
         out["decision_id"] = [f"{self._id_prefix}-{k:x}".encode() for k in range(first, first + len(fresh))]
         held = None
         if self._exposure is not None:  # after the controls: the limits are final; reserved by decision id
-            with timer("policy"):
+            with timer("exposure"):
                 held = self._exposure.reserve(asked, gathered.features, out, now)
         plan.rows[fresh] = out
         return gathered.features, held, shadows

@@ -244,7 +244,7 @@ def _warm(loaded: LoadedBundle) -> None:
     """Score reference rows once: the kernel's first call, off the hot path."""
     x = loaded.reference_x[:WARM_ROWS]
     if len(x):
-        loaded.artifact.ensemble.predict_with_reasons(x, TOP_K)
+        loaded.artifact.ensemble.predict_with_reasons(x, min(TOP_K, loaded.artifact.ensemble.n_features))
 
 
 __all__ = ["BundleError", "Serving", "SwapRecord", "SwappableEngine", "serving_engine"]

@@ -172,16 +172,37 @@ def test_import_lightgbm_maps_names_and_lists_unknown_ones(clean_world: World, r
     assert loaded.parity.passed and loaded.training["holdout"]["auc"] == 0.6
 
 
-def test_a_model_the_decider_cannot_serve_is_refused(clean_world: World, tmp_path: Path) -> None:
+def test_a_model_of_fewer_inputs_than_reasons_serves(clean_world: World, reg: Registry, tmp_path: Path) -> None:
+    """Three features, fewer than the decider's TOP_K model reasons: it serves, with at most
+    three model reasons per answer (the other slots empty)."""
     import lightgbm as lgb
+
+    from services.scoring.decider import TOP_K
+    from services.scoring.swap import SwappableEngine
+    from services.settings import load_settings
 
     x, y = training_frame(FeatureSettings(data_dir=clean_world.data_dir))
     names = list(SMALL[:3])
+    assert len(names) < TOP_K
     booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
                         lgb.Dataset(x[:, [MODEL_COLUMNS.index(n) for n in names]], y, feature_name=names), 5)
     (tmp_path / "three.txt").write_text(booster.model_to_string())
-    with pytest.raises(BundleError, match=r"three\.txt: features: 3 features: the decider ranks 4 reasons"):
-        import_model(tmp_path / "three.txt", policy_path=None, tags=None, catalogue_sample=x)
+    bid = reg.put(import_model(tmp_path / "three.txt", policy_path=None, tags=tags_of(clean_world), catalogue_sample=x))
+    promote(reg, "three", bid, tags=tags_of(clean_world))
+    settings = load_settings(None, {"features": feature_settings(clean_world).model_dump(),
+                                    "bundle": {"registry": reg.uri, "deployment": "three"}})
+    engine = SwappableEngine.open(settings)
+    try:
+        from tests.services.test_variants import _batch, _merchants
+
+        answer = engine.score(_batch(_merchants(clean_world, 200), "three"))
+    finally:
+        engine.close()
+    rows = answer.rows
+    assert (rows["bundle_id"] == bid.encode()).all() and not np.isnan(rows["pd"]).all()
+    model_codes = {"R_LOW_REVENUE", "R_AMOUNT_VS_REVENUE", "R_LONG_TERM"}  # what the three features map to
+    got = [set(answer.reason_codes(i)) & model_codes for i in range(len(rows))]
+    assert any(got) and all(len(g) <= 3 for g in got)
 
 
 def test_import_xgboost_json(clean_world: World, reg: Registry, tmp_path: Path) -> None:
@@ -260,3 +281,18 @@ def test_a_registry_by_uri(reg: Registry, first: str, tmp_path: Path) -> None:
     assert by_uri.put(reg.read(first)) == first and by_uri.ids() == [first]
     assert load_bundle(by_uri, first).id == first
     assert (tmp_path / "uri-registry" / "bundles" / first / "manifest.json").exists()
+
+
+def test_a_multiclass_model_is_refused_saying_why(clean_world: World, tmp_path: Path) -> None:
+    import lightgbm as lgb
+
+    x, _ = training_frame(FeatureSettings(data_dir=clean_world.data_dir))
+    cols = [MODEL_COLUMNS.index(n) for n in SMALL]
+    grade = np.random.default_rng(1).integers(0, 3, len(x))
+    booster = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1},
+                        lgb.Dataset(x[:, cols], grade, feature_name=list(SMALL)), 3)
+    (tmp_path / "grades.txt").write_text(booster.model_to_string())
+    with pytest.raises(BundleError) as err:
+        import_model(tmp_path / "grades.txt", policy_path=None, tags=None, catalogue_sample=x)
+    message = str(err.value)
+    assert "grades.txt:" in message and "num_class=3" in message and "serves binary models and scorecards" in message

@@ -65,6 +65,15 @@ def test_metrics_and_a_trace_across_the_hop(world: World) -> None:
         front_ids = {s.context.span_id for s in fronts}
         linked = {link.context.span_id for b in batches for link in b.links}
         assert front_ids & linked  # the replica's span points back at the RPC's span
+        # Each stage of a traced batch is a child span of its score_batch, inside its time.
+        by_id = {b.context.span_id: b for b in batches}
+        stages = [s for s in spans if s.parent is not None and s.parent.span_id in by_id]
+        expected = {"idempotency_lookup", "feature_read", "kernel", "policy", "idempotency_save"}
+        assert expected <= {s.name for s in stages}
+        for st in stages:
+            parent = by_id[st.parent.span_id]  # type: ignore[union-attr]
+            assert st.context.trace_id == parent.context.trace_id
+            assert parent.start_time <= st.start_time <= st.end_time <= parent.end_time  # type: ignore[operator]
     finally:
         lt.run(fe.stop())
         lt.close()

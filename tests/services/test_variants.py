@@ -214,3 +214,42 @@ def test_retire_and_promote_the_challenger(setup: Setup, clean_world: World, tmp
     promote(reg, "trial", b, tags=tags)  # the challenger wins: it is the champion now
     dep = reg.index().deployments["trial"]
     assert dep.bundle == b and not dep.challengers and dep.history[0] == a
+
+
+def test_variant_metrics_count_what_each_arm_decided(setup: Setup, clean_world: World) -> None:
+    import urllib.request
+
+    from services.schema.enums import APPROVE
+    from services.settings import TelemetrySettings
+    from services.telemetry import Telemetry
+    from tests.support import free_port
+
+    _, _, _, tmp = setup
+    engine = SwappableEngine.open(_settings(clean_world, tmp, "prod"))
+    try:
+        answer = engine.score(_batch(_merchants(clean_world, 300), "mt"))
+    finally:
+        engine.close()
+    port = free_port()
+    tel = Telemetry(TelemetrySettings(prometheus_port=port), "test")
+    try:
+        tel.batch(len(answer.rows), 0.001, {}, answer)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        tel.shutdown()
+
+    def value(field: str, variant: str, role: str) -> float:
+        hits = [ln for ln in body.splitlines() if ln.startswith(f"creditauth_variant_{field}_total{{")
+                and f'variant="{variant}"' in ln and f'role="{role}"' in ln]
+        assert len(hits) == 1, (field, variant, role, hits)
+        return float(hits[0].rsplit(" ", 1)[1])
+
+    rows = answer.rows
+    for name in ("champion", "fast"):
+        mine = rows[(rows["variant"] == name.encode()) & (rows["status"] == 0)]
+        scored = ~np.isnan(mine["pd"])
+        assert value("decisions", name, "answer") == scored.sum() > 0
+        assert value("approvals", name, "answer") == (mine["decision"] == APPROVE).sum()
+        assert value("pd_sum", name, "answer") == pytest.approx(mine["pd"][scored].sum(), rel=1e-9)
+        assert value("approved_minor_sum", name, "answer") == pytest.approx(float(mine["approved_minor"].sum()))
+    assert value("decisions", "watch", "shadow") == answer.shadow_stats["watch"][0] == len(rows)
