@@ -28,6 +28,11 @@ class FeatureSettings(BaseModel):
     # feature) or the packed one (a value per entity and view, Feast's custom store
     # features.stores.packed.feast_store; docs/packed-layout.md). Only read with redis.
     redis_layout: Literal["standard", "packed"] = "standard"
+    # Redis Cluster (features.stores.redis.cluster): redis_url names a startup node, the slot
+    # map is learned from it and then from any node; reads and scripts go per slot, pipelined
+    # per node, following MOVED/ASK and failovers. Database 0 only. Keys whose scripts span
+    # several keys (exposure caps, operator controls) carry a hash tag in this mode.
+    redis_cluster: bool = False
     # Redis ACL user and a file holding its password (a mounted Kubernetes Secret); the
     # password never sits in a settings file, a ConfigMap or serveConfigV2.
     redis_username: str | None = None
@@ -77,6 +82,8 @@ class FeatureSettings(BaseModel):
             raise ValueError("redis_url carries a password and redis_password_file is set: keep only the file")
         if self.redis_username and u.username:
             raise ValueError("redis_url carries a user name and redis_username is set: keep one")
+        if self.redis_cluster and self.redis_host_port_db()[2] != 0:
+            raise ValueError("redis_cluster is set but redis_url names a database other than 0 (a cluster has only 0)")
         return self
 
     @model_validator(mode="after")

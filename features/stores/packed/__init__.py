@@ -29,6 +29,14 @@ class PackedBackend(RedisBackend):
     def writer(self, *, dedup: bool = True) -> Writer:
         from features.stores.packed.writer import PackedWriter
 
+        if self.settings.redis_cluster:
+            from features.stores.packed.layout import key_prefix
+            from features.stores.redis.cluster import ClusterClient
+            from features.stores.redis.cluster_writer import ClusterWriter
+
+            client = self.client
+            assert isinstance(client, ClusterClient)
+            return ClusterWriter(client, lambda c: PackedWriter(self.settings, dedup=dedup, config=c), key_prefix)
         return PackedWriter(self.settings, dedup=dedup, config=self.connection_config)
 
     def velocity(self) -> VelocityRecorder:

@@ -42,7 +42,7 @@ Row = tuple[EntityKeyProto, dict[str, ValueProto], dt.datetime, dt.datetime | No
 
 
 class PackedRedisOnlineStoreConfig(FeastConfigBaseModel):
-    """Online store config of the packed Redis layout (a single Redis server)."""
+    """Online store config of the packed Redis layout (a Redis server, or a cluster)."""
 
     type: Literal["features.stores.packed.feast_store.PackedRedisOnlineStore"] = (
         "features.stores.packed.feast_store.PackedRedisOnlineStore"
@@ -53,6 +53,8 @@ class PackedRedisOnlineStoreConfig(FeastConfigBaseModel):
     """Expire each entity's view after this long (None: never), as Feast's Redis store."""
     skip_dedup: bool = False
     """Write every row, without first reading the stored event times (Feast's option)."""
+    redis_type: Literal["redis", "redis_cluster"] = "redis"
+    """``redis_cluster``: redis-py's cluster client (an entity's views share a slot: its hash tag)."""
 
 
 def _view_name(table: FeatureView, config: RepoConfig) -> str:
@@ -79,7 +81,8 @@ class PackedRedisOnlineStore(OnlineStore):
     def _redis(self, config: RepoConfig) -> Any:
         """Feast's own redis-py client for the connection string (Feast builds and configures it)."""
         if self._client is None:
-            standard = RedisOnlineStoreConfig(connection_string=config.online_store.connection_string)
+            standard = RedisOnlineStoreConfig(connection_string=config.online_store.connection_string,
+                                              redis_type=config.online_store.redis_type)
             self._client = RedisOnlineStore()._get_client(standard)
         return self._client
 
@@ -140,7 +143,10 @@ class PackedRedisOnlineStore(OnlineStore):
         schema = _schema(table, name)
         features = [f.name for f in table.features]
         wanted = set(requested_features or features)
-        blobs = self._redis(config).mget(self._keys(config, name, entity_keys)) if entity_keys else []
+        client = self._redis(config)
+        # On a cluster the entities' keys span slots: redis-py splits the MGET per slot.
+        mget = client.mget_nonatomic if config.online_store.redis_type == "redis_cluster" else client.mget
+        blobs = mget(self._keys(config, name, entity_keys)) if entity_keys else []
         return [_row(blob, schema, name, features, wanted) for blob in blobs]
 
     def update(  # noqa: PLR0917 (Feast's signature)

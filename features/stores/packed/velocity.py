@@ -15,14 +15,16 @@ from features.errors import FeatureDataError
 from features.settings import FeatureSettings
 from features.stores import layout as feast_layout
 from features.stores.packed import layout
-from features.stores.redis.client import RedisClient, Script
+from features.stores.redis.client import Script
+from features.stores.redis.cluster import AnyClient, ClusterClient
+from features.stores.redis.velocity import grouped_counts
 
 VIEW = catalog.VELOCITY
 SCRIPT = Script.load(__package__, "velocity.lua")
 
 
 class PackedVelocity:
-    def __init__(self, client: RedisClient, settings: FeatureSettings) -> None:
+    def __init__(self, client: AnyClient, settings: FeatureSettings) -> None:
         assert VIEW.field_names == ("apps_1h", "apps_24h", "window_state"), "velocity view changed: see velocity.lua"
         self._client = client
         self._project = settings.project
@@ -30,8 +32,11 @@ class PackedVelocity:
 
     def record(self, ids: list[str], k: list[int], now_us: int) -> npt.NDArray[np.int64]:
         keys = [layout.key(e, self._project, VIEW.name) for e in feast_layout.entity_keys(ids)]
-        args = [self._schema, str(now_us).encode(), *(str(c).encode() for c in k)]
-        reply = self._client.eval_script(SCRIPT, keys, args, context="velocity update")
+        shared = [self._schema, str(now_us).encode()]
+        counts = [str(c).encode() for c in k]
+        if isinstance(self._client, ClusterClient):  # one call per slot (each key's tag is its merchant)
+            return grouped_counts(self._client, SCRIPT, keys, shared, counts)
+        reply = self._client.eval_script(SCRIPT, keys, [*shared, *counts], context="velocity update")
         if not isinstance(reply, list) or len(reply) != 2 * len(ids):
             raise FeatureDataError(f"velocity update returned {reply!r:.200}")
         return np.asarray(reply, dtype=np.int64).reshape(len(ids), 2)

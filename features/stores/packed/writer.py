@@ -121,6 +121,11 @@ class PackedWriter:
             self._conn.receive(head)
             writes -= isinstance(head, _resp.ReplyCounter)
 
+    def flush(self) -> None:
+        """Read every reply still to come (a cluster writer checks each node's share this way)."""
+        while self._inflight:
+            self._conn.receive(self._inflight.popleft())
+
     def close(self) -> None:
         try:
             while self._inflight:

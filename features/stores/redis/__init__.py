@@ -20,7 +20,7 @@ from features.tags import TagCatalog
 from features.velocity import VelocityRecorder
 
 if TYPE_CHECKING:
-    from features.stores.redis.client import RedisClient
+    from features.stores.redis.cluster import AnyClient
     from features.stores.redis.secure import ConnectionConfig
 
 
@@ -29,7 +29,7 @@ class RedisBackend:
 
     def __init__(self, settings: FeatureSettings) -> None:
         self.settings = settings
-        self._client: RedisClient | None = None
+        self._client: AnyClient | None = None
         self._config: ConnectionConfig | None = None
         self._lock = threading.Lock()
 
@@ -47,13 +47,20 @@ class RedisBackend:
         return self._config
 
     @property
-    def client(self) -> RedisClient:
-        """The connection pool this backend's parts share (created on first use; connects lazily)."""
+    def client(self) -> AnyClient:
+        """The connection pool this backend's parts share (created on first use; connects lazily).
+        With ``redis_cluster`` a ``ClusterClient`` (a pool per node), which the parts route by slot."""
         with self._lock:
             if self._client is None:
-                from features.stores.redis.client import RedisClient
+                if self.settings.redis_cluster:
+                    from features.stores.redis.cluster import ClusterClient
 
-                self._client = RedisClient(self.settings, config=self._connection_config())
+                    # The parts take either; they branch on ClusterClient where routing matters.
+                    self._client = ClusterClient(self.settings, config=self._connection_config())
+                else:
+                    from features.stores.redis.client import RedisClient
+
+                    self._client = RedisClient(self.settings, config=self._connection_config())
             return self._client
 
     def reader(self, tag_bytes: int | None = None) -> OnlineReader:
@@ -66,6 +73,15 @@ class RedisBackend:
     def writer(self, *, dedup: bool = True) -> Writer:
         from features.stores.redis.writer import RedisWriter
 
+        if self.settings.redis_cluster:
+            from features.stores.redis.cluster import ClusterClient
+            from features.stores.redis.cluster_writer import ClusterWriter
+
+            client = self.client
+            assert isinstance(client, ClusterClient)
+            suffix = self.settings.project.encode()
+            return ClusterWriter(client, lambda c: RedisWriter(self.settings, dedup=dedup, config=c),
+                                 lambda k: k + suffix)
         return RedisWriter(self.settings, dedup=dedup, config=self.connection_config)
 
     def velocity(self) -> VelocityRecorder:

@@ -68,10 +68,30 @@ class Decoder(Protocol):
     def feed(self, buf: bytearray, start: int, end: int) -> int: ...
 
 
+class ClusterRedirect(OnlineStoreUnavailable):
+    """A cluster node's ``MOVED``/``ASK`` reply: the slot is served elsewhere (``cluster``
+    follows it; should one escape the retry bound, the store is unavailable for now)."""
+
+    def __init__(self, message: str, kind: str, slot: int, host: str, port: int) -> None:
+        super().__init__(message)
+        self.kind, self.slot, self.host, self.port = kind, slot, host, port
+
+
+def redirect_of(err: _resp.RespServerError, address: str = "") -> ClusterRedirect | None:
+    """``MOVED <slot> <host>:<port>`` / ``ASK ...`` as a ``ClusterRedirect``; else None."""
+    parts = str(err).split(" ")
+    if len(parts) != 3 or parts[0] not in ("MOVED", "ASK"):
+        return None
+    host, _, port = parts[2].rpartition(":")
+    return ClusterRedirect(f"Redis {address}: {err}", parts[0], int(parts[1]), host or "127.0.0.1", int(port))
+
+
 def server_error(address: str, err: _resp.RespServerError, context: str = "") -> FeatureError:
     """The feature-layer error for a Redis error reply."""
     msg = str(err)
     code = msg.split(" ", 1)[0]
+    if code in ("MOVED", "ASK") and (redirect := redirect_of(err, address)) is not None:
+        return redirect
     where = f"Redis {address}" + (f" ({context})" if context else "")
     if code in _TRANSIENT:
         return OnlineStoreUnavailable(f"{where}: {msg}")
@@ -115,6 +135,10 @@ class RespConnection:
     def receive(self, decoder: Decoder, *, timeout_s: float | None = None) -> None:
         """Feed the replies of an earlier ``send_only`` to ``decoder`` until it is done."""
         self._run(b"", decoder, timeout_s, connect=False)
+
+    def connect(self, *, timeout_s: float | None = None) -> None:
+        """Connect now (if not connected): a failure here means nothing was sent."""
+        self._run(b"", None, timeout_s, connect=True)
 
     def close(self) -> None:
         with self._lock:
@@ -375,6 +399,14 @@ class RedisClient:
             idle = list(self._idle)
         for conn in idle:
             conn.close()  # waits for nobody: an idle connection's lock is free
+
+    def acquire(self, deadline: float) -> RespConnection:
+        """A pooled connection for the caller alone until ``release`` (no breaker: the
+        cluster client, which holds one per node at once, keeps each node's verdict)."""
+        return self._checkout(deadline)
+
+    def release(self, conn: RespConnection) -> None:
+        self._checkin(conn)
 
     # --- the pool ---------------------------------------------------------------
 

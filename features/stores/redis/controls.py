@@ -11,6 +11,10 @@ The subscriber is one connection of its own (a subscribed connection can do noth
 on a thread that blocks reading messages; each message, and each (re)subscription (which
 may follow missed messages), calls ``notify``. ``close`` wakes it with a message on a
 channel of its own, so no read has to time out.
+
+On a Redis Cluster the keys are ``{<project>:controls}:...`` (one hash tag: each script
+spans several of them, and Redis runs a script only on keys of one slot); the channel
+keeps its name (a cluster delivers a ``PUBLISH`` to subscribers on every node).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from features.controls import AuditEntry, Control, ControlSnapshot, audit_of, cl
 from features.errors import FeatureDataError, FeatureError
 from features.settings import FeatureSettings
 from features.stores.redis import _resp, _resp_build
-from features.stores.redis.client import RedisClient, RespConnection, Script
+from features.stores.redis.client import RespConnection, Script
+from features.stores.redis.cluster import AnyClient, ClusterClient
 
 log = logging.getLogger(__name__)
 _POLL_S = 1.0  # the fallback: notifications carry the change within milliseconds
@@ -80,13 +85,14 @@ def _record(rec: bytes) -> Control:
 class RedisControls:
     poll_s = _POLL_S
 
-    def __init__(self, client: RedisClient, settings: FeatureSettings) -> None:
+    def __init__(self, client: AnyClient, settings: FeatureSettings) -> None:
         self._client = client
         self._settings = settings
         base = f"{settings.project}:controls:"
-        self._active, self._version = (base + "active").encode(), (base + "version").encode()
-        self._reasons, self._slots = (base + "reasons").encode(), (base + "slots").encode()
-        self._audit = (base + "audit").encode()
+        keys = f"{{{settings.project}:controls}}:" if isinstance(client, ClusterClient) else base
+        self._active, self._version = (keys + "active").encode(), (keys + "version").encode()
+        self._reasons, self._slots = (keys + "reasons").encode(), (keys + "slots").encode()
+        self._audit = (keys + "audit").encode()
         self.channel = (base + "changed").encode()
 
     def version(self) -> int:
@@ -150,7 +156,7 @@ class RedisControls:
 class _Subscriber:
     """``SUBSCRIBE`` on a connection of its own; every message calls ``notify``."""
 
-    def __init__(self, client: RedisClient, settings: FeatureSettings, channel: bytes,
+    def __init__(self, client: AnyClient, settings: FeatureSettings, channel: bytes,
                  notify: Callable[[], None]) -> None:
         self._client = client
         self._channels = [channel, channel + f":wake:{client.name}:{next(_WATCHES)}".encode()]

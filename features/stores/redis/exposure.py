@@ -8,6 +8,10 @@ cap between them. The batch travels packed (amounts, starts and counters as thre
 arguments, the values once each), so building it costs numpy calls, not a loop per item.
 Calls go over the backend's shared ``RedisClient`` (its deadline, its circuit breaker), so a
 dead Redis is ``OnlineStoreUnavailable`` like a feature read.
+
+On a Redis Cluster the keys are ``{<project>:exposure}:<cap>:z`` / ``:t``: one hash tag for
+every cap, because a batch is allocated against all its caps in one atomic script, which
+Redis runs only on keys of one slot (the price: the caps live on one master).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy.typing as npt
 from features.errors import FeatureDataError
 from features.exposure import CapLimit, Claims, Grants, entries
 from features.settings import FeatureSettings
-from features.stores.redis.client import RedisClient, Script
+from features.stores.redis.client import Script
+from features.stores.redis.cluster import AnyClient, ClusterClient
 
 SCRIPT = Script.load(__package__, "exposure.lua")
 
@@ -35,9 +40,10 @@ def _member(entry: npt.NDArray[np.int64], token: bytes, value: str) -> bytes:
 
 
 class RedisExposure:
-    def __init__(self, client: RedisClient, settings: FeatureSettings) -> None:
+    def __init__(self, client: AnyClient, settings: FeatureSettings) -> None:
         self._client = client
-        self._prefix = f"{settings.project}:exposure:".encode()
+        tagged = isinstance(client, ClusterClient)
+        self._prefix = (f"{{{settings.project}:exposure}}:" if tagged else f"{settings.project}:exposure:").encode()
 
     def _keys(self, caps: Sequence[CapLimit]) -> list[bytes]:
         keys: list[bytes] = []

@@ -5,6 +5,11 @@ Records are opaque bytes keyed by application id under ``<project>:idem:<namespa
 one); the first replica to decide an application wins. Everything goes over the
 backend's shared ``RedisClient``, so a failure is the same typed error, within the same
 deadline, as a feature read's.
+
+On a Redis Cluster (key names unchanged: each record is its own key, so none needs a
+hash tag) a lookup is one ``GET`` per id and a save one ``SET NX EX`` per id, pipelined per
+node; a save retried after a lost connection may find its own record, which is the same
+decision, so retrying it is safe.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Sequence
 from features.errors import FeatureDataError
 from features.settings import FeatureSettings
 from features.stores.idempotency import decode_table, encode_table
-from features.stores.redis.client import RedisClient, Script
+from features.stores.redis.client import Script
+from features.stores.redis.cluster import AnyClient, ClusterClient
 
 SCRIPT = Script.load(__package__, "idempotency.lua")
 
@@ -22,7 +28,7 @@ SCRIPT = Script.load(__package__, "idempotency.lua")
 class RedisIdempotency:
     """MGET per lookup, one ``EVALSHA`` of ``idempotency.lua`` per save."""
 
-    def __init__(self, client: RedisClient, settings: FeatureSettings, window_s: float, namespace: str = "") -> None:
+    def __init__(self, client: AnyClient, settings: FeatureSettings, window_s: float, namespace: str = "") -> None:
         self._client = client
         space = f"{namespace}:" if namespace else ""
         self._prefix = f"{settings.project}:idem:{space}".encode()
@@ -34,6 +40,9 @@ class RedisIdempotency:
     def lookup(self, app_ids: Sequence[str]) -> dict[str, bytes]:
         if not app_ids:
             return {}
+        if isinstance(self._client, ClusterClient):
+            got = self._client.commands([[b"GET", self._key(a)] for a in app_ids], context="idempotency lookup")
+            return {a: v for a, v in zip(app_ids, got, strict=True) if isinstance(v, bytes)}
         values = self._client.command(b"MGET", *(self._key(a) for a in app_ids), context="idempotency lookup")
         if not isinstance(values, list) or len(values) != len(app_ids):
             raise FeatureDataError(f"idempotency lookup returned {values!r:.200}")
@@ -42,6 +51,13 @@ class RedisIdempotency:
     def save(self, app_ids: Sequence[str], records: Sequence[bytes]) -> dict[str, bytes]:
         if not app_ids:
             return {}
+        if isinstance(self._client, ClusterClient):
+            won = self._client.commands(
+                [[b"SET", self._key(a), r, b"NX", b"EX", self._window] for a, r in zip(app_ids, records, strict=True)],
+                context="idempotency save",
+            )
+            lost = [a for a, ok in zip(app_ids, won, strict=True) if ok is None]
+            return self.lookup(lost) if lost else {}
         # SET NX EX for every id server-side; the script returns the (1-based) positions
         # another replica had already decided, whose records we then read back.
         lost_at = self._client.eval_script(

@@ -142,7 +142,10 @@ def feast_online_store(settings: FeatureSettings, *, reveal: bool = False) -> di
         ):
             if path is not None:
                 parts.append(f"{option}={_feast_value(name, str(Path(path).resolve()))}")
-    return {"type": "redis", "connection_string": ",".join(parts)}
+    section = {"type": "redis", "connection_string": ",".join(parts)}
+    if settings.redis_cluster:  # redis-py's RedisCluster, started from the same node
+        section["redis_type"] = "redis_cluster"
+    return section
 
 
 def _feast_value(name: str, value: str, *, secret: bool = False) -> str:
