@@ -20,6 +20,7 @@ the policy run once per variant present in the batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,11 +49,10 @@ def buckets(merchant_ids: npt.NDArray[np.bytes_], salt: str) -> npt.NDArray[np.i
     ids = np.ascontiguousarray(merchant_ids)
     width = ids.dtype.itemsize
     raw = ids.view(np.uint8).reshape(len(ids), width) if width else np.zeros((len(ids), 0), np.uint8)
-    h = np.full(len(ids), _FNV_OFFSET, dtype=np.uint64)
+    h = np.full(len(ids), _salted(salt), dtype=np.uint64)
+    used = np.flatnonzero(raw.any(axis=0))  # columns past the longest id are all padding
     with np.errstate(over="ignore"):
-        for b in salt.encode() + b"\x00":  # the salt, then a separator no id byte can be
-            h = (h ^ np.uint64(b)) * _FNV_PRIME
-        for k in range(width):  # the id's bytes; the 'S' dtype's trailing NUL padding is skipped
+        for k in range(int(used[-1]) + 1 if used.size else 0):  # the id's bytes; NUL padding is skipped
             col = raw[:, k].astype(np.uint64)
             h = np.where(col != 0, (h ^ col) * _FNV_PRIME, h)
         h ^= h >> np.uint64(33)  # murmur3's fmix64: the low bits depend on every byte
@@ -61,6 +61,15 @@ def buckets(merchant_ids: npt.NDArray[np.bytes_], salt: str) -> npt.NDArray[np.i
         h *= np.uint64(0xC4CEB9FE1A85EC53)
         h ^= h >> np.uint64(33)
     return (h % np.uint64(BUCKETS)).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _salted(salt: str) -> np.uint64:
+    """FNV-1a state after the salt and a separator no id byte can be (once per salt, not per batch)."""
+    h = int(_FNV_OFFSET)
+    for b in salt.encode() + b"\x00":
+        h = ((h ^ b) * int(_FNV_PRIME)) & 0xFFFFFFFFFFFFFFFF
+    return np.uint64(h)
 
 
 @dataclass(frozen=True)
