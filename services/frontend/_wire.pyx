@@ -79,6 +79,7 @@ DEF TEXT_CHARS = 1024
 DEF TEXT_BYTES = 4096
 # Item statuses are google.rpc codes: 0 (decided) .. 16 (UNAUTHENTICATED).
 DEF MAX_CODE = 16
+DEF MAX_EXTRA = 16384  # bytes of an item error's own details (a BadRequest: a field and a message, bounded)
 MAX_ID = ECHO_ID
 MAX_TEXT = TEXT_CHARS
 
@@ -625,7 +626,34 @@ cdef inline Py_ssize_t text_len(const uint8_t* p, Py_ssize_t width) except -1:
     return n
 
 
-cdef int write_error(Buf* b, const char* app, Py_ssize_t app_len, int code, bytes field, bytes message) except -1:
+# Per status code, the ``ItemError.details`` entries every item error of that code carries
+# (ErrorInfo, RetryInfo: ``services.frontend.details``), already framed as field 4; set
+# once at import by ``services.frontend.wire``. Empty until then: no details, still valid.
+cdef tuple CODE_DETAILS = (b"",) * (MAX_CODE + 1)
+
+
+def set_code_details(tuple table not None):
+    """Install the per-code ``ItemError.details`` bytes (a tuple of MAX_CODE + 1 bytes)."""
+    global CODE_DETAILS
+    if len(table) != MAX_CODE + 1 or not all(isinstance(x, bytes) for x in table):
+        raise ValueError(f"code details: {MAX_CODE + 1} bytes values, one per status code")
+    CODE_DETAILS = table
+
+
+cdef inline int put_raw(Buf* b, bytes data) except -1:
+    """Bytes already encoded as whole fields, appended as they are."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n:
+        grow(b, n)
+        memcpy(b.p + b.n, PyBytes_AS_STRING(data), n)
+        b.n += n
+    return 0
+
+
+cdef int write_error(Buf* b, const char* app, Py_ssize_t app_len, int code, bytes field, bytes message,
+                     bytes extra=b"") except -1:
+    """An ``ItemError`` (field 13): code, field, message, the code's details, then ``extra``
+    (more framed details: an item's ``BadRequest``)."""
     cdef Py_ssize_t mark
     if code < 1 or code > MAX_CODE:
         raise EncodeError(f"error code {code} is no google.rpc code")
@@ -635,6 +663,8 @@ cdef int write_error(Buf* b, const char* app, Py_ssize_t app_len, int code, byte
     put_int(b, 1, code)
     put_bytes(b, 2, PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
     put_bytes(b, 3, PyBytes_AS_STRING(message), PyBytes_GET_SIZE(message))
+    put_raw(b, <bytes>CODE_DETAILS[code])
+    put_raw(b, extra)
     close_message(b, mark, True)
     return 0
 
@@ -905,11 +935,15 @@ cdef int check_positions(Py_ssize_t total, Encoder enc, const int32_t[::1] index
 
 
 cdef int write_item_error(Buf* b, object item) except -1:
-    """An ``(position, app_id, code, field, message)`` error: types checked, texts bounded."""
-    _, app, code, field, message = item
-    if not isinstance(app, bytes) or not isinstance(field, str) or not isinstance(message, str):
-        raise EncodeError("an item error is (position, bytes, int, str, str)")
-    write_error(b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, bounded(field), bounded(message))
+    """An ``(position, app_id, code, field, message, details)`` error: types checked, texts
+    bounded; ``details``: framed ``ItemError.details`` entries beyond the code's own."""
+    if not isinstance(item, tuple) or len(<tuple>item) != 6:
+        raise EncodeError("an item error is (position, bytes, int, str, str, bytes of at most 16 KiB)")
+    _, app, code, field, message, extra = item
+    if (not isinstance(app, bytes) or not isinstance(field, str) or not isinstance(message, str)
+            or not isinstance(extra, bytes) or len(extra) > MAX_EXTRA):
+        raise EncodeError("an item error is (position, bytes, int, str, str, bytes of at most 16 KiB)")
+    write_error(b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, bounded(field), bounded(message), extra)
     return 0
 
 
@@ -918,7 +952,7 @@ def encode_batch(Py_ssize_t total, Encoder enc, const int32_t[::1] index not Non
     """An ``AuthorizeBatchResponse`` answering ``total`` requests in order.
 
     Row ``offset + k`` of ``enc`` answers the request at ``index[k]`` (rising); ``errors`` are
-    ``(position, app_id, code, field, message)`` (bytes app_id, str field and message) for
+    ``(position, app_id, code, field, message, details)`` (bytes app_id and details, str field and message) for
     the requests that were not sent to scoring. ``enc`` may be None when every item is an error.
     """
     cdef Buf b
@@ -946,12 +980,15 @@ def encode_batch(Py_ssize_t total, Encoder enc, const int32_t[::1] index not Non
         free(b.p)
 
 
-def encode_error(bytes app not None, int code, str field not None, str message not None):
+def encode_error(bytes app not None, int code, str field not None, str message not None, bytes extra=b""):
     """An ``AuthorizeResponse`` carrying only ``error`` (for streams)."""
     cdef Buf b
     b.p = NULL; b.n = 0; b.cap = 0
+    if len(extra) > MAX_EXTRA:
+        raise EncodeError("an item error's details: at most 16 KiB")
     try:
-        write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, bounded(field), bounded(message))
+        write_error(&b, PyBytes_AS_STRING(app), PyBytes_GET_SIZE(app), code, bounded(field), bounded(message),
+                    extra)
         return PyBytes_FromStringAndSize(<const char*>b.p, b.n)
     finally:
         free(b.p)

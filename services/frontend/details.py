@@ -5,6 +5,11 @@ in the ``grpc-status-details-bin`` trailer (what grpcio-status's ``rpc_status.fr
 and grpcurl read) with an ``ErrorInfo`` (a stable reason and the domain), a ``BadRequest``
 naming the field for ``INVALID_ARGUMENT`` and ``PERMISSION_DENIED`` on a request field, and a
 ``RetryInfo`` saying when to retry ``RESOURCE_EXHAUSTED`` and ``UNAVAILABLE``.
+
+An item of a batch or stream that is answered with an error carries the same details in
+``ItemError.details``: the per-code part is serialized once per process
+(``code_details``) and copied by the C encoder; an item's ``BadRequest`` is serialized
+when the item is refused (``item_details``), which is rare and off the decision path.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from functools import lru_cache
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from creditauth.v1 import authorization_pb2 as pb
 from services.schema.codes import Code
 
 DOMAIN = "creditauth.v1"
@@ -58,6 +64,23 @@ def trailer(code: int, message: str, field: str = "") -> tuple[tuple[str, bytes]
     status = status_pb2.Status(code=code, message=message)
     status.details.extend(_common(code))
     if field:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
-        status.details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        status.details.append(_bad_request(field, message))
     return ((TRAILER, status.SerializeToString()),)
+
+
+def _bad_request(field: str, message: str) -> any_pb2.Any:
+    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+    return _pack(error_details_pb2.BadRequest(field_violations=[violation]))
+
+
+def code_details(max_code: int) -> tuple[bytes, ...]:
+    """Per status code 0..max_code, its ``ItemError.details`` entries, framed (field 4)."""
+    out = [b""]
+    for code in range(1, max_code + 1):
+        out.append(pb.ItemError(details=_common(code)).SerializeToString())
+    return tuple(out)
+
+
+def item_details(field: str, message: str) -> bytes:
+    """An item's own ``ItemError.details`` beyond its code's: a ``BadRequest`` naming ``field``."""
+    return pb.ItemError(details=[_bad_request(field, message)]).SerializeToString() if field else b""

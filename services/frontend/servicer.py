@@ -235,7 +235,7 @@ class CreditAuthorizationServicer:
             return await self._fail_all(d, batch, errors, exc, context)
 
     async def _fail_all(
-        self, d: wire.DecodedBatch, batch: RequestBatch, errors: list[tuple[int, bytes, int, str, str]],
+        self, d: wire.DecodedBatch, batch: RequestBatch, errors: list[tuple[int, bytes, int, str, str, bytes]],
         exc: CreditAuthError, context: Context,
     ) -> bytes:
         """Every scored item of a batch call fails with ``exc`` (the call itself, if nothing else)."""
@@ -245,7 +245,8 @@ class CreditAuthorizationServicer:
                      batch.rows)
         if not errors:  # nothing in the call can be answered: fail the call itself
             await abort(context, code_of(exc), str(exc), _field(exc))
-        errors = errors + [(int(pos), apps[j], code, "", str(exc)) for j, pos in enumerate(d.index.tolist())]
+        # No field: the code's own details (ErrorInfo, RetryInfo) are all an item needs.
+        errors = errors + [(int(pos), apps[j], code, "", str(exc), b"") for j, pos in enumerate(d.index.tolist())]
         return wire.encode_batch(d.total, None, d.index[:0], errors)
 
     # -- AuthorizeStream ---------------------------------------------------------

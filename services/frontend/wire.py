@@ -20,14 +20,13 @@ import numpy.typing as npt
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from services.errors import InvalidRequest
-from services.frontend import _wire
+from services.frontend import _wire, details
 from services.frontend._wire import (
     EncodeError,
     Encoder,
     Violation,
     WireError,
     encode_batch,
-    encode_error,
     encode_one,
 )
 from services.schema.columns import DECISION, ID_CHARS, MAX_ID, REQUEST, REQUEST_MESSAGE, RESPONSE_MESSAGE, In
@@ -132,6 +131,7 @@ def _column_spec(c: In, slots: dict[str, int], parent: str, fd: FieldDescriptor)
 
 
 _ROUTES, _COLS, _SLOTS, _PARENTS = _request_tables()
+_wire.set_code_details(details.code_details(16))  # every item error's ErrorInfo / RetryInfo, once
 _ON_WIRE = [c for c in REQUEST if c.proto is not None]
 requests = _wire.RequestCodec(
     np.asarray(_ROUTES, np.int64), np.asarray(_COLS, np.int64), _SLOTS, b"".join(CURRENCY_CODES),
@@ -176,8 +176,21 @@ class ItemError:
     field: str
     message: str
 
-    def as_tuple(self) -> tuple[int, bytes, int, str, str]:
-        return (self.position, self.application_id, self.code, self.field, self.message)
+    def as_tuple(self) -> tuple[int, bytes, int, str, str, bytes]:
+        """What the C encoder takes: the item's own details (a ``BadRequest``) serialized."""
+        extra = details.item_details(_bounded(self.field), _bounded(self.message))
+        return (self.position, self.application_id, self.code, self.field, self.message, extra)
+
+
+def encode_error(app: bytes, code: int, field: str, message: str) -> bytes:
+    """An ``AuthorizeResponse`` carrying only ``error`` (a stream's refused item), with its details."""
+    extra = details.item_details(_bounded(field), _bounded(message))
+    return bytes(_wire.encode_error(app, code, field, message, extra))
+
+
+def _bounded(text: str) -> str:
+    """``text`` cut as the encoder cuts what it writes (the details repeat it)."""
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
 @dataclass(frozen=True)

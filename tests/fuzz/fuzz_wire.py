@@ -101,7 +101,7 @@ def _check_batch(data: bytes, limit: int) -> str:
         raise Crash(f"{len(d.index)} records and {len(d.errors)} errors for {d.total} items")
     errors = [e.as_tuple() for e in d.errors]
     apps = d.batch.rows["application_id"].tolist()
-    errors += [(int(p), a, 14, "", "x" * 3000) for p, a in zip(d.index.tolist(), apps, strict=True)]
+    errors += [(int(p), a, 14, "", "x" * 3000, b"") for p, a in zip(d.index.tolist(), apps, strict=True)]
     out = pb.AuthorizeBatchResponse.FromString(wire.encode_batch(d.total, None, d.index[:0], errors))
     if len(out.responses) != d.total or any(len(r.error.message) > wire.MAX_TEXT for r in out.responses):
         raise Crash("the batch's answer does not parse to one bounded error per item")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,13 +225,31 @@ def test_good_requests_become_one_batch_of_records() -> None:
     assert len(RequestBatch.of_records([])) == 0
 
 
+def item_details_of(code: int) -> list[Any]:
+    """What every item error of ``code`` carries, built here from google.rpc's own messages."""
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import error_details_pb2
+
+    from services.frontend.details import REASONS, RETRY_AFTER_S
+
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=REASONS.get(Code(code), "UNKNOWN"), domain="creditauth.v1"))
+    out = [info]
+    if Code(code) in RETRY_AFTER_S:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+            seconds=int(RETRY_AFTER_S[Code(code)]), nanos=round(RETRY_AFTER_S[Code(code)] % 1 * 1e9))))
+        out.append(retry)
+    return out
+
+
 def reference_response(row: np.void, resp: DecisionBatch) -> pb.AuthorizeResponse:
     """A plain-Python encoding of one decision record (what the C encoder must equal)."""
     app = row["application_id"].decode()
     if row["status"]:
-        return pb.AuthorizeResponse(
-            application_id=app, error=pb.ItemError(code=int(row["status"]), message=resp.message or "not decided")
-        )
+        code = int(row["status"])
+        return pb.AuthorizeResponse(application_id=app, error=pb.ItemError(
+            code=code, message=resp.message or "not decided", details=item_details_of(code)))
     r = pb.AuthorizeResponse(
         application_id=app, decision_id=row["decision_id"].decode(), decision=int(row["decision"]),
         apr_bps=int(row["apr_bps"]), risk_grade=row["risk_grade"].decode(),
@@ -271,9 +290,14 @@ def test_encoded_responses_equal_the_reference(world: World) -> None:
         assert pb.AuthorizeResponse.FromString(wire.encode_one(enc, k)) == ref[k], k
     # In a batch, with a bad request interleaved at position 2.
     index = np.array([0, 1, *range(3, len(records) + 1)], dtype=np.int32)
-    errors = [(2, b"bad-one", 3, "requests[2].term_months", "must be 1-60, got 0")]
+    errors = [wire.ItemError(2, b"bad-one", 3, "requests[2].term_months", "must be 1-60, got 0").as_tuple()]
     out = pb.AuthorizeBatchResponse.FromString(wire.encode_batch(len(records) + 1, enc, index, errors)).responses
     assert out[2].error.field == "requests[2].term_months" and out[2].application_id == "bad-one"
+    from google.rpc import error_details_pb2
+
+    bad = error_details_pb2.BadRequest()
+    assert list(out[2].error.details[:1]) == item_details_of(3) and out[2].error.details[1].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [(out[2].error.field, out[2].error.message)]
     assert [m for j, m in enumerate(out) if j != 2] == ref
     assert not any(math.isnan(m.probability_of_default) for m in out if m.decision)
     engine.close()

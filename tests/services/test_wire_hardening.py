@@ -90,11 +90,21 @@ CASES: dict[str, tuple[Callable[[], object], str]] = {
         "EncodeError",
     ),
     "item error with no request": (
-        lambda: wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, b"a", 3, "", "x"), (5, b"b", 3, "", "y")]),
+        lambda: wire.encode_batch(
+            1, None, np.zeros(0, np.int32), [(0, b"a", 3, "", "x", b""), (5, b"b", 3, "", "y", b"")]
+        ),
         "EncodeError",
     ),
     "item error of None": (
-        lambda: wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, None, 3, "f", "m")]),  # type: ignore[list-item]
+        lambda: wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, None, 3, "f", "m", b"")]),  # type: ignore[list-item]
+        "EncodeError",
+    ),
+    "item error without its details": (
+        lambda: wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, b"a", 3, "f", "m")]),  # type: ignore[list-item]
+        "EncodeError",
+    ),
+    "item error with oversized details": (
+        lambda: wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, b"a", 3, "f", "m", b"\x22" * 20000)]),
         "EncodeError",
     ),
     "encoder of None": (lambda: wire.encode_one(None, 0), "TypeError"),  # type: ignore[arg-type]
@@ -181,7 +191,7 @@ def test_echoed_values_are_bounded_in_every_error_writer() -> None:
     assert pb.AuthorizeResponse.FromString(wire.encode_error(b"ok-id", 3, "", "m")).application_id == "ok-id"
     raw = pb.AuthorizeResponse.FromString(wire.encode_error(b"\xff\x00bad", 3, "", "m"))
     assert raw.application_id == ""
-    batch = wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, b"a" * 70, 14, "", huge)])
+    batch = wire.encode_batch(1, None, np.zeros(0, np.int32), [(0, b"a" * 70, 14, "", huge, b"")])
     item = pb.AuthorizeBatchResponse.FromString(batch).responses[0]
     assert item.application_id == "" and item.error.code == 14 and len(item.error.message) == wire.MAX_TEXT
     # A decode violation on the id itself: the codec leaves the id out of the Violation.

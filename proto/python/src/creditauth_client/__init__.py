@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from creditauth_client.aio import AsyncAuthorizationClient
 from creditauth_client.client import AuthorizationClient
 from creditauth_client.connection import BearerToken, Tls, service_config
-from creditauth_client.errors import ErrorDetails, FieldViolation, error_details
+from creditauth_client.errors import ErrorDetails, FieldViolation, error_details, item_error_details
 from creditauth_client.retry import AsyncRetryInterceptor, RetryInterceptor, RetryPolicy, Timeouts
 from creditauth_client.v1 import authorization_pb2 as pb
 
@@ -52,6 +52,7 @@ __all__ = [
     "__version__",
     "authorize_request",
     "error_details",
+    "item_error_details",
     "pb",
     "service_config",
 ]

@@ -66,8 +66,21 @@ def retry_delay(status: status_pb2.Status | None) -> float | None:
 def error_details(err: grpc.RpcError) -> ErrorDetails:
     """Decode a failed call (sync ``grpc.RpcError`` or ``grpc.aio.AioRpcError``)."""
     call: Any = err  # both kinds are also a Call with code()/details()/trailing_metadata()
-    status = status_from_metadata(call.trailing_metadata())
-    out = ErrorDetails(code=call.code(), message=call.details() or "", retry_delay=retry_delay(status))
+    return _decoded(call.code(), call.details() or "", status_from_metadata(call.trailing_metadata()))
+
+
+def item_error_details(error: Any) -> ErrorDetails:
+    """Decode the ``ItemError`` of a batch or stream item (it carries the same details as a
+    refused call: ``ErrorInfo``, ``BadRequest`` naming ``requests[i].<field>``, ``RetryInfo``)."""
+    status = status_pb2.Status(code=error.code, message=error.message, details=list(error.details))
+    return _decoded(_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.message, status)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _decoded(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> ErrorDetails:
+    out = ErrorDetails(code=code, message=message, retry_delay=retry_delay(status))
     if status is None:
         return out
     reason, domain, meta, violations = "", "", {}, []
