@@ -166,6 +166,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def _cmd_picture(args: argparse.Namespace) -> int:
+    from loadtest.picture import picture
+
+    try:
+        svg = picture(json.loads(Path(args.summary).read_text()))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"loadtest picture: {args.summary}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    Path(args.out).write_text(svg)
+    print(args.out)
+    return EXIT_PASS
+
+
 def _cmd_capacity(args: argparse.Namespace) -> int:
     from loadtest.capacity import format_plan, measured_per_core, plan
 
@@ -199,6 +212,13 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(json.dumps(p, indent=1) if args.json else format_plan(p))
     return EXIT_PASS
+
+
+def _add_picture(sub: Any) -> None:
+    pic = sub.add_parser("picture", help="a report's latency and throughput charts as one standalone SVG")
+    pic.add_argument("summary", type=Path, help="a campaign's summary.json")
+    pic.add_argument("--out", type=Path, required=True, help="where to write the SVG")
+    pic.set_defaults(func=_cmd_picture)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="where to write the HTML (default: report.html beside the summary)")
     r.set_defaults(func=_cmd_report)
 
+    _add_picture(sub)
     k = sub.add_parser("capacity", help="cores and nodes for a target rate from measured per-core throughput")
     k.add_argument("--target-rps", type=float, default=410_000.0, help="decisions/s to plan for (default 410,000)")
     k.add_argument("--frontend-rps", type=float, help="decisions/s one front-end core sustains within SLO")

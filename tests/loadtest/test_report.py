@@ -90,3 +90,21 @@ def test_report_can_be_rerendered_from_summary_json(tmp_path: Path) -> None:
     (tmp_path / "report.html").unlink()
     assert main(["report", str(tmp_path / "summary.json")]) == 0
     assert (tmp_path / "report.html").read_text() == first
+
+
+def test_a_report_as_one_standalone_svg(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    runs = [fake_run("a", 0.005, 3)]
+    write_report(tmp_path, campaign_summary(runs[0].campaign, runs), runs)
+    out = tmp_path / "picture.svg"
+    assert main(["picture", str(tmp_path / "summary.json"), "--out", str(out)]) == 0
+    root = ET.fromstring(out.read_text())  # well-formed, one document
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = " ".join(t.text or "" for t in root.iter(f"{ns}text"))
+    assert "rep" in texts and "Latency percentiles over time" in texts and "Throughput over time" in texts
+    assert root.find(f"{ns}style") is not None and ".ct{" in (root.find(f"{ns}style").text or "")  # type: ignore[union-attr]
+    lines = [p for p in root.iter(f"{ns}polyline")] + [p for p in root.iter(f"{ns}path")]
+    assert len(lines) >= 5  # the percentile lines and the throughput lines were drawn
+    assert int(root.get("height", "0")) > 600  # two charts stacked under a title
+    assert main(["picture", str(tmp_path / "nope.json"), "--out", str(out)]) != 0
