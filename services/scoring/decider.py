@@ -70,11 +70,17 @@ class Decider:
         # Grade index -> the letter as stored; index -1 (no grade) reads the blank last slot.
         self._letters = np.array([*policy.grade_letters, ""], dtype="S4")
 
-    def decide(self, requests: Rows, gathered: Gathered, now: float, timer: StageTimer, out: Rows) -> None:
-        """Decide the requests ``requests`` (records), writing the decision columns of ``out``."""
+    def decide(
+        self, requests: Rows, gathered: Gathered, now: float, timer: StageTimer, out: Rows, *, reasons: bool = True,
+    ) -> None:
+        """Decide the requests ``requests`` (records), writing the decision columns of ``out``.
+
+        ``reasons=False`` (a shadow: its reasons are not on record) scores without the
+        model's reasons, which cost the kernel about as much again as the score; decision,
+        limit, price and grade do not depend on them."""
         feats = gathered.features
         with timer("kernel"):
-            pd, reasons, contrib = self._score(requests, gathered)
+            pd, model_reasons, contrib = self._score(requests, gathered, TOP_K if reasons else 0)
         with timer("policy"):
             age = feats.age_s(now).astype(np.float32)
             stale = ~np.isnan(age) & (age > self._max_age)
@@ -90,7 +96,7 @@ class Decider:
                     product=requests["product"],
                     apps_1h=feats.matrix[:, _APPS_1H].astype(np.float64),
                     apps_24h=feats.matrix[:, _APPS_24H].astype(np.float64),
-                    model_reason_features=reasons,
+                    model_reason_features=model_reasons,
                     model_reason_contrib=contrib,
                     degraded=gathered.features_missing,
                     velocity_missing=gathered.velocity_missing,
@@ -113,9 +119,9 @@ class Decider:
             out["policy_version"] = self.policy_version.encode()
 
     def _score(
-        self, requests: Rows, gathered: Gathered
+        self, requests: Rows, gathered: Gathered, top_k: int
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.float64]]:
-        """PD and the model's top reasons for the rows the model can score (NaN / -1 elsewhere)."""
+        """PD and the model's ``top_k`` reasons for the rows the model can score (NaN / -1 elsewhere)."""
         feats = gathered.features
         n = len(requests)
         cur = requests["currency"]
@@ -133,14 +139,17 @@ class Decider:
         x[:, p.dst_from_features] = feats.matrix[:, p.src_features]
         x[:, p.dst_from_request] = req[:, p.src_request]
         pd = np.full(n, np.nan)
-        rf = np.full((n, TOP_K), -1, dtype=np.int32)
-        rc = np.zeros((n, TOP_K))
+        rf = np.full((n, top_k), -1, dtype=np.int32)
+        rc = np.zeros((n, top_k))
         scorable = feats.found & (not gathered.features_missing)
         if scorable.any():
             idx = np.flatnonzero(scorable)
             xs = x if len(idx) == n else np.ascontiguousarray(x[idx])
+            if not top_k:
+                pd[idx] = self._model.ensemble.predict(xs)
+                return pd, rf, rc
             # A model of fewer than TOP_K inputs has fewer reasons to give; the rest stay "none".
-            k = min(TOP_K, self._model.ensemble.n_features)
+            k = min(top_k, self._model.ensemble.n_features)
             prob, fidx, c = self._model.ensemble.predict_with_reasons(xs, k)
             pd[idx] = prob
             rf[idx, :k], rc[idx, :k] = fidx[:, :k], c[:, :k]

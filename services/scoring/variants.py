@@ -178,7 +178,7 @@ class Variants:
         scores = np.zeros((len(asked), len(self.shadows)), dtype=SHADOW_DTYPE)
         for s, variant in enumerate(self.shadows):
             scratch = blank_decisions(len(asked))
-            variant.decider.decide(asked, gathered, now, timer, scratch)
+            variant.decider.decide(asked, gathered, now, timer, scratch, reasons=False)
             for name in SHADOW_DTYPE.names or ():
                 scores[name][:, s] = scratch[name]
         return scores
