@@ -23,7 +23,7 @@ from services.errors import ConfigError
 from services.settings import Settings
 
 if TYPE_CHECKING:
-    from services.decisionlog.replay import Makers, Side
+    from services.decisionlog.makers import Makers, Side
     from services.decisionlog.whatif import Compared
 
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -46,12 +46,19 @@ def add_replay(sub: _Subparsers, common: Callable[[argparse.ArgumentParser], Non
     # dest names of their own: the settings' policy_path stays the served policy.
     rp.add_argument("--model", dest="replay_model", help="decide with this model version (default: as logged)")
     rp.add_argument("--policy", dest="replay_policy", type=Path, help="decide with this policy YAML (default: logged)")
+    rp.add_argument("--bundle", dest="replay_bundle",
+                    help="decide every row with this registry bundle (id or prefix; default: each row's own)")
+    rp.add_argument("--registry", help="the bundle registry (default: bundle.registry, else <data_dir>/registry)")
     rp.add_argument("--show", type=int, default=10, help="mismatches listed (default 10)")
     rp.add_argument("--json", action="store_true", help="the summary as JSON")
     rp.set_defaults(run=replay)
     wi = sub.add_parser("whatif", help="a candidate model/policy against the champion: figures, changes, by segment")
     common(wi)
-    wi.add_argument("--model", dest="candidate_model", required=True, help="the candidate's model version")
+    cand = wi.add_mutually_exclusive_group(required=True)
+    cand.add_argument("--model", dest="candidate_model", help="the candidate's model version")
+    cand.add_argument("--bundle", dest="candidate_bundle", help="the candidate: a registry bundle (id or prefix)")
+    wi.add_argument("--against", dest="against_bundle", help="the champion: a registry bundle (default: as logged)")
+    wi.add_argument("--registry", help="the bundle registry (default: bundle.registry, else <data_dir>/registry)")
     wi.add_argument("--policy", dest="candidate_policy", type=Path, help="the candidate's policy YAML")
     wi.add_argument("--against-model", help="the champion's model (default: as logged / the served model)")
     wi.add_argument("--against-policy", type=Path, help="the champion's policy YAML (default: as logged / served)")
@@ -63,10 +70,15 @@ def add_replay(sub: _Subparsers, common: Callable[[argparse.ArgumentParser], Non
     wi.set_defaults(run=whatif)
 
 
-def _makers(settings: Settings, *policies: Path | None) -> Makers:
-    from services.decisionlog.replay import Makers
+def _makers(settings: Settings, args: argparse.Namespace, *policies: Path | None) -> Makers:
+    from services.bundles import Registry
+    from services.decisionlog.makers import Makers
 
-    return Makers(settings.features, [*policies, settings.policy_path])
+    # Rows name the bundle that decided them: the registry replays each with its own.
+    uri = args.registry or (settings.bundle.registry if settings.bundle else None)
+    if uri is None and (settings.data_dir / "registry").is_dir():
+        uri = str(settings.data_dir / "registry")
+    return Makers(settings.features, [*policies, settings.policy_path], Registry(uri) if uri else None)
 
 
 def _bar(total: int, desc: str) -> tqdm:  # type: ignore[type-arg]
@@ -79,11 +91,11 @@ def replay(settings: Settings, args: argparse.Namespace) -> None:
 
     if not args.log_dir.is_dir():
         raise ConfigError(f"{args.log_dir}: no such log directory")
-    makers = _makers(settings, args.replay_policy)
+    makers = _makers(settings, args, args.replay_policy)
     t0 = time.perf_counter()
     log = read_log(args.log_dir)
     with _bar(log.decided.height, "replay") as bar:
-        rec = recompute(log, makers, [(args.replay_model, args.replay_policy)], bar.update)
+        rec = recompute(log, makers, [(args.replay_model, args.replay_policy, args.replay_bundle)], bar.update)
     s = summary(rec, args.show)
     s["seconds"] = round(time.perf_counter() - t0, 3)
     if not rec.exact[0]:  # other versions: what changed, not whether it is identical
@@ -114,7 +126,7 @@ def whatif(settings: Settings, args: argparse.Namespace) -> None:
     from services.decisionlog.report import render
     from services.decisionlog.whatif import report
 
-    makers = _makers(settings, args.candidate_policy, args.against_policy)
+    makers = _makers(settings, args, args.candidate_policy, args.against_policy)
     t0 = time.perf_counter()
     c = _compare_log(makers, args) if args.log is not None else _compare_population(settings, makers, args)
     doc = report(c, args.lgd, args.candidate_policy)
@@ -139,9 +151,9 @@ def _compare_log(makers: Makers, args: argparse.Namespace) -> Compared:
     if not args.log.is_dir():
         raise ConfigError(f"--log: {args.log}: no such log directory")
     log = read_log(args.log)
-    sides: list[Side] = [(args.candidate_model, args.candidate_policy)]
-    if args.against_model is not None or args.against_policy is not None:
-        sides.append((args.against_model, args.against_policy))
+    sides: list[Side] = [(args.candidate_model, args.candidate_policy, args.candidate_bundle)]
+    if args.against_model is not None or args.against_policy is not None or args.against_bundle is not None:
+        sides.append((args.against_model, args.against_policy, args.against_bundle))
     with _bar(log.decided.height, "what-if") as bar:
         return compared(recompute(log, makers, sides, bar.update))
 
@@ -152,7 +164,8 @@ def _compare_population(settings: Settings, makers: Makers, args: argparse.Names
     if not args.population.is_dir():
         raise ConfigError(f"--population: {args.population}: no such data directory")
     x = population_inputs(settings.features.model_copy(update={"data_dir": args.population}))
-    candidate = (args.candidate_model, args.candidate_policy or settings.policy_path)
-    champion = (args.against_model or settings.model_version, args.against_policy or settings.policy_path)
+    candidate = (args.candidate_model, args.candidate_policy or settings.policy_path, args.candidate_bundle)
+    champion = (args.against_model or settings.model_version, args.against_policy or settings.policy_path,
+                args.against_bundle)
     with _bar(2 * len(x), "what-if") as bar:  # both sides decide every application
         return compare_population(x, makers, candidate, champion, bar.update)

@@ -16,7 +16,7 @@ counted and skipped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,25 +25,20 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features import MATRIX_COLUMNS, FeatureBatch, FeatureSettings, TagCatalog
+from features import MATRIX_COLUMNS
 from features.batch import VIEW_NAMES
 from features.catalog import BATCH_VIEWS
+from services.decisionlog.inputs import FEATURES_MISSING, VELOCITY_MISSING, Inputs, LoggedFeatures
+from services.decisionlog.makers import AS_LOGGED, Makers, Side
 from services.decisionlog.reader import ROW_KEY, _frames
 from services.decisionlog.schema import FEATURE_PREFIX
 from services.errors import ConfigError
-from services.models import load_artifact
-from services.policy import Policy, load_policy
-from services.policy.config import DEFAULT_POLICY
 from services.schema.codes import Code
 from services.schema.columns import MAX_REASONS
 from services.schema.currency import CURRENCIES
 from services.schema.records import REQUEST_DTYPE, Rows, blank_decisions
-from services.scoring.decider import Decider
-from services.scoring.gather import Gathered
-from services.scoring.stages import StageTimer
 
 F64 = npt.NDArray[np.float64]
-FEATURES_MISSING, VELOCITY_MISSING = 1, 2
 # The reasons the policy gives when an input is missing (services.policy.degraded): the log
 # has one ``degraded`` flag, and these say which input it was.
 _MISSING_REASONS = (("D_FEATURES_UNAVAILABLE", FEATURES_MISSING), ("D_VELOCITY_UNAVAILABLE", VELOCITY_MISSING))
@@ -52,39 +47,6 @@ BATCH_ROWS = 65_536  # rows per decider call: large enough to amortise, small en
 _FEATURES = [f"{FEATURE_PREFIX}{c}" for c in MATRIX_COLUMNS]
 _FOUND_VIEWS = [f"view_ts_{v.name}" for v in BATCH_VIEWS]  # as features.batch.assemble decides "found"
 _CURRENCY = {c.code: i for i, c in enumerate(CURRENCIES)}
-
-
-@dataclass(frozen=True)
-class LoggedFeatures(FeatureBatch):
-    """A feature batch read back from the log: its ages are the ones logged with it."""
-
-    logged_age_s: F64 = field(default_factory=lambda: np.zeros(0))
-
-    def age_s(self, now_s: float) -> F64:
-        # The decision's ``now`` is not logged; the age it gave is (see the module docstring).
-        return self.logged_age_s
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What the decider is given for ``n`` decisions (one batch or a whole log)."""
-
-    requests: Rows
-    features: LoggedFeatures
-    # Per row, the input the engine went without: 0 none, else FEATURES_MISSING | VELOCITY_MISSING.
-    missing: npt.NDArray[np.int8]
-
-    def __len__(self) -> int:
-        return int(self.requests.shape[0])
-
-    def take(self, rows: npt.NDArray[np.intp]) -> Inputs:
-        f = self.features
-        view_ts = f.view_ts[rows] if f.view_ts is not None else None
-        feats = LoggedFeatures(
-            np.ascontiguousarray(f.matrix[rows]), np.ascontiguousarray(f.tags[rows]), f.found[rows],
-            f.event_ts[rows], view_ts, f.max_age_s, f.logged_age_s[rows],
-        )
-        return Inputs(self.requests[rows], feats, self.missing[rows])
 
 
 class LogError(ConfigError):
@@ -167,68 +129,6 @@ def _missing(df: pl.DataFrame) -> npt.NDArray[np.int8]:
     out[degraded & (out == 0)] = FEATURES_MISSING
     out[~degraded] = 0
     return out
-
-
-class Maker:
-    """A model and a policy: what made a decision, or would make it."""
-
-    def __init__(self, model_version: str, policy: Policy, decider: Decider) -> None:
-        self.model_version = model_version
-        self.policy = policy
-        self.decider = decider
-
-    @property
-    def name(self) -> str:
-        return f"model {self.model_version}, policy {self.policy.version}"
-
-    def decide(self, x: Inputs) -> Rows:
-        """Decision records for ``x``, in order. Rows are decided in groups by the input that was
-        missing, as the engine decided them (what is missing is one flag per decider call)."""
-        out = blank_decisions(len(x))
-        for missing in np.unique(x.missing).tolist():
-            rows = np.flatnonzero(x.missing == missing)
-            part = x if len(rows) == len(x) else x.take(rows)
-            f = part.features
-            if missing & FEATURES_MISSING:  # a failed read carries no tags (services.scoring.gather)
-                f = LoggedFeatures(f.matrix, f.tags[:, :0], f.found, f.event_ts, f.view_ts, f.max_age_s,
-                                   f.logged_age_s)
-            gathered = Gathered(f, features_missing=bool(missing & FEATURES_MISSING),
-                                velocity_missing=bool(missing & VELOCITY_MISSING))
-            decided = blank_decisions(len(rows))
-            self.decider.decide(part.requests, gathered, 0.0, StageTimer(), decided)
-            out[rows] = decided
-        return out
-
-
-class Makers:
-    """Makers by version, loaded once each from the data directory and the policy files known."""
-
-    def __init__(self, settings: FeatureSettings, policy_files: Sequence[Path | None] = ()) -> None:
-        self._data_dir = settings.data_dir
-        self.max_feature_age_s = settings.max_feature_age_s
-        self._tags = {t.name: t.id for t in TagCatalog.load(settings)}
-        self._policies: dict[str, Path] = {}
-        for path in [*policy_files, DEFAULT_POLICY]:
-            cfg = load_policy(path)
-            self._policies.setdefault(cfg.version, path or DEFAULT_POLICY)
-        self._made: dict[tuple[str, str], Maker] = {}
-
-    def policy_file(self, version: str) -> Path:
-        if version not in self._policies:
-            known = ", ".join(sorted(self._policies))
-            raise ConfigError(f"policy {version!r} is not among the policy files given ({known}); pass --policy FILE")
-        return self._policies[version]
-
-    def get(self, model_version: str, policy_file: Path | None) -> Maker:
-        """The maker of a model version (or "latest") and a policy file (None: the packaged default)."""
-        policy_file = policy_file or DEFAULT_POLICY
-        key = (model_version, str(policy_file))
-        if key not in self._made:
-            artifact = load_artifact(self._data_dir, model_version)
-            policy = Policy(load_policy(policy_file), artifact.feature_names, feature_columns=MATRIX_COLUMNS,
-                            tag_index=self._tags, n_tags=len(self._tags))
-            self._made[key] = Maker(artifact.version, policy, Decider(artifact, policy, self.max_feature_age_s))
-        return self._made[key]
 
 
 @dataclass
@@ -369,10 +269,6 @@ def differs(a: Outcome, b: Outcome) -> dict[str, npt.NDArray[np.bool_]]:
 
 
 Progress = Callable[[int], object]  # told how many rows are done (a tqdm bar's update)
-# What decides one side of a comparison: a model version and a policy file; None: the
-# version named on each logged row (the one that made it).
-Side = tuple[str | None, Path | None]
-AS_LOGGED: Side = (None, None)
 
 
 @dataclass
@@ -401,7 +297,7 @@ def recompute(
     outs: list[list[Outcome]] = [[] for _ in sides]
     for part in batches(log.decided):
         x = inputs_of(part, makers.max_feature_age_s)
-        groups = list(_groups(part.select("model_version", "policy_version")))
+        groups = list(_groups(part))
         for s, side in enumerate(sides):
             outs[s].append(_decide_side(rec, s, side, makers=makers, x=x, groups=groups))
         logged.append(logged_outcome(part, rec.reasons, rec.grades))
@@ -414,12 +310,13 @@ def recompute(
 
 def _decide_side(
     rec: Recomputed, s: int, side: Side, *, makers: Makers, x: Inputs,
-    groups: list[tuple[tuple[str, str], npt.NDArray[np.intp]]],
+    groups: list[tuple[tuple[str, str, str], npt.NDArray[np.intp]]],
 ) -> Outcome:
     parts = []
-    for (mv, pv), idx in groups:
-        maker = makers.get(side[0] or mv, side[1] or makers.policy_file(pv))
-        rec.exact[s] &= maker.model_version == mv and maker.policy.version == pv
+    for (mv, pv, bid), idx in groups:
+        maker = makers.for_side(side, mv, pv, bid)
+        rec.exact[s] &= maker.model_version == mv and maker.policy.version == pv and (
+            not bid or not maker.bundle_id or maker.bundle_id == bid)
         if maker.name not in rec.makers[s]:
             rec.makers[s].append(maker.name)
         rows = maker.decide(x if len(idx) == len(x) else x.take(idx))
@@ -428,11 +325,14 @@ def _decide_side(
     return _scatter(parts)
 
 
-def _groups(keys: pl.DataFrame) -> Iterator[tuple[tuple[str, str], npt.NDArray[np.intp]]]:
-    """Row indices by (model, policy) version (one group per batch in practice)."""
-    indexed = keys.with_row_index("i").group_by("model_version", "policy_version", maintain_order=True)
-    for mv, pv, idx in indexed.agg(pl.col("i")).iter_rows():
-        yield (str(mv), str(pv)), np.asarray(idx, dtype=np.intp)
+def _groups(part: pl.DataFrame) -> Iterator[tuple[tuple[str, str, str], npt.NDArray[np.intp]]]:
+    """Row indices by (model, policy, bundle) that made them (a few groups per batch: one per
+    variant). A log from before bundles has no ``bundle_id``: its rows group by versions."""
+    keys = ["model_version", "policy_version"] + (["bundle_id"] if "bundle_id" in part.columns else [])
+    indexed = part.select(keys).with_row_index("i").group_by(*keys, maintain_order=True)
+    for row in indexed.agg(pl.col("i")).iter_rows():
+        mv, pv, bid = (row[0], row[1], row[2]) if len(keys) == 3 else (row[0], row[1], "")
+        yield (str(mv), str(pv), str(bid or "")), np.asarray(row[-1], dtype=np.intp)
 
 
 def _scatter(groups: list[tuple[npt.NDArray[np.intp], Outcome]]) -> Outcome:

@@ -32,18 +32,15 @@ from features.batch import VIEW_NAMES
 from features.catalog import BATCH_VIEWS
 from features.population import world
 from features.population.generate import raw_dir
+from services.decisionlog.inputs import Inputs, LoggedFeatures
+from services.decisionlog.makers import Maker, Makers, Side
 from services.decisionlog.reader import scan
 from services.decisionlog.replay import (
     BATCH_ROWS,
     FIELDS,
-    Inputs,
-    LoggedFeatures,
-    Maker,
-    Makers,
     Outcome,
     Progress,
     Recomputed,
-    Side,
     Vocab,
     differs,
     outcome_of,
@@ -203,11 +200,12 @@ def decide_all(x: Inputs, maker: Maker, reasons: Vocab, grades: Vocab, progress:
     return Outcome.concat(parts)
 
 
-def compare_population(x: Inputs, makers: Makers, candidate: tuple[str, Path | None],
-                       champion: tuple[str, Path | None], progress: Progress | None = None) -> Compared:
-    """Champion and candidate on a population's inputs (``population_inputs``)."""
+def compare_population(x: Inputs, makers: Makers, candidate: Side, champion: Side,
+                       progress: Progress | None = None) -> Compared:
+    """Champion and candidate on a population's inputs (``population_inputs``): each a
+    bundle, or a model version (``latest`` when None) with a policy file."""
     reasons, grades = Vocab(), Vocab()
-    sides = [makers.get(m, p) for m, p in (champion, candidate)]
+    sides = [makers.bundle(b) if b else makers.get(m or "latest", p) for m, p, b in (champion, candidate)]
     a, b = (decide_all(x, m, reasons, grades, progress) for m in sides)
     m = x.features.matrix
     seg = segments_of(m[:, _INDUSTRY], m[:, _REGION], x.requests["product"], x.requests["channel"])

@@ -20,7 +20,8 @@ import yaml
 from features import open_backend
 from features.catalog import BATCH_VIEWS
 from services.cli.main import main
-from services.decisionlog.replay import Log, Makers, read_log, recompute
+from services.decisionlog.makers import Makers
+from services.decisionlog.replay import Log, read_log, recompute
 from services.decisionlog.schema import FEATURE_PREFIX
 from services.decisionlog.whatif import compared, population_inputs, report, summary
 from services.policy.config import DEFAULT_POLICY
@@ -194,7 +195,7 @@ def _expected_capped(f: pl.DataFrame) -> pl.DataFrame:
 
 def test_replay_with_a_capped_policy_reports_exactly_the_cut_limits(made: Made, tmp_path: Path) -> None:
     policy = _capped(tmp_path)
-    rec = recompute(read_log(made.root), Makers(made.settings.features, [policy]), [(None, policy)])
+    rec = recompute(read_log(made.root), Makers(made.settings.features, [policy]), [(None, policy, None)])
     assert not rec.exact[0]
     c = compared(rec)
     doc = report(c, LGD, policy)
