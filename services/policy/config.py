@@ -89,8 +89,8 @@ class VelocityLimits(_Strict):
     review_apps_24h: int = Field(20, ge=1)
 
 
-DegradedInput = Literal["features", "velocity", "idempotency", "exposure"]
-DEGRADED_INPUTS: tuple[DegradedInput, ...] = ("features", "velocity", "idempotency", "exposure")
+DegradedInput = Literal["features", "velocity", "idempotency", "exposure", "controls"]
+DEGRADED_INPUTS: tuple[DegradedInput, ...] = ("features", "velocity", "idempotency", "exposure", "controls")
 
 
 class DegradedMode(_Strict):
@@ -129,6 +129,9 @@ class DegradedInputs(_Strict):
     idempotency: DegradedMode | None = None
     # The exposure counters (only with caps in the policy): approvals that could not be reserved.
     exposure: DegradedMode | None = None
+    # The operator controls, when the store has not confirmed the set in force for longer
+    # than ``controls_max_age_s`` (a brake set meanwhile may be missing from it).
+    controls: DegradedMode | None = None
 
 
 # Built in: refer what lacks features or velocity; never decide afresh without
@@ -137,12 +140,17 @@ class DegradedInputs(_Strict):
 BUILTIN_DEGRADED = DegradedInputs(
     features=DegradedMode(mode="refer"), velocity=DegradedMode(mode="refer"),
     idempotency=DegradedMode(mode="unavailable"), exposure=DegradedMode(mode="refer"),
+    controls=DegradedMode(mode="refer"),
 )
 
 
 class DegradedConfig(_Strict):
     defaults: DegradedInputs = BUILTIN_DEGRADED
     products: dict[str, DegradedInputs] = {}
+    # How long the last confirmed set of operator controls keeps deciding while the store
+    # cannot be reached (the controls poll about once a second): a short blip is not an
+    # outage, a long one means a brake set meanwhile is not being applied.
+    controls_max_age_s: float = Field(30.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _products(self) -> DegradedConfig:

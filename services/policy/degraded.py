@@ -15,7 +15,9 @@ operations per batch. Each input that can be missing has a mode per product:
 Every decision made with an input missing has ``degraded=true`` and carries
 ``DEGRADED_MODE`` first, then a reason naming what was missing
 (``D_FEATURES_UNAVAILABLE``, ``D_VELOCITY_UNAVAILABLE``, ``D_IDEMPOTENCY_UNAVAILABLE``,
-``D_EXPOSURE_UNAVAILABLE``: the exposure counters, applied to approvals only, with caps set).
+``D_EXPOSURE_UNAVAILABLE``: the exposure counters, applied to approvals only, with caps set;
+``D_CONTROLS_UNAVAILABLE``: the operator controls' store has not confirmed the set in force
+for longer than ``degraded.controls_max_age_s``, applied to every decision of the batch).
 Modes compose: features and velocity both missing applies both, and each mode only ever
 makes a decision more conservative.
 """
@@ -37,6 +39,7 @@ DEGRADED_REASONS: dict[DegradedInput, tuple[str, str]] = {
     "velocity": ("D_VELOCITY_UNAVAILABLE", "Recent application counts could not be updated"),
     "idempotency": ("D_IDEMPOTENCY_UNAVAILABLE", "The decision could not be recorded against retries"),
     "exposure": ("D_EXPOSURE_UNAVAILABLE", "The approval could not be reserved against the exposure caps"),
+    "controls": ("D_CONTROLS_UNAVAILABLE", "The operator controls in force could not be confirmed"),
 }
 
 

@@ -32,6 +32,7 @@ from features.stores import NoIdempotency
 from services.errors import ConfigError
 from services.models import ModelArtifact
 from services.policy import Policy
+from services.policy.config import DegradedInput
 from services.schema.codes import Code
 from services.schema.records import DecisionBatch, RequestBatch, Rows, fingerprints
 from services.scoring import controls as ctl
@@ -88,6 +89,7 @@ class ScoringEngine:
             n: ctl.ControlStage(controls, vocab, n) for n in {len(v.reason_table) for v in self._variants.arms}
         }
         self._registry = 0  # control reason entries in the replays' table
+        self._controls_were_stale = False
         self._tables = self._variants.tables()  # each arm's policy table (+ the registry, once published)
         self._save_tables()
         self._exposure = _exposure_stage(exposure, policy)
@@ -101,7 +103,7 @@ class ScoringEngine:
     def ready(self) -> bool:
         """The stores answered the last batch (a replica that answers degraded is alive, not ready)."""
         return (self._features.ready and self._replays.ready
-                and (self._exposure is None or self._exposure.ready))
+                and (self._exposure is None or self._exposure.ready) and not self._controls_were_stale)
 
     @property
     def controls(self) -> ControlCache | None:
@@ -175,6 +177,9 @@ class ScoringEngine:
         if compiled:
             with timer("policy"):  # the controls adjust the policy's outputs: timed as policy
                 self._apply_controls(compiled, asked, gathered, out, arm)
+            if self._controls_stale():
+                with timer("policy"):
+                    self._degrade(asked, out, arm, "controls")
         out["application_id"] = asked["application_id"]
         out["currency"] = asked["currency"]
         first = self._next_id
@@ -186,6 +191,26 @@ class ScoringEngine:
                 held = self._exposure.reserve(asked, gathered.features, out, now)
         plan.rows[fresh] = out
         return gathered.features, held, shadows
+
+    def _controls_stale(self) -> bool:
+        """The controls' store has not confirmed the set in force for longer than the policy
+        allows: the controls are a missing input (logged once per outage, not per batch)."""
+        cache = self.controls
+        stale = cache is not None and cache.age_s() > self._policy.config.degraded.controls_max_age_s
+        if stale != self._controls_were_stale:
+            self._controls_were_stale = stale
+            log.log(logging.WARNING if stale else logging.INFO, "operator controls %s",
+                    "not confirmed by their store: applying the controls' degraded mode" if stale
+                    else "confirmed again by their store")
+        return stale
+
+    def _degrade(self, asked: Rows, out: Rows, arm: npt.NDArray[np.intp], name: DegradedInput) -> None:
+        """``name``'s degraded mode on every row, by the policy of the arm that decided it."""
+        for k in np.unique(arm).tolist():
+            idx = np.flatnonzero(arm == k)
+            part = out[idx]
+            self._variants.arms[k].policy.degrade_records(part, asked["product"][idx], name)
+            out[idx] = part
 
     def _apply_controls(
         self, compiled: dict[int, ctl.Compiled], asked: Rows, gathered: Gathered, out: Rows,
