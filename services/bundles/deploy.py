@@ -106,6 +106,11 @@ def set_arm(
     if not arm or arm == "champion" or not arm.replace("-", "").replace("_", "").isalnum() or len(arm) > 32:
         raise BundleError([Problem(where, field_, f"name {arm!r}: 1-32 letters, digits, - or _, not 'champion'")])
     loaded = load_bundle(registry, bundle_id, tags=tags, source_check=True, progress=progress)
+    current = registry.index().deployments.get(name)
+    if share is not None and current is not None and current.bundle != bundle_id:
+        champion = load_bundle(registry, current.bundle, tags=tags)
+        if (why := champion.compiled_policy.exposure_mismatch(loaded.compiled_policy)) is not None:
+            raise BundleError([Problem(registry.where(bundle_id, "policy.yaml"), "exposure.caps", why)])
 
     def change(index: Index) -> dict[str, Deployment]:
         deps = dict(index.deployments)

@@ -275,6 +275,21 @@ class Policy:
             limit = self.fx.from_base_minor(np.where(cap, m.cap_base_minor, 0.0), currency)
             approved[cap] = np.minimum(approved[cap], limit[cap])
 
+    def exposure_mismatch(self, other: Policy) -> str | None:
+        """Why ``other`` (a challenger's policy) cannot decide beside this one (the champion's),
+        whose exposure caps apply to every variant's approvals: the caps' reasons (and the
+        exposure input's) must sit at the same places of both reason tables. None: it can."""
+        if not self.config.exposure.caps or other.reason_table == self.reason_table:
+            return None
+        mine = {n: self.reason_table[i] for n, i in self.exposure_reasons.items()}
+        theirs = {n: other.reason_table[i] for n, i in other.exposure_reasons.items()}
+        same = mine == theirs and all(other.exposure_reasons[n] == i for n, i in self.exposure_reasons.items())
+        same = same and other._missing_reason.get("exposure") == self._missing_reason["exposure"]
+        if same:
+            return None
+        return (f"the champion's exposure caps {sorted(mine)} apply to every variant: policy {other.version} "
+                f"must declare the same caps (it declares {sorted(theirs) or 'none'})")
+
     def degrade_records(self, rows: Rows, product: npt.NDArray[np.int8] | None, name: DegradedInput) -> None:
         """Apply ``name``'s mode to decided records (in place): refer, cap or refuse ``UNAVAILABLE``,
         flagged degraded with ``DEGRADED_MODE`` and the reason naming ``name`` first.

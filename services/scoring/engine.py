@@ -93,6 +93,9 @@ class ScoringEngine:
         self._tables = self._variants.tables()  # each arm's policy table (+ the registry, once published)
         self._save_tables()
         self._exposure = _exposure_stage(exposure, policy)
+        for v in self._variants.arms[1:]:  # the champion's caps reserve every arm's approvals
+            if (why := policy.exposure_mismatch(v.policy)) is not None:
+                raise ConfigError(f"challenger {v.name!r}: {why}")
         self.model_version = model.version
         self.policy_version = policy.version
         # Decision ids: a per-replica prefix and a counter (no UUID per decision).

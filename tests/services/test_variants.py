@@ -292,3 +292,41 @@ def test_a_split_log_replays_each_row_with_its_own_bundle(setup: Setup, clean_wo
     doc = json.loads(out.stdout)
     assert doc["decided"] == len(answer.rows) and doc["replayed_with"].endswith(f"(bundle {a[:12]})")
     assert 0 < doc["changes"]["changed"] <= fast  # only the challenger's rows can change
+
+
+def test_a_challenger_must_keep_the_champions_exposure_caps(setup: Setup, clean_world: World, tmp_path: Path) -> None:
+    """The champion's caps reserve every arm's approvals, so a challenger's policy must declare
+    them at the same reason slots: one without caps is refused (naming why), one with them serves."""
+    import yaml
+
+    from services.policy.config import DEFAULT_POLICY
+
+    reg, _, _, _ = setup
+    tags = tags_of(clean_world)
+    cap = {"name": "merchant_day", "scope": "merchant", "window_s": 86400, "max_amount_base_minor": 10**12,
+           "on_reached": "refer", "code": "X_MERCHANT_DAY", "description": "The merchant's daily cap is reached"}
+
+    def policy(version: str, caps: list[dict[str, object]], limit_a: float) -> Path:
+        doc = yaml.safe_load(DEFAULT_POLICY.read_text())
+        doc["version"], doc["exposure"] = version, {"caps": caps}
+        doc["grades"][0]["limit_multiple"] = limit_a
+        path = tmp_path / f"{version}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    model = _lgb_model(clean_world, list(SMALL), tmp_path / "m.txt")
+    rows = training_frame(FeatureSettings(data_dir=clean_world.data_dir))[0]
+
+    def bundle(version: str, caps: list[dict[str, object]], limit_a: float) -> str:
+        return reg.put(import_model(model, policy_path=policy(version, caps, limit_a), tags=tags,
+                                    catalogue_sample=rows, version=f"m-{version}"))
+
+    capped = bundle("capped-champion", [cap], 3.0)
+    promote(reg, "caps", capped, tags=tags)
+    before = reg.index().version
+    with pytest.raises(BundleError) as err:
+        set_arm(reg, "caps", bundle("no-caps", [], 2.0), arm="bare", share=0.1, tags=tags)
+    assert "exposure.caps" in str(err.value) and "merchant_day" in str(err.value)
+    assert reg.index().version == before
+    dep, _ = set_arm(reg, "caps", bundle("same-caps", [cap], 2.0), arm="kept", share=0.1, tags=tags)
+    assert [a.name for a in dep.challengers] == ["kept"]
