@@ -60,9 +60,6 @@ class VariantTally:
         for i, v in enumerate(stats[: len(FIELDS)]):
             sums[i] += v
 
-    def value(self, variant: str, role: str, field: str) -> float:
-        return self._sums.get((variant, role), [0.0] * len(FIELDS))[FIELDS.index(field)]
-
     def register(self, meter: Any, observation: Any) -> None:
         """One observable counter per field on ``meter`` (``creditauth.variant.<field>``)."""
         for i, field in enumerate(FIELDS):

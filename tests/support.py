@@ -32,6 +32,41 @@ def redis_pings(port: int) -> bool:
 
 
 @contextlib.contextmanager
+def redis_process(args: list[str]) -> Iterator[None]:
+    """A redis-server started with ``args`` (its command line or a config file), up once it
+    logs that it accepts connections (what the server says, not a clock), stopped after.
+    Skips the test where redis-server is not installed."""
+    import shutil
+
+    import pytest
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if "Ready to accept connections" in line:
+                break
+        else:
+            pytest.fail(f"redis-server exited with {proc.wait()} before accepting connections")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def throwaway_redis(*extra: str) -> Iterator[int]:
+    """A redis-server on a free loopback port, no persistence, ``extra`` arguments added; yields the port."""
+    port = free_port()
+    with redis_process(["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--daemonize", "no", "--loglevel", "notice", *extra]):
+        yield port
+
+
+@contextlib.contextmanager
 def serving_process(data_dir: Path) -> Iterator[tuple[psutil.Process, int]]:
     """``creditauth serve --channel local --plaintext`` on a free loopback port, ready when
     entered (the first call waits for the port through gRPC's own wait_for_ready)."""

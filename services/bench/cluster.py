@@ -75,7 +75,7 @@ def poll(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
         wake.wait(_POLL_S)
 
 
-def _port(cluster: bool) -> int:
+def loopback_port(cluster: bool) -> int:
     """A free loopback port; a cluster node's bus port (+10000, below 65536) must be free too."""
     rng = np.random.default_rng()
     for _ in range(200):
@@ -109,7 +109,7 @@ class Servers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, *, cluster: bool) -> int:
-        port = _port(cluster)
+        port = loopback_port(cluster)
         d = self.root / f"redis-{port}"
         d.mkdir()
         argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

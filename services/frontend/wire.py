@@ -29,6 +29,7 @@ from services.frontend._wire import (
     encode_batch,
     encode_one,
 )
+from services.schema.codes import Code
 from services.schema.columns import DECISION, ID_CHARS, MAX_ID, REQUEST, REQUEST_MESSAGE, RESPONSE_MESSAGE, In
 from services.schema.currency import CURRENCIES
 from services.schema.records import DECISION_DTYPE, REQUEST_DTYPE, DecisionBatch, RequestBatch
@@ -131,7 +132,7 @@ def _column_spec(c: In, slots: dict[str, int], parent: str, fd: FieldDescriptor)
 
 
 _ROUTES, _COLS, _SLOTS, _PARENTS = _request_tables()
-_wire.set_code_details(details.code_details(16))  # every item error's ErrorInfo / RetryInfo, once
+_wire.set_code_details(details.code_details(max(Code)))  # every item error's ErrorInfo / RetryInfo, once
 _ON_WIRE = [c for c in REQUEST if c.proto is not None]
 requests = _wire.RequestCodec(
     np.asarray(_ROUTES, np.int64), np.asarray(_COLS, np.int64), _SLOTS, b"".join(CURRENCY_CODES),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterable
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from creditauth.v1 import authorization_pb2 as pb
@@ -21,17 +23,22 @@ from tests.e2e.api_checks import request
 pytestmark = pytest.mark.e2e
 
 
-def _details(err: grpc.RpcError) -> dict[str, object]:
-    raw = dict(err.trailing_metadata() or ())[TRAILER]  # type: ignore[attr-defined]
-    status = status_pb2.Status.FromString(raw)
-    out: dict[str, object] = {"code": status.code}
-    for d in status.details:
+def _unpacked(details: Iterable[any_pb2.Any]) -> dict[str, object]:
+    """The google.rpc details by message name."""
+    out: dict[str, object] = {}
+    for d in details:
         for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
             if d.Is(kind.DESCRIPTOR):
                 msg = kind()
                 d.Unpack(msg)
                 out[kind.__name__] = msg
     return out
+
+
+def _details(err: grpc.RpcError) -> dict[str, object]:
+    raw = dict(err.trailing_metadata() or ())[TRAILER]  # type: ignore[attr-defined]
+    status = status_pb2.Status.FromString(raw)
+    return {"code": status.code, **_unpacked(status.details)}
 
 
 def test_invalid_field_is_a_field_violation(local_server: tuple[grpc.Channel, object]) -> None:
@@ -51,17 +58,6 @@ def test_invalid_field_is_a_field_violation(local_server: tuple[grpc.Channel, ob
     assert "RetryInfo" not in d  # a bad request is not retried
 
 
-def _item_details(error: pb.ItemError) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for d in error.details:
-        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
-            if d.Is(kind.DESCRIPTOR):
-                msg = kind()
-                d.Unpack(msg)
-                out[kind.__name__] = msg
-    return out
-
-
 def test_batch_item_errors_carry_the_same_details(local_server: tuple[grpc.Channel, object]) -> None:
     channel, _ = local_server
     stub = pb_grpc.CreditAuthorizationStub(channel)
@@ -70,7 +66,7 @@ def test_batch_item_errors_carry_the_same_details(local_server: tuple[grpc.Chann
     good, bad = [r for i, r in enumerate(answer.responses) if i != 1], answer.responses[1]
     assert all(not r.HasField("error") and not r.error.details for r in good)
     assert bad.error.code == Code.INVALID_ARGUMENT
-    d = _item_details(bad.error)
+    d = _unpacked(bad.error.details)
     violations = d["BadRequest"].field_violations  # type: ignore[attr-defined]
     assert [v.field for v in violations] == ["requests[1].requested_amount.currency"] == [bad.error.field]
     assert violations[0].description == bad.error.message

@@ -11,52 +11,24 @@ has finished its initial sync. Every wait is a bounded poll of observed state (a
 from __future__ import annotations
 
 import contextlib
-import random
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.bench.cluster import loopback_port, poll
+
 NODE_TIMEOUT_MS = 1000  # failure detection: a killed master is replaced within a few seconds
-_POLL_S = 0.02
-
-
-def cluster_port() -> int:
-    """A free loopback port whose cluster bus port (+10000) is free too (Redis needs both,
-    and the bus port must stay below 65536, so ephemeral ports will not do)."""
-    for _ in range(200):
-        port = random.randrange(20000, 30000)
-        with contextlib.ExitStack() as stack:
-            try:
-                for p in (port, port + 10000):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 def redis_command(port: int, *args: str, timeout_s: float = 2.0) -> str:
     """One command over redis-cli (tests' control traffic only)."""
     out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout_s)
     return out.stdout
-
-
-def poll(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait until ``check()`` holds, re-checking observed state; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    wake = threading.Event()
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not observed within {timeout_s:g} s")
-        wake.wait(_POLL_S)
 
 
 def _info(port: int, section: str) -> dict[str, str]:
@@ -110,7 +82,7 @@ class LocalCluster:
         return cluster
 
     def _spawn(self) -> Node:
-        port = cluster_port()
+        port = loopback_port(cluster=True)  # its bus port (+10000) free too
         d = self.root / str(port)
         d.mkdir()
         proc = subprocess.Popen(

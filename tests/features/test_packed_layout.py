@@ -42,7 +42,7 @@ from features.stores.packed import PackedBackend, layout
 from features.stores.packed.feast_store import CLASS_PATH, PackedRedisOnlineStore
 from features.stores.redis import RedisBackend
 from tests.conftest import AS_OF, _window
-from tests.support import free_port
+from tests.support import throwaway_redis
 
 MERCHANTS = 600
 REFS = [f"{v.name}:{f}" for v in catalog.ALL_VIEWS for f in v.field_names]
@@ -75,26 +75,8 @@ def _settings(root: Path, url: str, project: str, layout_: str) -> FeatureSettin
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A throwaway redis-server (no persistence), up until the module's tests are done."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--loglevel", "notice"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:  # the server logs this once it listens: no clock involved
-            if "Ready to accept connections" in line:
-                break
-        else:
-            pytest.fail(f"redis-server exited with {proc.wait()} before accepting connections")
+    with throwaway_redis() as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

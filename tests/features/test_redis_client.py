@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ from features.stores.redis import RedisBackend, _resp, _resp_build
 from features.stores.redis import admin as redis_admin
 from features.stores.redis.client import RedisClient
 from tests.conftest import World, requires_redis
-from tests.support import free_port
+from tests.support import throwaway_redis
 
 TAG_BYTES = 136
 PASSWORD = "s3cret-test"
@@ -37,27 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def private_url() -> Iterator[str]:
     """A throwaway redis-server (no persistence), up until the module's tests are done."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--requirepass", PASSWORD, "--daemonize", "no", "--loglevel", "notice"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        # Wait on what the server says, not on a clock: it logs this line once it listens.
-        for line in proc.stdout:
-            if "Ready to accept connections" in line:
-                break
-        else:
-            pytest.fail(f"redis-server exited with {proc.wait()} before accepting connections")
+    with throwaway_redis("--requirepass", PASSWORD) as port:
         yield f"redis://:{PASSWORD}@127.0.0.1:{port}/2"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _settings(url: str, **kw: object) -> FeatureSettings:

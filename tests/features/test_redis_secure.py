@@ -16,7 +16,6 @@ import os
 import resource
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from features.stores.redis import RedisBackend, _resp, _resp_build
 from features.stores.redis.client import RedisClient, RespConnection
 from features.stores.redis.secure import FEAST_PASSWORD_ENV
 from tests.conftest import World
-from tests.support import free_port
+from tests.support import free_port, redis_process
 
 USER, PASSWORD = "creditauth-app", "Pw-for.tests_only~42"
 TIMEOUT = 1.0
@@ -110,9 +109,6 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
     d = tmp_path_factory.mktemp("redis-tls")
     _pki(d)
     port = free_port()
@@ -124,19 +120,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     )
     password_file = d / "redis-password"
     password_file.write_text(PASSWORD + "\n")  # as `echo` or a Secret editor leaves it
-    proc = subprocess.Popen([binary, str(d / "redis.conf")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:  # the server logs this once it listens
-            if "Ready to accept connections" in line:
-                break
-        else:
-            pytest.fail(f"redis-server exited with {proc.wait()} before accepting connections")
+    with redis_process([str(d / "redis.conf")]):
         yield Secured(port, d, password_file)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _flows(ids: list[str]) -> pl.DataFrame:

@@ -22,8 +22,7 @@ from features.batch import FeatureBatch, assemble, unique_ids
 from features.settings import FeatureSettings
 from features.stores import layout as feast_layout
 from features.stores.packed import _packed, _packed_build, layout
-from features.stores.redis.cluster import AnyClient, ClusterClient
-from features.stores.redis.cluster_jobs import ReadJob, reorder_inverse, slot_order
+from features.stores.redis.cluster import AnyClient, read_rows
 
 
 class PackedReader:
@@ -59,34 +58,14 @@ class PackedReader:
         matrix = np.full((n, len(catalog.MATRIX_COLUMNS)), np.nan, dtype=np.float32)
         tags = np.zeros((n, self._tag_bytes), dtype=np.uint8)
         view_ts = np.zeros((n, len(catalog.ALL_VIEWS)), dtype=np.int64)
-        client = self._client
-        if n and isinstance(client, ClusterClient):
-            inverse = self._read_cluster(client, feast_layout.entity_keys(uniq), (matrix, tags, view_ts), inverse)
-        elif n and not isinstance(client, ClusterClient):
-            payload = _packed_build.encode_mget(feast_layout.entity_keys(uniq), self._suffixes)
-            client.call(payload, self._decoder(matrix, tags, view_ts))
+        if n:
+            def build(keys: list[bytes], rows: slice) -> tuple[bytearray, _packed.PackedDecoder]:
+                payload = _packed_build.encode_mget(keys, self._suffixes)
+                return payload, _packed.PackedDecoder(self._schemas, self._first, self._counts, self._kinds,
+                                                      self._cols, matrix[rows], tags[rows], view_ts[rows])
+
+            inverse = read_rows(self._client, feast_layout.entity_keys(uniq), layout.key_prefix, build, inverse)
         return assemble(matrix, tags, view_ts, inverse, self._max_age)
-
-    def _decoder(self, matrix: np.ndarray, tags: np.ndarray, view_ts: np.ndarray) -> _packed.PackedDecoder:
-        return _packed.PackedDecoder(self._schemas, self._first, self._counts, self._kinds, self._cols,
-                                     matrix, tags, view_ts)
-
-    def _read_cluster(
-        self, client: ClusterClient, keys: list[bytes], out: tuple[np.ndarray, np.ndarray, np.ndarray],
-        inverse: np.ndarray | None,
-    ) -> np.ndarray:
-        """Rows read in slot order into ``out`` (matrix, tags, view times); returned: the
-        inverse that maps the inputs onto them."""
-        matrix, tags, view_ts = out
-        order, slots = slot_order([layout.key_prefix(k) for k in keys])
-        keys = [keys[i] for i in order]
-
-        def build(a: int, b: int) -> tuple[bytearray, _packed.PackedDecoder]:
-            payload = _packed_build.encode_mget(keys[a:b], self._suffixes)
-            return payload, self._decoder(matrix[a:b], tags[a:b], view_ts[a:b])
-
-        client.run(ReadJob(slots, build))
-        return reorder_inverse(order, inverse)
 
     def close(self) -> None:
         self._client.close()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -49,9 +49,12 @@ from features.stores.redis.cluster_jobs import (
     SLOTS,
     CommandJob,
     Job,
+    ReadJob,
     ScriptJob,
     key_slot,
+    reorder_inverse,
     slot_groups,
+    slot_order,
 )
 from features.stores.redis.secure import ConnectionConfig
 
@@ -357,3 +360,24 @@ def _unknown(node: RedisClient, exc: Exception) -> OnlineStoreUnavailable:
 
 # What the backend hands its parts: they route by slot where it is a cluster.
 AnyClient = RedisClient | ClusterClient
+
+# What a reader builds for rows ``rows`` of its output, whose keys are ``keys``: the request
+# buffer and the decoder that fills those rows.
+BuildRows = Callable[[list[bytes], slice], tuple[bytearray, Decoder]]
+
+
+def read_rows(
+    client: AnyClient, keys: list[bytes], slot_key: Callable[[bytes], bytes], build: BuildRows,
+    inverse: npt.NDArray[np.intp] | None,
+) -> npt.NDArray[np.intp] | None:
+    """Read one row per key into the reader's output (one buffer on a single Redis; on a
+    cluster, rows in slot order, a buffer per node, all sent before any is read). Returned:
+    the inverse mapping the inputs onto the rows as read (``inverse`` itself on a single Redis).
+    ``slot_key``: the name a key's slot is computed from (with its project suffix or tag)."""
+    if not isinstance(client, ClusterClient):
+        client.call(*build(keys, slice(0, len(keys))))
+        return inverse
+    order, slots = slot_order([slot_key(k) for k in keys])
+    ordered = [keys[i] for i in order]
+    client.run(ReadJob(slots, lambda a, b: build(ordered[a:b], slice(a, b))))
+    return reorder_inverse(order, inverse)

@@ -24,8 +24,7 @@ from features.settings import FeatureSettings
 from features.stores import layout
 from features.stores.layout import field_hash, ts_field
 from features.stores.redis import _resp, _resp_build
-from features.stores.redis.cluster import AnyClient, ClusterClient
-from features.stores.redis.cluster_jobs import ReadJob, reorder_inverse, slot_order
+from features.stores.redis.cluster import AnyClient, read_rows
 
 
 class RedisReader:
@@ -61,32 +60,13 @@ class RedisReader:
         matrix = np.full((n, len(catalog.MATRIX_COLUMNS)), np.nan, dtype=np.float32)
         tags = np.zeros((n, self._tag_bytes), dtype=np.uint8)
         view_ts = np.zeros((n, len(catalog.ALL_VIEWS)), dtype=np.int64)
-        client = self._client
-        if n and isinstance(client, ClusterClient):
-            inverse = self._read_cluster(client, layout.entity_keys(uniq), (matrix, tags, view_ts), inverse)
-        elif n and not isinstance(client, ClusterClient):
-            keys = layout.entity_keys(uniq)
-            payload = _resp_build.encode_hmget(keys, self._suffix, self._tail, self._n_fields)
-            decoder = _resp.HmgetDecoder(self._kinds, self._cols, matrix, tags, view_ts)
-            client.call(payload, decoder)
+        if n:
+            def build(keys: list[bytes], rows: slice) -> tuple[bytearray, _resp.HmgetDecoder]:
+                payload = _resp_build.encode_hmget(keys, self._suffix, self._tail, self._n_fields)
+                return payload, _resp.HmgetDecoder(self._kinds, self._cols, matrix[rows], tags[rows], view_ts[rows])
+
+            inverse = read_rows(self._client, layout.entity_keys(uniq), lambda k: k + self._suffix, build, inverse)
         return assemble(matrix, tags, view_ts, inverse, self._max_age)
-
-    def _read_cluster(
-        self, client: ClusterClient, keys: list[bytes], out: tuple[np.ndarray, np.ndarray, np.ndarray],
-        inverse: np.ndarray | None,
-    ) -> np.ndarray:
-        """Rows read in slot order into ``out`` (matrix, tags, view times); returned: the
-        inverse that maps the inputs onto them."""
-        matrix, tags, view_ts = out
-        order, slots = slot_order([k + self._suffix for k in keys])
-        keys = [keys[i] for i in order]
-
-        def build(a: int, b: int) -> tuple[bytearray, _resp.HmgetDecoder]:
-            payload = _resp_build.encode_hmget(keys[a:b], self._suffix, self._tail, self._n_fields)
-            return payload, _resp.HmgetDecoder(self._kinds, self._cols, matrix[a:b], tags[a:b], view_ts[a:b])
-
-        client.run(ReadJob(slots, build))
-        return reorder_inverse(order, inverse)
 
     def close(self) -> None:
         self._client.close()

@@ -4,7 +4,6 @@ single redis-server beside it, both started here and stopped after the module.""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from features.settings import FeatureSettings
 from tests.conftest import AS_OF
 from tests.features.redis_cluster import LocalCluster
-from tests.support import free_port
+from tests.support import throwaway_redis
 
 MERCHANTS = 400
 
@@ -56,19 +55,5 @@ def cluster() -> Iterator[LocalCluster]:
 def single_url() -> Iterator[str]:
     """A throwaway standalone redis-server: the reference the cluster's answers are held to."""
     _need_binaries()
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if "Ready to accept connections" in line:
-                break
-        else:
-            pytest.fail(f"redis-server exited with {proc.wait()} before accepting connections")
+    with throwaway_redis() as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
