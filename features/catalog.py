@@ -61,8 +61,9 @@ BUREAU_FEATURES: tuple[str, ...] = (
 )
 
 # A merchant's last week against its own 13-week profile (``features.early_warning.baseline``,
-# which documents each column), and the share of its region's and industry's merchants
-# whose revenue dropped so (``features.early_warning.scan.segment_shares``). Policy signals,
+# which documents each column), the share of its region's and industry's merchants
+# whose revenue dropped so (``features.early_warning.scan.segment_shares``), and its usual
+# rate of applications (``features.early_warning.usual``). Policy signals,
 # not model inputs: ``features.training`` lists the model's columns by view and leaves this
 # view out, as it leaves velocity out.
 BASELINE_FEATURES: tuple[str, ...] = (
@@ -73,6 +74,9 @@ BASELINE_FEATURES: tuple[str, ...] = (
     "rev_change_7d",
     "region_drop_share",
     "industry_drop_share",
+    # Applications per trading day over the last 90 days (``features.early_warning.usual``):
+    # what the live ``apps_24h`` is compared with. Last, so every earlier column keeps its place.
+    "apps_usual_per_day",
 )
 
 ENTITY = "merchant"
@@ -129,7 +133,8 @@ BASELINE = FeatureView(
     "merchant_baseline",
     tuple((f, "float32") for f in BASELINE_FEATURES),
     "Revenue of the last 7 days against the merchant's own 13-week profile (robust z-score), "
-    "and the share of its region and industry whose revenue dropped",
+    "the share of its region and industry whose revenue dropped, and its usual daily rate of "
+    "credit applications",
     "risk-data",
 )
 VELOCITY = FeatureView(

@@ -26,11 +26,14 @@ import datetime as dt
 
 import polars as pl
 
+from features.early_warning.usual import USUAL_COLUMNS, usual_rate_frame
+
 WEEK = 7
 PROFILE_WEEKS = 13
 MIN_PROFILE_WEEKS = 4
 MAD_SCALE = 1.4826  # MAD x this = sigma for normal noise
-# The columns of the ``merchant_baseline`` view, in the catalogue's order.
+# The revenue columns of the ``merchant_baseline`` view, in the catalogue's order (the
+# segment shares and the usual application rate follow them there).
 BASELINE_COLUMNS: tuple[str, ...] = (
     "rev_recent_7d",  # revenue of the last 7 days (major units)
     "rev_profile_median_7d",  # median weekly revenue of the 13 weeks before them
@@ -96,9 +99,14 @@ def baseline_frame(flows: pl.LazyFrame | pl.DataFrame, as_of: dt.date,
 
 
 def baseline_table(merchants: pl.DataFrame, flows: pl.DataFrame, as_of: dt.date,
-                   stamp: list[pl.Expr]) -> pl.DataFrame:
-    """The ``merchant_baseline`` offline rows of one chunk of merchants (float32, sorted by id)."""
-    frame = baseline_frame(flows, as_of, merchants.select("merchant_id"))
+                   stamp: list[pl.Expr], applications: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The ``merchant_baseline`` offline rows of one chunk of merchants (float32, sorted by id):
+    the revenue columns, then the usual application rate (``features.early_warning.usual``;
+    ``applications`` None: no history, null). The segment shares are added afterwards, in
+    a pass over every chunk (``scan.add_segment_shares``), in the catalogue's order."""
+    ids = merchants.select("merchant_id")
+    frame = baseline_frame(flows, as_of, ids).join(
+        usual_rate_frame(applications, flows, as_of, ids), on="merchant_id", how="left")
     return frame.select(
-        "merchant_id", *stamp, *(pl.col(c).cast(pl.Float32) for c in BASELINE_COLUMNS)
+        "merchant_id", *stamp, *(pl.col(c).cast(pl.Float32) for c in (*BASELINE_COLUMNS, *USUAL_COLUMNS))
     ).sort("merchant_id")

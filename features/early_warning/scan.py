@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from features.catalog import BASELINE_FEATURES
 from features.early_warning.baseline import baseline_frame
 from features.errors import FeatureConfigError
 
@@ -133,7 +134,10 @@ def add_segment_shares(baseline_path: Path, profile_path: Path, th: Thresholds |
         pl.col("industry_code").cast(pl.String).alias("industry"))
     merchants = base.join(prof, on="merchant_id", how="left").with_columns(flagged(th))
     shares = segment_shares(merchants, th).with_columns(pl.col("^.*_drop_share$").cast(pl.Float32))
-    base.join(shares, on="merchant_id", how="left", maintain_order="left").write_parquet(
+    joined = base.join(shares, on="merchant_id", how="left", maintain_order="left")
+    # In the catalogue's order: columns added to the view after the shares stay after them.
+    keys = [c for c in joined.columns if c not in BASELINE_FEATURES]
+    joined.select(*keys, *(c for c in BASELINE_FEATURES if c in joined.columns)).write_parquet(
         baseline_path, compression="zstd")
 
 

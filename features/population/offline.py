@@ -5,7 +5,8 @@ so part ``k`` of ``flows`` and ``bureau`` holds exactly the merchants of part ``
 ``merchants``. Each offline table is one parquet file written row group by row group
 (a chunk per row group), so peak memory is one chunk whatever the population size:
 
-1. per chunk: flow aggregates, profile, bureau, velocity seed -> appended to their
+1. per chunk: flow aggregates, profile, bureau, velocity seed, baseline (revenue against
+   its own profile, usual application rate from ``applications``) -> appended to their
    files; the joined rows the tag rules need -> a temporary part file;
 2. tag thresholds from the flow table, one column at a time;
 3. per temporary part: evaluate and pack the tags -> appended to ``merchant_tags``.
@@ -91,12 +92,15 @@ def build_offline_tables(
             merchants = pl.read_parquet(part)
             flows = pl.read_parquet(raw / "flows" / part.name)
             bureau = pl.read_parquet(raw / "bureau" / part.name)
+            apps_part = raw / "applications" / part.name
+            # No applications part: no history to take a usual rate from (null, not zero).
+            applications = pl.read_parquet(apps_part) if apps_part.exists() else None
             tables = {
                 "merchant_flows": aggregate.flow_table(merchants, flows, as_of, stamp),
                 "merchant_profile": aggregate.profile_table(merchants, stamp),
                 "merchant_bureau": aggregate.bureau_table(bureau, stamp),
                 "merchant_velocity": aggregate.velocity_seed(merchants, stamp),
-                "merchant_baseline": baseline_table(merchants, flows, as_of, stamp),
+                "merchant_baseline": baseline_table(merchants, flows, as_of, stamp, applications),
             }
             for name, frame in tables.items():
                 writers[name].write(frame)

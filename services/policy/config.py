@@ -21,7 +21,7 @@ from services.schema.enums import PRODUCTS
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 __all__ = [
-    "DEFAULT_POLICY", "DEGRADED_INPUTS", "PRODUCTS", "DegradedConfig", "DegradedInput", "DegradedMode",
+    "DEFAULT_POLICY", "DEGRADED_INPUTS", "PRODUCTS", "AboveUsual", "DegradedConfig", "DegradedInput", "DegradedMode",
     "PolicyConfig", "load_policy",
 ]
 
@@ -84,9 +84,28 @@ class PolicyRule(_Strict):
     when: tuple[RuleCondition, ...] = Field(min_length=1)
 
 
+class AboveUsual(_Strict):
+    """Refer when the live counts run far above the merchant's own usual rate of applications
+    (``apps_usual_per_day`` of the ``merchant_baseline`` view): ``apps_24h`` above
+    ``max(min_apps_24h, multiple x usual)``, or ``apps_1h`` above
+    ``max(min_apps_1h, multiple x usual / 24)``. No usual rate (too short a history): the
+    rule does not fire, and the absolute thresholds still apply.
+    """
+
+    multiple: float = Field(5.0, gt=1, le=100)
+    # Never fire at or below these counts, however rare the merchant's applications are
+    # (one extra application of a merchant whose usual rate is nil is no burst).
+    min_apps_24h: int = Field(5, ge=1)
+    min_apps_1h: int | None = Field(3, ge=1)  # None: the hourly count is not compared
+    code: str = Field("EW_VELOCITY_ABOVE_USUAL", pattern=r"^[A-Z][A-Z0-9_]*$")
+    description: str = "Early warning: many more credit applications than the merchant's usual rate"
+
+
 class VelocityLimits(_Strict):
     review_apps_1h: int = Field(5, ge=1)
     review_apps_24h: int = Field(20, ge=1)
+    # Off unless the policy sets it: a policy file that does not name it decides as it did.
+    above_usual: AboveUsual | None = None
 
 
 DegradedInput = Literal["features", "velocity", "idempotency", "exposure", "controls"]
@@ -217,7 +236,21 @@ class PolicyConfig(_Strict):
         if len(names) != len(set(names)):
             raise ValueError("rule names must be unique")
         self._check_degraded()
+        self._check_above_usual()
         return self
+
+    def _check_above_usual(self) -> None:
+        """The relative rule's floors sit below the absolute thresholds: at or above them, every
+        count the rule refers is one the absolute threshold refers already."""
+        v, u = self.velocity, self.velocity.above_usual
+        if u is None:
+            return
+        if u.min_apps_24h >= v.review_apps_24h:
+            raise ValueError(f"velocity.above_usual.min_apps_24h {u.min_apps_24h} must be below "
+                             f"review_apps_24h {v.review_apps_24h}")
+        if u.min_apps_1h is not None and u.min_apps_1h >= v.review_apps_1h:
+            raise ValueError(f"velocity.above_usual.min_apps_1h {u.min_apps_1h} must be below "
+                             f"review_apps_1h {v.review_apps_1h} (null: no hourly test)")
 
     def _check_degraded(self) -> None:
         """Grades the modes name exist; a cap is never below the smallest offer the policy makes."""

@@ -23,6 +23,7 @@ from kernels import KernelError, PolicyRules
 from services.errors import ConfigError
 from services.policy.config import PRODUCTS, DegradedInput, PolicyConfig
 from services.policy.degraded import CAP, DEGRADED_REASONS, REFER, UNAVAILABLE, DegradedModes, RowModes, prepend_reason
+from services.policy.usual import UsualVelocity
 from services.schema.codes import Code
 from services.schema.currency import CURRENCIES
 from services.schema.enums import APPROVE, DECLINE, REVIEW
@@ -142,6 +143,7 @@ class _Verdict:
     velocity: B
     stale: B
     fired: B
+    above_usual: B  # velocity against the merchant's usual rate (velocity.above_usual)
 
 
 class Policy:
@@ -181,6 +183,10 @@ class Policy:
         # Each exposure cap's reason, by cap name (after every older code, for the same reason).
         self.exposure_reasons: dict[str, int] = {c.name: _code(table, c.code, c.description)
                                                  for c in config.exposure.caps}
+        # Velocity against the usual rate, where the policy sets it: its code last of all.
+        self._usual = UsualVelocity(config.velocity.above_usual, feature_columns)
+        usual = config.velocity.above_usual
+        self._usual_reason = np.array([_code(table, usual.code, usual.description)] if usual else [], np.int16)
         self.reason_table: tuple[tuple[str, str], ...] = tuple(table)
 
     def _model_reasons(self, model_features: Sequence[str], table: list[tuple[str, str]]) -> npt.NDArray[np.int16]:
@@ -200,9 +206,11 @@ class Policy:
         return out
 
     def reason_columns(self, top_k: int) -> int:
-        """Width of ``Decisions.reason``: policy reasons, one per rule, model reasons, then what
-        was missing (features, velocity)."""
-        return len(POLICY_REASONS) + 2 + len(self.config.rules) + min(self.config.max_model_reasons, top_k)
+        """Width of ``Decisions.reason``: policy reasons, one per rule (and one for
+        ``velocity.above_usual`` where set), model reasons, then what was missing (features,
+        velocity)."""
+        rules = len(self.config.rules) + self._usual.width
+        return len(POLICY_REASONS) + 2 + rules + min(self.config.max_model_reasons, top_k)
 
     def fire_rules(
         self, matrix: npt.NDArray[np.float32], tag_words: npt.NDArray[np.uint64] | None
@@ -321,14 +329,15 @@ class Policy:
         if fired is None:
             fired = np.zeros((n, len(self.config.rules)), dtype=bool)
         fired = fired & x.known[:, None]  # rules read features: unknown merchants have none
+        above_usual = self._usual.fires(x.apps_1h, x.apps_24h, None if x.degraded else x.features) & x.known
         decision[fired[:, self._rule_decline].any(axis=1)] = DECLINE
-        soft = ~x.known | stale | velocity | fired[:, ~self._rule_decline].any(axis=1)
+        soft = ~x.known | stale | velocity | above_usual | fired[:, ~self._rule_decline].any(axis=1)
         decision[(decision == APPROVE) & soft] = REVIEW
         if x.degraded:
             decision[:] = REVIEW
         else:
             decision[~x.known] = REVIEW
-        return _Verdict(scored, grade, decision, velocity, stale, fired)
+        return _Verdict(scored, grade, decision, velocity, stale, fired, above_usual)
 
     def _reasons(
         self, x: PolicyInputs, v: _Verdict, too_low: B, reduced: B
@@ -343,6 +352,7 @@ class Policy:
         # What was missing goes last: older column positions (policy, rules, model) never move.
         missing = np.where(np.array([[x.degraded, x.velocity_missing]]), self._missing_cols, -1).astype(np.int16)
         rule_reason = np.where(v.fired, self._rule_reason, -1).astype(np.int16)
+        usual_reason = np.where(v.above_usual[:, None], self._usual_reason, -1).astype(np.int16)
         k = min(self.config.max_model_reasons, x.model_reason_features.shape[1])
         model_reason = self._feature_reason[x.model_reason_features[:, :k]]
         contrib = x.model_reason_contrib[:, :k].astype(np.float32)
@@ -352,9 +362,9 @@ class Policy:
             model_reason[dup, j] = -1
         model_reason[(contrib <= 0) | ~v.scored[:, None]] = -1
         reason = np.concatenate(
-            [policy_reason, rule_reason, model_reason, np.repeat(missing, n, axis=0)], axis=1
+            [policy_reason, rule_reason, usual_reason, model_reason, np.repeat(missing, n, axis=0)], axis=1
         ).astype(np.int16)
-        fixed = np.zeros((n, len(POLICY_REASONS) + len(self.config.rules)), np.float32)
+        fixed = np.zeros((n, len(POLICY_REASONS) + len(self.config.rules) + self._usual.width), np.float32)
         return reason, np.concatenate([fixed, contrib, np.zeros((n, 2), np.float32)], axis=1)
 
 

@@ -190,12 +190,18 @@ def _condition_problems(
 def reference_problems(
     config: PolicyConfig, lines: NodeLines, file: str, features: Collection[str], tags: Collection[str] | None
 ) -> list[PolicyProblem]:
-    """Rules naming features the serving matrix lacks, or tags the catalogue lacks (None: not checked)."""
+    """Rules naming features the serving matrix lacks (``velocity.above_usual`` reads one too), or
+    tags the catalogue lacks (None: not checked)."""
+    from services.policy.usual import USUAL_COLUMN
+
     problems: list[PolicyProblem] = []
     for i, rule in enumerate(config.rules):
         for j, condition in enumerate(rule.when):
             at = ("rules", i, "when", j)
             problems.extend(_condition_problems(lines, file, at, condition, features=features, tags=tags))
+    if config.velocity.above_usual is not None and USUAL_COLUMN not in features:
+        line, named = lines.locate(("velocity", "above_usual"))
+        problems.append(PolicyProblem(file, line, _dotted(named), f"reads unknown feature {USUAL_COLUMN!r}"))
     return problems
 
 
