@@ -58,6 +58,11 @@ SECRETS: dict[str, tuple[str, ...]] = {
     "creditauth-otlp-ca": ("ca.crt",),
     "creditauth-ray-auth": ("auth_token",),
     "creditauth-gcs-redis": ("password",),
+    # The decision log: NATS clients' credentials and CA, the servers' users (auth.conf),
+    # the servers' certificate (clients and routes), the identifiers' key.
+    "creditauth-nats": ("username", "password", "ca.crt", "auth.conf"),
+    "creditauth-nats-tls": ("tls.crt", "tls.key", "ca.crt"),
+    "creditauth-decision-log-key": ("key",),
 }
 # dev runs its own Redis (it needs a server certificate); prod uses managed Redis
 # instances, one of them for GCS fault tolerance.
@@ -68,6 +73,11 @@ OVERLAY_SECRETS: dict[str, tuple[str, ...]] = {
 # Services whose names clients verify in a server certificate.
 FRONTEND_SERVICES = ("creditauth-frontend", "creditauth-frontend-headless")
 REDIS_SERVICES = ("feast-redis",)
+# The NATS servers (deploy/k8s/base/nats.yaml): the client Service, the headless one and
+# each pod's name under it (routes verify them).
+NATS_USERNAME = "creditauth"
+NATS_SERVICES = ("creditauth-nats", "creditauth-nats-headless")
+NATS_SERVERS = 3
 
 
 class SecretsError(Exception):
@@ -179,9 +189,12 @@ def make_ca(common_name: str, days: int = 365) -> _CA:
     return _CA(key, cert)
 
 
-def issue(ca: _CA, common_name: str, names: Iterable[str], *, server: bool, days: int = 90) -> tuple[str, str]:
+def issue(
+    ca: _CA, common_name: str, names: Iterable[str], *, server: bool, client: bool = False, days: int = 90
+) -> tuple[str, str]:
     """(certificate PEM, key PEM) signed by ``ca``: a server certificate for ``names`` or a
-    client certificate whose identity is ``common_name``."""
+    client certificate whose identity is ``common_name`` (both, for NATS routes: each
+    server dials the others with its own certificate)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     sans: list[Any] = []
@@ -190,7 +203,9 @@ def issue(ca: _CA, common_name: str, names: Iterable[str], *, server: bool, days
             sans.append(x509.IPAddress(ipaddress.ip_address(n)))
         except ValueError:
             sans.append(x509.DNSName(n))
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    if client or not server:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -201,7 +216,7 @@ def issue(ca: _CA, common_name: str, names: Iterable[str], *, server: bool, days
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
@@ -232,6 +247,7 @@ class Plan:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     private: dict[str, str] = field(default_factory=dict)  # file name in <out> -> contents
     _ca: _CA | None = field(default=None, repr=False)
+    _nats_ca: _CA | None = field(default=None, repr=False)
 
     def ca(self) -> _CA:
         if self._ca is None:
@@ -239,6 +255,14 @@ class Plan:
             self.private["ca.crt"] = self._ca.pem
             self.private["ca.key"] = _key_pem(self._ca.key)
         return self._ca
+
+    def nats_ca(self) -> _CA:
+        """The NATS servers' own CA, always generated: only this namespace's creditauth pods
+        (clients, and the servers themselves on routes) ever check it. Its key is not kept:
+        rotation makes a new CA and certificate together (creditauth-nats and -nats-tls)."""
+        if self._nats_ca is None:
+            self._nats_ca = make_ca(f"creditauth {self.overlay} NATS CA ({self.namespace})")
+        return self._nats_ca
 
     def material(self, flag: str) -> str | None:
         """A file handed in, or None: generate it (``missing`` has refused where that is not allowed)."""
@@ -287,6 +311,32 @@ def _redis_server_tls(plan: Plan) -> dict[str, str]:
     return {"tls.crt": cert, "tls.key": key}
 
 
+def nats_auth(username: str, password: str) -> str:
+    """The NATS servers' client users (nats.conf includes it). nats-server also takes a
+    bcrypt hash here; none is made, as the project has no bcrypt: the file is in the Secret."""
+    return f'authorization {{\n  users: [\n    {{user: "{username}", password: "{password}"}}\n  ]\n}}\n'
+
+
+def _nats(plan: Plan) -> dict[str, str]:
+    password = secrets.token_hex(32)
+    return {
+        "username": NATS_USERNAME, "password": password, "ca.crt": plan.nats_ca().pem,
+        "auth.conf": nats_auth(NATS_USERNAME, password),
+    }
+
+
+def _nats_tls(plan: Plan) -> dict[str, str]:
+    pods = [f"{NATS_SERVICES[0]}-{i}.{NATS_SERVICES[1]}" for i in range(NATS_SERVERS)]
+    names = dns_names((*NATS_SERVICES, *pods), plan.namespace)
+    cert, key = issue(plan.nats_ca(), NATS_SERVICES[0], names, server=True, client=True)
+    return {"tls.crt": cert, "tls.key": key, "ca.crt": plan.nats_ca().pem}
+
+
+def _decision_log_key(plan: Plan) -> dict[str, str]:
+    # The identifiers' HMAC key (decision_log.id_key_file): random, like the channel secret.
+    return {"key": secrets.token_hex(32)}
+
+
 def _jwt(plan: Plan) -> dict[str, str]:
     public = plan.material("jwt-public-key")
     if public is None:
@@ -315,6 +365,9 @@ _BUILDERS = {
     "creditauth-ray-auth": lambda plan: {"auth_token": plan.given.get("ray-auth-token-file", "").strip()
                                          or secrets.token_hex(32)},
     "creditauth-gcs-redis": _gcs_redis,
+    "creditauth-nats": _nats,
+    "creditauth-nats-tls": _nats_tls,
+    "creditauth-decision-log-key": _decision_log_key,
 }
 
 

@@ -145,6 +145,7 @@ CLAIMS = {
     "creditauth-ray": RAY,
     "creditauth-ray-channel": {"ray-worker"},
     "feast-redis": {"online-store"},
+    "creditauth-nats": {"nats"},  # who reaches it: test_decision_log_workloads
 }
 
 

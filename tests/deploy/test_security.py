@@ -170,8 +170,17 @@ def test_baseline_is_a_subset_of_restricted() -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_root_filesystems_are_read_only_and_writes_go_to_empty_dirs(target: str) -> None:
-    for what, tpl in admitted_pod_templates(rendered(target)):
+    resources = rendered(target)
+    # A StatefulSet's claim templates are volumes of its pods, by the template's name.
+    claims = {
+        f"StatefulSet/{s['metadata']['name']}": {
+            c["metadata"]["name"] for c in s["spec"].get("volumeClaimTemplates", [])
+        }
+        for s in find(resources, "StatefulSet")
+    }
+    for what, tpl in admitted_pod_templates(resources):
         volumes = {v["name"]: v for v in tpl["spec"].get("volumes", [])}
+        volumes |= {name: {"persistentVolumeClaim": {"claimName": name}} for name in claims.get(what, ())}
         assert tpl["spec"]["securityContext"].get("runAsUser", 0) != 0, what
         assert tpl["spec"]["securityContext"].get("runAsGroup", 0) != 0, what
         for ctr in containers(tpl):

@@ -53,6 +53,7 @@ API_VERSIONS = {
     "PodDisruptionBudget": "policy/v1",
     "RayService": "ray.io/v1",
     "Service": "v1",
+    "StatefulSet": "apps/v1",
 }
 DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
