@@ -70,13 +70,18 @@ def front_end(data_dir: Path, limits: Limits | None = None) -> Iterator[tuple[ps
 
 
 def _body() -> bytes:
+    return _request()[1]
+
+
+def _request() -> tuple[str, bytes]:
+    """A fresh application's request: its id and its encoding."""
+    app = f"ov-{_RUN}-{next(_seq)}"
     req = pb.AuthorizeRequest(
-        application_id=f"ov-{_RUN}-{next(_seq)}", merchant_id=f"M{next(_seq) % 3000:08d}", term_months=12,
+        application_id=app, merchant_id=f"M{next(_seq) % 3000:08d}", term_months=12,
         product=pb.PRODUCT_WORKING_CAPITAL, channel=pb.CHANNEL_POS_TERMINAL,
     )
     req.requested_amount.amount_minor, req.requested_amount.currency = 2_000_000, "CNY"
-    body: bytes = req.SerializeToString()
-    return body
+    return app, req.SerializeToString()
 
 
 def has_retry_info(exc: grpc.aio.AioRpcError) -> bool:
@@ -102,6 +107,10 @@ class Tally:
     retry_info: int = 0  # RESOURCE_EXHAUSTED answers that said when to retry
     late: int = 0  # answered (with anything but the client's own DEADLINE_EXCEEDED) after the deadline
     lag_ms: list[float] = field(default_factory=list)  # how far behind schedule each send went
+    # For the decision log's check: each OK call's application and answer (decoded later, off
+    # the generator's loop), and the applications whose call ran out of time (decided or not).
+    answers: list[tuple[str, bytes]] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
 
     def add(self, code: str, t_int: float, t_send: float, t_done: float, t0: float) -> None:
         self.codes[code] += 1
@@ -130,14 +139,17 @@ class Tally:
 
 
 async def _call(stub: Any, tally: Tally, t_int: float, timeout_s: float, t0: float) -> None:
+    app, body = _request()
     t_send = time.perf_counter()
     try:
-        await stub(_body(), timeout=timeout_s)
+        tally.answers.append((app, await stub(body, timeout=timeout_s)))
         code = "OK"
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and has_retry_info(exc):
             tally.retry_info += 1
+        elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            tally.timed_out.append(app)
     done = time.perf_counter()
     # The client's own DEADLINE_EXCEEDED fires at the deadline; any other answer past it (and
     # past the generator's own slack on a busy box) came when the caller no longer waited.
@@ -207,6 +219,8 @@ def merge(parts: list[Tally]) -> Tally:
         out.retry_info += t.retry_info
         out.late += t.late
         out.lag_ms += t.lag_ms
+        out.answers += t.answers
+        out.timed_out += t.timed_out
         for mine, theirs in ((out.latency_ms, t.latency_ms), (out.service_ms, t.service_ms)):
             for code, xs in theirs.items():
                 mine.setdefault(code, []).extend(xs)

@@ -12,6 +12,8 @@ import numpy as np
 from features import MATRIX_COLUMNS, TagCatalog
 from features.settings import FeatureSettings
 from features.stores.redis import RedisBackend
+from services.decisionlog.settings import DecisionLogSettings
+from services.decisionlog.writer import open_log
 from services.models import load_artifact
 from services.policy import Policy, PolicyConfig, load_policy
 from services.schema.records import RECORD_SCHEMA, REQUEST_DTYPE, RequestBatch
@@ -53,10 +55,11 @@ def policy_for(world: World, config: PolicyConfig | None = None) -> Policy:
 
 def engine_through(
     rw: RedisWorld, port: int, policy: Policy | None = None, *, window_s: float = 900,
-    settings: dict[str, object] | None = None,
+    settings: dict[str, object] | None = None, log_dir: Path | None = None,
 ) -> tuple[ScoringEngine, RedisBackend]:
     """The engine a replica builds (reader, velocity, idempotency on one Redis client) on
-    ``port``, and its backend (whose client's breaker the tests read)."""
+    ``port``, and its backend (whose client's breaker the tests read); with ``log_dir``, its
+    decision log too (Parquet under ``<log_dir>/decisions``, key beside it: ``logcheck``)."""
     fs = rw.settings(port, **(settings or {}))
     backend = RedisBackend(fs)
     policy = policy or policy_for(rw.world)
@@ -65,6 +68,7 @@ def engine_through(
     engine = ScoringEngine(
         backend.reader(8 * ((n_tags + 63) // 64)), artifact, policy, MAX_AGE_S,
         store=backend.idempotency(window_s, RECORD_SCHEMA), velocity=backend.velocity(),
+        decision_log=open_log(DecisionLogSettings(), log_dir) if log_dir is not None else None,
     )
     return engine, backend
 

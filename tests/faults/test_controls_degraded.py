@@ -8,15 +8,19 @@ controls go through their own fault proxy), so only the controls are missing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from features.controls import ControlCache
 from features.stores.redis import RedisBackend
+from services.decisionlog.settings import DecisionLogSettings
+from services.decisionlog.writer import open_log
 from services.policy import load_policy
 from services.policy.decide import APPROVE, REVIEW
 from services.schema.codes import Code
 from services.scoring import ScoringEngine
+from tests.faults.logcheck import Recorded, closed_log_is_exact
 from tests.faults.proxy import FaultProxy, wait_until
 from tests.faults.support import MAX_AGE_S, RedisWorld, batch, policy_for
 
@@ -24,7 +28,9 @@ MAX_CONTROLS_AGE_S = 0.5
 
 
 @pytest.fixture()
-def setup(redis_world: RedisWorld, proxy: FaultProxy) -> Iterator[tuple[ScoringEngine, ControlCache]]:
+def setup(
+    redis_world: RedisWorld, proxy: FaultProxy, tmp_path: Path
+) -> Iterator[tuple[Recorded, ControlCache]]:
     from features import TagCatalog
     from services.models import load_artifact
 
@@ -37,8 +43,9 @@ def setup(redis_world: RedisWorld, proxy: FaultProxy) -> Iterator[tuple[ScoringE
     cache = ControlCache(through.controls(), poll_s=0.05).start()
     artifact = load_artifact(redis_world.world.data_dir, redis_world.world.model_version)
     n_tags = len(TagCatalog.load(direct.settings))
-    engine = ScoringEngine(direct.reader(8 * ((n_tags + 63) // 64)), artifact, policy, MAX_AGE_S,
-                           velocity=direct.velocity(), controls=cache)
+    engine = Recorded(ScoringEngine(direct.reader(8 * ((n_tags + 63) // 64)), artifact, policy, MAX_AGE_S,
+                                    velocity=direct.velocity(), controls=cache,
+                                    decision_log=open_log(DecisionLogSettings(), tmp_path)))
     try:
         yield engine, cache
     finally:
@@ -50,7 +57,7 @@ def _codes(out, i: int) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_controls_out_of_reach_beyond_their_age_are_a_missing_input(
-    setup: tuple[ScoringEngine, ControlCache], proxy: FaultProxy
+    setup: tuple[Recorded, ControlCache], proxy: FaultProxy, tmp_path: Path
 ) -> None:
     engine, cache = setup
     fresh = engine.score(batch(60))
@@ -74,3 +81,6 @@ def test_controls_out_of_reach_beyond_their_age_are_a_missing_input(
     back = engine.score(batch(60, first=400))
     assert (back.status == Code.OK).all() and not back.rows["degraded"].any() and engine.ready
     assert (back.rows["decision"] == APPROVE).any()
+    # The log, closed: each decision once (the degraded ones too), the refused ones as refusals.
+    logged = closed_log_is_exact(engine, tmp_path)
+    assert logged.decisions == 180 and logged.refused == 20, logged.summary()

@@ -38,6 +38,10 @@ def test_losing_a_ray_node_under_load(world: World, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-2000:]
     report = json.loads(out.stdout)
     before, after = report["calls"]["before"], report["calls"]["after"]
+    # The figures docs/reliability.md tabulates (shown with -s).
+    print(f"\nnode loss: calls of 50 before {before}, after {after}; decisions per replica before "
+          f"{report['replicas']['before']}, after {report['replicas']['after']}; probe (40 calls of 200) "
+          f"before {report['probe_before']}, after {report['probe_after']}")
     assert before.get("OK", 0) == sum(before.values()), f"all answered before the loss: {before}"
     assert len(report["probe_before"]) == 2, "both nodes' replicas answered before the loss"
     errors = {k: v for k, v in after.items() if k != "OK"}

@@ -21,8 +21,11 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from creditauth.v1 import authorization_pb2 as pb
 from tests.conftest import World
-from tests.faults.overload import capacity, front_end, overload_then_recovery
+from tests.faults import logcheck
+from tests.faults.overload import Tally, capacity, front_end, overload_then_recovery
+from tests.faults.proxy import wait_until
 
 pytestmark = [pytest.mark.slow]
 MiB = 1 << 20
@@ -48,7 +51,7 @@ class _Rss(threading.Thread):
 
 
 def test_twice_capacity_is_shed_fast_admitted_calls_bounded_and_throughput_recovers(
-    frontend: tuple[psutil.Process, int],
+    frontend: tuple[psutil.Process, int], world: World,
 ) -> None:
     proc, port = frontend
     c = capacity(port)
@@ -96,3 +99,25 @@ def test_twice_capacity_is_shed_fast_admitted_calls_bounded_and_throughput_recov
     assert recovered >= 0.7, (back, c)
     # Refusals only while the backlog's last calls run out (2 s), none after.
     assert not [s for s, n in after.errors_per_s.items() if s >= 3 and n], (after.errors_per_s, after.codes)
+    print(_log_holds_each_answer_once(world, over, after).summary())
+
+
+def _log_holds_each_answer_once(world: World, *tallies: Tally) -> logcheck.LogCheck:
+    """The front end's log (``--channel local``: written in its process, under the data dir's
+    ``decisions``) holds every decision answered during and after the overload once, with
+    the id the caller got, and no decision of a call refused (shed calls are not decided).
+    A call that ran out of time may have been decided (its answer lost): logged once or not
+    at all. Read once the log has flushed every answered one (observed, while it runs)."""
+    got = logcheck.Answers()
+    for t in tallies:
+        for app, raw in t.answers:
+            got.add(app, pb.AuthorizeResponse.FromString(raw).decision_id)
+        for app in t.timed_out:
+            got.add_unanswered(app)
+    root, data = world.data_dir / "decisions", world.data_dir
+    wait_until(lambda: logcheck.holds(root, data, got.by_app), "every answered decision flushed", 60)
+    # Refused calls are not in ``got``: a decision logged for one is "not got", a failure.
+    result = logcheck.check(logcheck.logged(root, data, got.sent), got)
+    logcheck.assert_sound(result)
+    assert not result.missing and result.decisions >= len(got.by_app), result.summary()
+    return result

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import psutil
@@ -31,8 +32,13 @@ from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import World
 from tests.e2e import api_checks as c
 from tests.e2e.conftest import LoopThread, ray_settings, settings_for
+from tests.faults import logcheck
+from tests.faults.logcheck import Answers, Kill, LogCheck, writer_of
 from tests.faults.proxy import wait_until
 from tests.faults.support import free_port
+
+if TYPE_CHECKING:
+    from services.stack import Stack
 
 pytestmark = [pytest.mark.slow]
 
@@ -86,6 +92,22 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an orchestrator stops a pod: the front end drains and closes its engine."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+
+
+def _log_after_kill(data_dir: Path, got: Answers, kill: Kill) -> LogCheck:
+    """The log of both processes (``<data_dir>/decisions``) against what the caller got:
+    each decision once, the retries as replays, nothing the caller did not get, and what is
+    missing the killed process's last flush interval only."""
+    result = logcheck.check(logcheck.logged(data_dir / "decisions", data_dir, got.sent), got, kill)
+    logcheck.assert_sound(result)
+    assert result.decisions > 0 and result.replays > 0, result.summary()
+    return result
+
+
 def test_front_end_killed_mid_stream_retries_get_original_decisions(world: World, tmp_path: Path) -> None:
     data = _private_data_dir(world, tmp_path)
     port = free_port()
@@ -94,27 +116,37 @@ def test_front_end_killed_mid_stream_retries_get_original_decisions(world: World
     reqs = [c.request(i, f"M{i % 3000:08d}") for i in range(2400)]
     warm, rest = reqs[:40], reqs[40:]
     answered: dict[str, pb.AuthorizeResponse] = {}
+    seen = Answers()  # every decision the caller got, with when (for the decision log's check)
     feed = _Feed()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS) as ch:
             stub = pb_grpc.CreditAuthorizationStub(ch)
             # wait_for_ready: the call waits for the server's port, observed by gRPC itself.
-            stub.Authorize(c.request(0), timeout=180, wait_for_ready=True)
+            r = stub.Authorize(c.request(0), timeout=180, wait_for_ready=True)
+            seen.add(r.application_id, r.decision_id)
             t_open = time.monotonic()
             responses = stub.AuthorizeStream(iter(feed), timeout=STREAM_DEADLINE_S)
             feed.put(warm)
             for _ in warm:
                 r = next(responses)
                 answered[r.application_id] = r
+                seen.add(r.application_id, r.decision_id)
+            # The log has flushed what was answered so far (observed): the kill below then
+            # cuts a log that holds a prefix, and the check can see where it ends.
+            wait_until(lambda: logcheck.holds(data / "decisions", data, seen.by_app), "the warm-up logged", 30)
             feed.put(rest)  # a burst: several windows in flight when the process dies
             for _ in range(100):
                 r = next(responses)
                 answered[r.application_id] = r
+                seen.add(r.application_id, r.decision_id)
+            kill = Kill(time.time(), frozenset({_prefix(r.decision_id) for r in answered.values()}),
+                        writer_of(first.pid))  # the log is written in the front end: --channel local
             os.killpg(first.pid, signal.SIGKILL)
             t_kill = time.monotonic()
             with pytest.raises(grpc.RpcError) as ended:
                 for r in responses:  # what was already on the wire still arrives, then the status
                     answered[r.application_id] = r
+                    seen.add(r.application_id, r.decision_id)
             t_status = time.monotonic()
             feed.end()
             first.wait(30)
@@ -130,12 +162,16 @@ def test_front_end_killed_mid_stream_retries_get_original_decisions(world: World
 
             # A new front end on the same data dir and port; the caller retries everything.
             second = _serve(data, port)
-            stub.Authorize(c.request(1), timeout=180, wait_for_ready=True)
+            r = stub.Authorize(c.request(1), timeout=180, wait_for_ready=True)
+            seen.add(r.application_id, r.decision_id)
             t0 = time.monotonic()
             retried = list(stub.AuthorizeStream(iter(reqs), timeout=STREAM_DEADLINE_S))
             stream_s = time.monotonic() - t0
             sample = [r for r in warm[:10]]
             unary = [stub.Authorize(r, timeout=10) for r in sample]
+        for r in [*retried, *unary]:
+            seen.add_late(r.application_id, r.decision_id)
+        _stop(second)  # gracefully: its log loses nothing; the first one's is read as it was left
         assert stream_s < STREAM_DEADLINE_S
         assert [r.application_id for r in retried] == [r.application_id for r in reqs]
         assert all(not r.HasField("error") and r.decision_id for r in retried), Counter(
@@ -151,11 +187,12 @@ def test_front_end_killed_mid_stream_retries_get_original_decisions(world: World
         lost_answers = sum(_prefix(again[r.application_id].decision_id) in old for r in unanswered)
         fresh = {_prefix(again[r.application_id].decision_id) for r in unanswered} - old
         assert len(fresh) <= 1
+        logged = _log_after_kill(data, seen, kill)
         print(f"\nSIGKILL mid-stream: {len(reqs)} sent, {len(answered)} answered before the kill, status "
               f"{ended.value.code().name} {1000 * (t_status - t_kill):.0f} ms after it; retries: "
               f"{len(answered)} answered ones all got their original decision, {len(unanswered)} unanswered "
               f"({lost_answers} decided before the kill, answer lost; {len(unanswered) - lost_answers} fresh), "
-              f"retry stream {stream_s:.2f} s")
+              f"retry stream {stream_s:.2f} s\n{logged.summary()}")
     finally:
         feed.end()
         _kill(first)
@@ -201,6 +238,7 @@ class _Call:
         self.resp: pb.AuthorizeBatchResponse | None = None
         self.status: grpc.StatusCode | None = None
         self.seconds = 0.0
+        self.at = 0.0  # when the answer came back (wall clock: compared with the log's times)
 
     def codes(self) -> list[str]:
         """Per item: "OK" or the status name it was answered with."""
@@ -222,7 +260,56 @@ def _send(stub: pb_grpc.CreditAuthorizationStub, call: _Call) -> _Call:
     except grpc.RpcError as exc:
         call.status = exc.code()
     call.seconds = time.monotonic() - t0
+    call.at = time.time()
     return call
+
+
+def _warm_until_flushed(stub: pb_grpc.CreditAuthorizationStub, stack: Stack, pid: int) -> list[_Call]:
+    """Small calls, one at a time, until the victim's log has completed a flush (observed:
+    its first journal chunk): the kill then cuts a log that holds some of the victim's
+    decisions, so the check sees where what it kept ends. (A cold replica's first batch is
+    slow: without this the victim had logged nothing when it died.)"""
+    root = stack.settings.decision_log.root(stack.settings.data_dir)
+    warm: list[_Call] = []
+
+    def one() -> bool:
+        warm.append(_send(stub, _Call([c.request(i, f"M{i:08d}") for i in range(10)])))
+        assert warm[-1].resp is not None, warm[-1].status
+        return logcheck.flushed(root, writer_of(pid))
+
+    wait_until(one, "the victim's first flush", 60)
+    return warm
+
+
+def _answers(done: list[_Call], again: list[_Call]) -> Answers:
+    """What the callers got: the first answers (when each call came back), then the retries'."""
+    got = Answers()
+    for call in done:
+        for r in call.resp.responses if call.resp is not None else ():
+            if not r.HasField("error"):
+                got.add(r.application_id, r.decision_id, call.at)
+    for call in again:
+        for r in call.resp.responses if call.resp is not None else ():
+            got.add_late(r.application_id, r.decision_id)
+    return got
+
+
+def _replica_log(stack: Stack, got: Answers, killed_at: float, victim_pid: int) -> LogCheck:
+    """The replicas' log (each replica writes its own, under the data dir's ``decisions``)
+    against what the callers got. The victim's engine is told by elimination: every decision
+    id prefix the callers got that no other writer logged a decision under (the others
+    stopped gracefully and logged all of theirs)."""
+    data = stack.settings.data_dir
+    df = logcheck.logged(stack.settings.decision_log.root(data), data, got.sent, stack.settings.decision_log)
+    victim = writer_of(victim_pid)
+    others = {logcheck.prefix(d) for w, d, replay in df.select("replica_id", "decision_id", "replay").iter_rows()
+              if not w.startswith(victim) and not replay and d}
+    mine = {logcheck.prefix(g.decision_id) for g in got.by_app.values()} - others
+    assert len(mine) <= 1, mine  # one engine was killed
+    result = logcheck.check(df, got, Kill(killed_at, frozenset(mine), victim))
+    logcheck.assert_sound(result)
+    assert result.decisions > 0 and result.replays > 0, result.summary()
+    return result
 
 
 def test_replica_killed_mid_batch_loses_only_what_it_held_and_retries_get_originals(
@@ -243,12 +330,15 @@ def test_replica_killed_mid_batch_loses_only_what_it_held_and_retries_get_origin
         batcher = stack.frontend.batcher
         calls = [_Call([c.request(i, f"M{(k * 100 + i) % 3000:08d}") for i in range(100)]) for k in range(60)]
 
+        killed_at: list[float] = []
+
         async def kill_while_busy() -> tuple[int, int]:
             """SIGKILL the victim at a moment a batch is in flight on it (observed on the loop
             that owns the connection, so nothing can answer between the look and the kill)."""
             for _ in range(60_000):
                 conn = next((x for x in backend.membership.live() if x.address == victim), None)
                 if conn is not None and conn.inflight > 0:
+                    killed_at.append(time.time())
                     os.kill(pid, signal.SIGKILL)
                     return conn.inflight, backend.retries
                 await asyncio.sleep(0.0005)
@@ -256,9 +346,11 @@ def test_replica_killed_mid_batch_loses_only_what_it_held_and_retries_get_origin
 
         with grpc.insecure_channel(f"127.0.0.1:{stack.port}") as ch:
             stub = pb_grpc.CreditAuthorizationStub(ch)
+            warm = _warm_until_flushed(stub, stack, pid)
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
                 running = [pool.submit(_send, stub, call) for call in calls]
-                wait_until(lambda: batcher.stats.decisions >= 600, "load flowing through both replicas", 60)
+                wait_until(lambda: batcher.stats.decisions >= 600 + sum(len(w.reqs) for w in warm),
+                           "load flowing through both replicas", 60)
                 held, retries_before = ray_loop.run(kill_while_busy(), timeout=60)
                 done = [f.result(timeout=120) for f in running]  # nothing hangs
             retries = backend.retries - retries_before
@@ -283,9 +375,11 @@ def test_replica_killed_mid_batch_loses_only_what_it_held_and_retries_get_origin
         changed = [a for a, r in first.items() if retried[a].decision_id != r.decision_id]
         assert changed == [], changed[:5]
         prefixes = Counter(_prefix(r.decision_id) for r in first.values())
-        print(f"\nreplica SIGKILLed with {held} decisions in flight on it: {dict(codes)}; router resent "
-              f"{retries} call(s) elsewhere; decisions by replica {dict(prefixes)}; slowest call "
-              f"{max(call.seconds for call in done):.2f} s; all {len(first)} answered ones got their original "
-              f"decision on retry, the {codes['UNAVAILABLE']} refused ones a decision")
     finally:
-        ray_loop.run(stack.__aexit__(None, None, None))
+        ray_loop.run(stack.__aexit__(None, None, None))  # the other replicas stop gracefully
+    logged = _replica_log(stack, _answers(warm + done, again), killed_at[0], pid)
+    print(f"\nreplica SIGKILLed with {held} decisions in flight on it: {dict(codes)}; router resent "
+          f"{retries} call(s) elsewhere; decisions by replica {dict(prefixes)}; slowest call "
+          f"{max(call.seconds for call in done):.2f} s; all {len(first)} answered ones got their original "
+          f"decision on retry, the {codes['UNAVAILABLE']} refused ones a decision\n{logged.summary()}")
+

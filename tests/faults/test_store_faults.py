@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -21,15 +22,23 @@ from services.schema.codes import Code
 from services.schema.records import RECORD_SCHEMA, DecisionBatch
 from services.scoring import ScoringEngine
 from services.scoring.replays import Plan, Replays
+from tests.faults.logcheck import Recorded, closed_log_is_exact
 from tests.faults.proxy import FaultProxy, wait_until
 from tests.faults.support import TIMEOUT_S, RedisWorld, batch, engine_through
 
+Engine = ScoringEngine | Recorded
 DEADLINE_S = 2.0
 # A batch that paid no store timeout: well under one (the scoring itself takes milliseconds).
 FAST_S = TIMEOUT_S / 2
 
 
-def _timed(engine: ScoringEngine, n: int = 20) -> tuple[DecisionBatch, float, float]:
+def _engine(rw: RedisWorld, port: int, log_dir: Path, **kw: object) -> tuple[Recorded, RedisBackend]:
+    """``engine_through`` with its decision log under ``log_dir``, every answer noted."""
+    engine, backend = engine_through(rw, port, log_dir=log_dir, **kw)  # type: ignore[arg-type]
+    return Recorded(engine), backend
+
+
+def _timed(engine: Engine, n: int = 20) -> tuple[DecisionBatch, float, float]:
     """One batch: its answer, how long it took, and how long before its deadline it came back."""
     b = batch(n, deadline_s=DEADLINE_S)
     t0 = time.monotonic()
@@ -58,14 +67,24 @@ def _healthy(out: DecisionBatch) -> bool:
     return bool((out.status == Code.OK).all() and not out["degraded"].any())
 
 
-def _recovers(engine: ScoringEngine, what: str) -> None:
+def _recovers(engine: Engine, what: str) -> None:
     """Batches keep coming; within a few probe intervals one is decided normally again."""
     wait_until(lambda: _healthy(engine.score(batch(5))), f"normal decisions after {what}", timeout_s=10)
 
 
-def test_redis_down_opens_the_breaker_and_batches_are_refused_fast(redis_world: RedisWorld, proxy: FaultProxy) -> None:
+def _log_exact(engine: Recorded, log_dir: Path) -> None:
+    """After the fault and the recovery, a graceful stop: the log holds every decided item
+    once (repeats as replays), every refused one as a refusal, nothing the caller did not get."""
+    result = closed_log_is_exact(engine, log_dir)
+    assert result.decisions == len(engine.answers.by_app) > 0, result.summary()
+    print(f"\n{result.summary()}")
+
+
+def test_redis_down_opens_the_breaker_and_batches_are_refused_fast(
+    redis_world: RedisWorld, proxy: FaultProxy, tmp_path: Path
+) -> None:
     """Default policy: without idempotency nothing is decided afresh, so items are UNAVAILABLE."""
-    engine, backend = engine_through(redis_world, proxy.port)
+    engine, backend = _engine(redis_world, proxy.port, tmp_path)
     assert _healthy(engine.score(batch(10)))
     proxy.black_hole()  # the worst case: every call that reaches the store waits its timeout
     first, elapsed, margin = _timed(engine)
@@ -82,14 +101,14 @@ def test_redis_down_opens_the_breaker_and_batches_are_refused_fast(redis_world: 
     _paid_no_timeout_once_open(backend.client.breaker.stats().probes, proxy.accepted - dialled, times)
     proxy.pass_through()
     _recovers(engine, "Redis came back")
-    engine.close()
+    _log_exact(engine, tmp_path)
 
 
 def test_redis_down_with_idempotency_off_decides_degraded_within_deadline(
-    redis_world: RedisWorld, proxy: FaultProxy
+    redis_world: RedisWorld, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """With idempotency off (window 0) the features mode applies: referred, flagged, fast."""
-    engine, backend = engine_through(redis_world, proxy.port, window_s=0)
+    engine, backend = _engine(redis_world, proxy.port, tmp_path, window_s=0)
     proxy.reset()  # Redis gone: connections reset
     for _ in range(20):
         out, _, margin = _timed(engine)
@@ -100,11 +119,13 @@ def test_redis_down_with_idempotency_off_decides_degraded_within_deadline(
     assert backend.client.breaker.state != "closed"
     proxy.pass_through()
     _recovers(engine, "the reset stopped")
-    engine.close()
+    _log_exact(engine, tmp_path)
 
 
-def test_slow_redis_beyond_the_timeout_is_treated_as_down(redis_world: RedisWorld, proxy: FaultProxy) -> None:
-    engine, backend = engine_through(redis_world, proxy.port, window_s=0)
+def test_slow_redis_beyond_the_timeout_is_treated_as_down(
+    redis_world: RedisWorld, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    engine, backend = _engine(redis_world, proxy.port, tmp_path, window_s=0)
     assert _healthy(engine.score(batch(5)))
     proxy.slow(TIMEOUT_S * 3)  # answers, but after every call's deadline
     for _ in range(2):  # two store calls per batch here (velocity, features): 3 failures open it
@@ -116,11 +137,13 @@ def test_slow_redis_beyond_the_timeout_is_treated_as_down(redis_world: RedisWorl
     _paid_no_timeout_once_open(backend.client.breaker.stats().probes, proxy.accepted - dialled, times)
     proxy.pass_through()
     _recovers(engine, "latency went away")
-    engine.close()
+    _log_exact(engine, tmp_path)
 
 
-def test_flapping_redis_every_item_answered_before_its_deadline(redis_world: RedisWorld, proxy: FaultProxy) -> None:
-    engine, _ = engine_through(redis_world, proxy.port)
+def test_flapping_redis_every_item_answered_before_its_deadline(
+    redis_world: RedisWorld, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    engine, _ = _engine(redis_world, proxy.port, tmp_path)
     proxy.flap(up_s=0.15, down_s=0.15)
     t_end = time.monotonic() + 3.0
     batches = 0
@@ -136,14 +159,14 @@ def test_flapping_redis_every_item_answered_before_its_deadline(redis_world: Red
     assert batches >= 10
     proxy.pass_through()
     _recovers(engine, "flapping stopped")
-    engine.close()
+    _log_exact(engine, tmp_path)
 
 
 def test_a_replica_starts_while_redis_is_down_and_recovers_without_restart(
-    redis_world: RedisWorld, proxy: FaultProxy
+    redis_world: RedisWorld, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     proxy.reset()
-    engine, _ = engine_through(redis_world, proxy.port)  # must not raise
+    engine, _ = _engine(redis_world, proxy.port, tmp_path)  # must not raise
     out, _, margin = _timed(engine)
     _answered(out, {Code.UNAVAILABLE})
     assert margin > 0
@@ -160,7 +183,7 @@ def test_a_replica_starts_while_redis_is_down_and_recovers_without_restart(
     assert a.decision_ids() == b.decision_ids() and all(a.decision_ids())
     assert APPROVE in a["decision"].tolist() or REVIEW in a["decision"].tolist()
     direct.close()
-    engine.close()
+    _log_exact(engine, tmp_path)
 
 
 
