@@ -106,6 +106,12 @@ class RaySettings(_Strict):
     max_ongoing_requests: int = Field(4, ge=1)
     # CPUs Ray reserves per replica (0 lets replicas share small boxes).
     replica_num_cpus: float = Field(0.0, ge=0)
+    # Nice value of the Ray workers of a cluster this process starts (a joined cluster's
+    # nodes take theirs from RAY_worker_niceness, set in the manifests). Ray's own default,
+    # 15, keeps its control plane responsive under CPU-bound tasks; here the worker is the
+    # scoring replica, the request path, and at 15 any runnable nice-0 process on its core
+    # (the front end, the raylet, Ray's agents) gets about 28x its share of the CPU.
+    worker_niceness: int = Field(0, ge=0, le=19)
     # Where each replica's direct-channel socket listens. None: the replica's own address,
     # never every interface: the Ray node IP (ray.util.get_node_ip_address(), the pod IP
     # on Kubernetes), or 127.0.0.1 when services.stack starts its own local cluster (it

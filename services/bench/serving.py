@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], tls_ca: Path | None, t
     from creditauth.v1 import authorization_pb2_grpc as pb_grpc
 
     deadline = time.monotonic() + timeout_s
-    req = pb.AuthorizeRequest(application_id="ready", merchant_id="M00000001", term_months=6,
+    # A fresh id each time: a data dir's idempotency store remembers an earlier run's probe,
+    # and the same id with other fields is refused (ALREADY_EXISTS) for its whole window.
+    req = pb.AuthorizeRequest(application_id=f"ready-{uuid.uuid4().hex[:12]}", merchant_id="M00000001", term_months=6,
                               product=pb.PRODUCT_WORKING_CAPITAL, channel=pb.CHANNEL_WEB)
     req.requested_amount.amount_minor = 100_00
     req.requested_amount.currency = "CNY"

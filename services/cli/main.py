@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from features import FeatureError
 from kernels import KernelError
 from services import logs, version
+from services.bench.logcost import add_parser as add_bench_log
 from services.bench.variants import add_parser as add_bench_variants
 from services.cli.bundle import add_bundle
 from services.cli.client import add_client
@@ -167,6 +168,7 @@ def _add_bench(sub: _Subparsers) -> None:
     _add_bench_telemetry(bench_sub)
     _add_bench_channels(bench_sub)
     add_bench_variants(bench_sub, _common)
+    add_bench_log(bench_sub, _common)
 
 
 def _add_bench_serving(bench_sub: _Subparsers) -> None:

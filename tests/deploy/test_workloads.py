@@ -369,6 +369,18 @@ def test_ray_pods_admit_front_ends_on_client_and_channel_ports_only(target: str)
         assert sorted(front_ports(group["template"]["metadata"]["labels"])) == [(RAY_CLIENT_PORT, None), (lo, hi)]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_ray_nodes_run_the_replicas_at_the_front_ends_priority(target: str) -> None:
+    """Every Ray container sets RAY_worker_niceness to the settings' default (Ray's own is 15:
+    the scoring replica would yield its core to the raylet and agents)."""
+    cluster = one(rendered(target), "RayService")["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for ctr in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+            assert env.get("RAY_worker_niceness") == str(Settings().ray.worker_niceness), (ctr["name"], env)
+
+
 # -- configuration, secrets, commands -----------------------------------------------------------
 
 

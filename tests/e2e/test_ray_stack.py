@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import psutil
 import pytest
 
 from services.stack import Stack
@@ -48,6 +49,18 @@ def test_sqlite_all_rpcs(sqlite_stack: grpc.Channel) -> None:
     c.check_unknown_merchant(sqlite_stack)
     c.check_batch(sqlite_stack)
     c.check_stream(sqlite_stack)
+
+
+def test_replicas_run_at_the_configured_niceness(sqlite_stack: grpc.Channel, world: World) -> None:
+    """Ray starts workers at nice 15; the cluster this process started runs its scoring
+    replicas at ``ray.worker_niceness`` (0), so they do not yield their core to the raylet,
+    Ray's agents or the front end."""
+    c.check_unary(sqlite_stack)  # the replica is up and has answered
+    replicas = [p for p in psutil.process_iter(["cmdline"])
+                if any("ServeReplica:creditauth_sqlite" in part for part in p.info["cmdline"] or [])]
+    assert replicas, "no Serve replica process of the app found"
+    want = ray_settings(world, "creditauth_sqlite").ray.worker_niceness
+    assert {p.nice() for p in replicas} == {want}
 
 
 def test_sqlite_bad_inputs_health_reflection_deadline(sqlite_stack: grpc.Channel) -> None:

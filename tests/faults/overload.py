@@ -50,13 +50,16 @@ _seq = itertools.count()
 
 
 @contextlib.contextmanager
-def front_end(data_dir: Path, limits: Limits | None = None) -> Iterator[tuple[psutil.Process, int]]:
-    """A front end scoring in process, ready when entered: ``creditauth serve --channel local``
-    as shipped, or, given ``limits``, the same front end with those (``_serve`` below)."""
+def front_end(
+    data_dir: Path, limits: Limits | None = None, channel: str = "local",
+) -> Iterator[tuple[psutil.Process, int]]:
+    """A front end, ready when entered: ``creditauth serve --channel CHANNEL`` as shipped
+    (``local``: scoring in its process; ``direct``: Serve replicas in Ray, the front end's own
+    connection to each), or, given ``limits``, the local front end with those (``_serve`` below)."""
     port = free_port()
     common = ["--data-dir", str(data_dir), "--port", str(port)]
     if limits is None:
-        cmd = ["-m", "services.cli.main", "serve", *common, "--channel", "local", "--plaintext", "--no-telemetry"]
+        cmd = ["-m", "services.cli.main", "serve", *common, "--channel", channel, "--plaintext", "--no-telemetry"]
     else:
         cmd = ["-m", "tests.faults.overload", "serve", *common, "--limits", json.dumps(dataclasses.asdict(limits))]
     proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -35,7 +35,8 @@ def start_cluster(settings: Settings) -> str:
     # address="local" always starts a new head, even where a `ray start` cluster
     # left its address behind; it picks free ports itself (GCS port 0), while only
     # `ray start --head` defaults to 6379, which Redis holds here.
-    ray.init(address="local", num_cpus=settings.ray.num_cpus, **kwargs)
+    ray.init(address="local", num_cpus=settings.ray.num_cpus,
+             _system_config={"worker_niceness": settings.ray.worker_niceness}, **kwargs)
     return "local"
 
 
