@@ -11,7 +11,10 @@ loopback. It reports which replicas answered and the throughput seen.
 
 ``--lose-worker`` kills the worker node (its raylet, its replica, everything in its process
 group: a node lost, not a replica restarted) while a load run is going, and reports what
-the callers saw and which replicas answer afterwards.
+the callers saw and which replicas answer afterwards; then every call is retried once. Each
+call's applications, the decision ids the caller got and when go to ``answers.jsonl`` in the
+work dir; the report names it, the kill's time and where each node's replicas write the
+decision log, so the log can be checked against the callers (tests/faults/test_node_loss.py).
 
 Everything it creates (namespaces, veth pair, Ray processes) is removed on
 exit; it never runs ``ray stop`` (that would stop every Ray cluster on the
@@ -26,14 +29,19 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from services.decisionlog.sinks.parquet import JOURNAL
+from services.settings import load_settings
 
 NS = ["ca-node1", "ca-node2"]
 VETH = ["ca-veth1", "ca-veth2"]
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             time.sleep(POLL_S)
         if args.lose_worker:
-            return _lose_worker(work, worker)
+            return _lose_worker(work, worker, cfg)
         load = subprocess.run(_load_command(args), capture_output=True, text=True, timeout=900)
         if load.returncode != 0:
             print(load.stderr[-3000:], file=sys.stderr)
@@ -199,11 +207,29 @@ def _load_command(args: argparse.Namespace) -> list[str]:
 
 
 _STEADY = """
-import sys, time, grpc
+import json, sys, time, grpc
 from concurrent.futures import ThreadPoolExecutor
 from creditauth.v1 import authorization_pb2 as pb, authorization_pb2_grpc as g
 
-calls = int(sys.argv[1])
+calls, answers = int(sys.argv[1]), sys.argv[2]
+sent = {}
+
+def send(k, reqs, what):
+    # One line of the answers file per call: every application asked, with the decision id
+    # the caller got ("" where none), and when the answer came back (the caller's clock).
+    try:
+        out = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=30)
+    except grpc.RpcError as err:
+        code = err.code().name
+        record = {"pass": what, "k": k, "at": time.time(), "status": code,
+                  "items": [[r.application_id, ""] for r in reqs]}
+        return f"ERR {code}", record
+    at = time.time()
+    # An answer names its application (an item refused as a whole may not: the request's, then).
+    items = [[r.application_id or q.application_id, r.decision_id] for q, r in zip(reqs, out.responses)]
+    line = "OK " + " ".join(sorted({r.decision_id.split("-")[0] for r in out.responses if r.decision_id}))
+    return line, {"pass": what, "k": k, "at": at, "status": "OK", "items": items}
+
 def call(k):
     reqs = []
     for i in range(50):
@@ -212,52 +238,131 @@ def call(k):
         r.requested_amount.amount_minor = 100_000
         r.requested_amount.currency = "CNY"
         reqs.append(r)
-    try:
-        out = stub.AuthorizeBatch(pb.AuthorizeBatchRequest(requests=reqs), timeout=30)
-    except grpc.RpcError as err:
-        return f"ERR {err.code().name}"
-    return "OK " + " ".join(sorted({r.decision_id.split("-")[0] for r in out.responses if r.decision_id}))
+    sent[k] = reqs
+    return send(k, reqs, "first")
 
-with grpc.insecure_channel("127.0.0.1:50051") as ch:
+with grpc.insecure_channel("127.0.0.1:50051") as ch, open(answers, "w") as fh:
     stub = g.CreditAuthorizationStub(ch)
     with ThreadPoolExecutor(4) as pool:
-        for line in pool.map(call, range(calls)):
+        for line, record in pool.map(call, range(calls)):
+            fh.write(json.dumps(record) + "\\n")
             print(line, flush=True)
+        # Every call once more (a caller retrying): each decision it got comes back from the
+        # idempotency store, logged as a replay; a call lost with the node gets a decision now.
+        for _, record in pool.map(lambda k: send(k, sent[k], "retry"), range(calls)):
+            fh.write(json.dumps(record) + "\\n")
 """
-KILL_AFTER = 20  # answered calls before the worker node is lost
+CALLS = 600  # batch calls of 50 in the load run (the first pass; the retry pass sends them again)
+KILL_AFTER = 20  # answered calls, at least, before the worker node is lost
+# ...and completed flushes of the worker's decision-log writer since the load began: the third
+# holds only this load's decisions (the first may have taken the probe's last ones). So the node
+# leaves some of the calls' decisions on record, and the load has run for more than a flush
+# interval (what a SIGKILL may lose) before the loss: a check of the log sees where it ends.
+FLUSHES_BEFORE_KILL = 3
+# ...and then this many answers more (about half a flush interval here): the kill falls inside
+# a flush interval, not at the moment a flush was seen.
+CALLS_AFTER_FLUSH = 40
 
 
-def _lose_worker(work: Path, worker: subprocess.Popen[bytes]) -> int:
-    """Batch calls, 4 in flight; after ``KILL_AFTER`` answers the worker node dies. What the
-    callers saw before and after the loss, and which replicas answered."""
-    # Both replicas registered and answering first (observed, bounded): a node not yet in
-    # the route cannot be lost from it.
-    deadline = time.monotonic() + 180
-    probe_before = _replicas_answering(work)
-    while len(probe_before) < 2:
-        if time.monotonic() > deadline:
-            print(f"multinode: only {probe_before} answer before the loss", file=sys.stderr)
-            return 6
-        time.sleep(POLL_S)
-        probe_before = _replicas_answering(work)
-    load = subprocess.Popen(in_ns(NS[0], sys.executable, "-c", _STEADY, "160"),
+def _lose_worker(work: Path, worker: subprocess.Popen[bytes], cfg: Path) -> int:
+    """Batch calls, 4 in flight; after ``KILL_AFTER`` answers, and ``CALLS_AFTER_FLUSH`` after
+    the worker's log writer has flushed ``FLUSHES_BEFORE_KILL`` times, the worker node dies.
+    What the callers saw before and after the loss, and which replicas answered; then every
+    call once more (a caller's retry). Each call's applications, the decision ids the caller
+    got and when go to ``answers.jsonl`` in ``work`` (its path in the report, with the kill's
+    time and where each node's replicas write the decision log): what a check of the log reads."""
+    probe_before = _both_answering(work)
+    if probe_before is None:
+        return 6
+    root, lost = _log_root(cfg), _node_pids()[NS[1]]
+    flushed = _chunks(root, lost)
+    answers = work / "answers.jsonl"
+    load = subprocess.Popen(in_ns(NS[0], sys.executable, "-c", _STEADY, str(CALLS), str(answers)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert load.stdout is not None
     phases: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
     replicas: dict[str, Counter[str]] = {"before": Counter(), "after": Counter()}
     phase = "before"
+    killed_at: float | None = None
+    pids: dict[str, list[int]] = {}
+    seen: int | None = None  # answers when the writer's flushes were seen
     for n, line in enumerate(load.stdout, 1):
         status, *prefixes = line.split()
         phases[phase][status if status == "OK" else prefixes[0]] += 1
         replicas[phase].update(prefixes if status == "OK" else [])
-        if n == KILL_AFTER:
+        if seen is None and len(_chunks(root, lost) - flushed) >= FLUSHES_BEFORE_KILL:
+            seen = n
+        if phase == "before" and seen is not None and n >= max(KILL_AFTER, seen + CALLS_AFTER_FLUSH):
+            pids = _node_pids()  # the replicas' processes among them: a writer id names its pid
+            killed_at = time.time()
             kill_group(worker)
             phase = "after"
     load.wait(300)
+    if killed_at is None:
+        print(f"multinode: the load ended before the worker's log had flushed {FLUSHES_BEFORE_KILL} times",
+              file=sys.stderr)
+        return 7
     report = {"probe_before": probe_before, "calls": {k: dict(v) for k, v in phases.items()},
-              "replicas": {k: dict(v) for k, v in replicas.items()}, "probe_after": _replicas_answering(work)}
+              "replicas": {k: dict(v) for k, v in replicas.items()}, "probe_after": _replicas_answering(work),
+              "killed_at": killed_at, "answers": str(answers), "retry_calls": _retry_statuses(answers),
+              "decision_log": _log_places(cfg, pids)}
     print(json.dumps(report, indent=1))
     return 0 if load.returncode == 0 else 4
+
+
+def _both_answering(work: Path) -> dict[str, int] | None:
+    """The probe once both replicas are registered and answering (observed, bounded; None:
+    they were not in time): a node not yet in the route cannot be lost from it."""
+    deadline = time.monotonic() + 180
+    probe = _replicas_answering(work)
+    while len(probe) < 2:
+        if time.monotonic() > deadline:
+            print(f"multinode: only {probe} answer before the loss", file=sys.stderr)
+            return None
+        time.sleep(POLL_S)
+        probe = _replicas_answering(work)
+    return probe
+
+
+def _chunks(root: Path, pids: list[int]) -> set[Path]:
+    """The decision-log journal chunks of the writers in processes ``pids`` (a writer's id is
+    ``<host>-<pid>-<random>``): each completed flush adds one, named in sequence (hidden
+    while written: ``.<name>.tmp``), so new names are new flushes, a roll's removals aside."""
+    mine = {f"{socket.gethostname()}-{p}" for p in pids}
+    return {c for c in root.glob(f"{JOURNAL}/*/*.arrow") if c.parent.name.rsplit("-", 1)[0] in mine}
+
+
+def _node_pids() -> dict[str, list[int]]:
+    """The processes of each node (its network namespace): host pids, the namespaces share
+    the machine's pid space."""
+    return {ns: [int(p) for p in sh("ip", "netns", "pids", ns, check=False).stdout.split()] for ns in NS}
+
+
+def _retry_statuses(answers: Path) -> dict[str, int]:
+    """Statuses of the retry pass's calls (the answers file's ``retry`` lines)."""
+    if not answers.exists():
+        return {}
+    records = (json.loads(line) for line in answers.read_text().splitlines() if line)
+    return dict(Counter(r["status"] for r in records if r["pass"] == "retry"))
+
+
+def _log_places(cfg: Path, pids: dict[str, list[int]]) -> dict[str, Any]:
+    """Where each node's replicas write the decision log. Every replica is bound to the front
+    end's settings (``seam.app.application``: the Serve application carries them), so on each
+    node it is ``decision_log.root(features.data_dir)``, an absolute path (``_settings_file``);
+    the namespaces share the machine's filesystem and host name, so both nodes' replicas write
+    under the same root, told apart by their writer ids (``<host>-<pid>-<random>``)."""
+    root = str(_log_root(cfg))
+    nodes = {name: {"namespace": ns, "decisions": root, "pids": pids.get(ns, [])}
+             for name, ns in zip(("head", "worker"), NS, strict=True)}
+    return {"settings": str(cfg), "flush_interval_s": load_settings(cfg).decision_log.flush_interval_s,
+            "nodes": nodes}
+
+
+def _log_root(cfg: Path) -> Path:
+    """The decision log's root for the settings every replica gets (``_log_places``)."""
+    settings = load_settings(cfg)
+    return settings.decision_log.root(settings.data_dir)
 
 
 _PROBE = """

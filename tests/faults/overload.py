@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,18 +52,21 @@ _seq = itertools.count()
 
 @contextlib.contextmanager
 def front_end(
-    data_dir: Path, limits: Limits | None = None, channel: str = "local",
+    data_dir: Path, limits: Limits | None = None, channel: str = "local", cpus: set[int] | None = None,
 ) -> Iterator[tuple[psutil.Process, int]]:
     """A front end, ready when entered: ``creditauth serve --channel CHANNEL`` as shipped
     (``local``: scoring in its process; ``direct``: Serve replicas in Ray, the front end's own
-    connection to each), or, given ``limits``, the local front end with those (``_serve`` below)."""
+    connection to each), or, given ``limits``, the local front end with those (``_serve`` below).
+    ``cpus``: the server and every process it starts run on these cores only."""
     port = free_port()
     common = ["--data-dir", str(data_dir), "--port", str(port)]
     if limits is None:
         cmd = ["-m", "services.cli.main", "serve", *common, "--channel", channel, "--plaintext", "--no-telemetry"]
     else:
         cmd = ["-m", "tests.faults.overload", "serve", *common, "--limits", json.dumps(dataclasses.asdict(limits))]
-    proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    taskset = shutil.which("taskset")
+    pin = [taskset, "-c", ",".join(map(str, sorted(cpus)))] if cpus and taskset else []
+    proc = subprocess.Popen([*pin, sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # gRPC's wait_for_ready waits for the port
             ch.unary_unary(METHOD)(_body(), timeout=180, wait_for_ready=True)  # type: ignore[call-arg]
