@@ -178,7 +178,8 @@ def add_parser(bench_sub: Any, common: Any) -> None:
     p.add_argument("--rounds", type=int, default=4, help="rounds of (on, off), alternating order")
     p.add_argument("--seconds", type=int, default=20, help="length of each measured phase")
     p.add_argument("--rate", type=int, default=200, help="unary requests per second, open loop")
-    p.add_argument("--channel", default="direct", choices=("local", "direct", "handle"))
+    p.add_argument("--channel", default="direct", choices=("local", "direct", "handle"),
+                   help="front end -> replica channel of both servers (default direct)")
     p.set_defaults(run=main)
 
 

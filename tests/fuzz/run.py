@@ -68,12 +68,27 @@ def targets() -> dict[str, Path]:
     return {p.stem.removeprefix("fuzz_"): p for p in sorted(HERE.glob("fuzz_*.py"))}
 
 
+# The harness is started by a small launcher rather than by this process: on Linux a child's
+# ru_maxrss starts at its parent's resident size, and libFuzzer reads ru_maxrss against its
+# -rss_limit_mb (2 GB), so a harness forked straight from a test run grown past 2 GB reports a
+# false out-of-memory crash at its first input. The launcher is small; its own child starts
+# fresh. It exits as the harness did, dying by the same signal where the harness did.
+_FRESH_RSS = (
+    "import os, signal, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[1:]).returncode\n"
+    "if rc < 0:\n"
+    "    signal.signal(-rc, signal.SIG_DFL)\n"
+    "    os.kill(os.getpid(), -rc)\n"
+    "sys.exit(rc)\n"
+)
+
+
 def run(target: str, runs: int, extra: list[str] | None = None, *, timeout_s: float | None = None) -> Report:
     """Fuzz ``target`` for ``runs`` inputs in a subprocess; never raises for a crash, reports it."""
     known = targets()
     if target not in known:
         raise ValueError(f"unknown fuzz target {target!r}; known: {', '.join(known) or 'none'}")
-    cmd = [sys.executable, str(known[target]), "--runs", str(runs), *(extra or [])]
+    cmd = [sys.executable, "-c", _FRESH_RSS, sys.executable, str(known[target]), "--runs", str(runs), *(extra or [])]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, errors="replace", timeout=timeout_s)
