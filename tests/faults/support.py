@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +74,15 @@ def engine_through(
     return engine, backend
 
 
-def batch(n: int, *, deadline_s: float = 2.0, product: int = 1, first: int = 0) -> RequestBatch:
-    """``n`` requests for known merchants, each with its own fresh application id."""
+def batch(
+    n: int, *, deadline_s: float = 2.0, product: int = 1, first: int = 0, merchants: Sequence[str] | None = None,
+) -> RequestBatch:
+    """``n`` requests for known merchants (or for ``merchants``, one each), each with its own
+    fresh application id."""
     r = np.zeros(n, REQUEST_DTYPE)
     r["application_id"] = [f"f-{uuid.uuid4().hex}".encode() for _ in range(n)]
-    r["merchant_id"] = [f"M{(first + i) % 3000:08d}".encode() for i in range(n)]
+    ids = merchants if merchants is not None else [f"M{(first + i) % 3000:08d}" for i in range(n)]
+    r["merchant_id"] = [m.encode() for m in ids]
     r["amount_minor"], r["currency"], r["term_months"], r["product"], r["channel"] = 500_000, 0, 12, product, 1
     r["declared_revenue_minor"] = float("nan")
     r["deadline"] = time.time() + deadline_s

@@ -27,6 +27,7 @@ from services.schema.records import RECORD_SCHEMA
 from services.scoring.replays import Replays
 from tests.conftest import World, feature_settings
 from tests.faults.support import batch, dead_redis, engine_of, policy_for
+from tests.services.policy_inputs import policy_inputs as _inputs
 
 FEATURES = ("rev_cv_30d", "rev_mean_30d", "credit_utilisation", "term_months", "unmapped_feature")
 CNY = currency_index("CNY")
@@ -48,23 +49,6 @@ def _policy(tmp_path: Path, degraded: dict[str, Any] | None = None) -> Policy:
     return Policy(load_policy(_policy_file(tmp_path, degraded)), FEATURES)
 
 
-def _inputs(n: int, **over: object) -> PolicyInputs:
-    base: dict[str, object] = {
-        "pd": np.full(n, 0.01),
-        "known": np.ones(n, dtype=bool),
-        "stale": np.zeros(n, dtype=bool),
-        "monthly_revenue_base_minor": np.full(n, 10_000_000.0),
-        "amount_minor": np.full(n, 5_000_000, dtype=np.int64),
-        "currency": np.full(n, CNY, dtype=np.int8),
-        "term_months": np.full(n, 12, dtype=np.int16),
-        "product": np.full(n, WC, dtype=np.int8),
-        "apps_1h": np.zeros(n),
-        "apps_24h": np.zeros(n),
-        "model_reason_features": np.tile(np.array([[0, 2, 1, -1]], dtype=np.int32), (n, 1)),
-        "model_reason_contrib": np.tile(np.array([[0.8, 0.3, 0.1, 0.0]]), (n, 1)),
-    }
-    base.update(over)
-    return PolicyInputs(**base)  # type: ignore[arg-type]
 
 
 def _featureless(n: int, **over: object) -> PolicyInputs:

@@ -8,29 +8,13 @@ import numpy as np
 import pytest
 
 from services.errors import ConfigError
-from services.policy import CURRENCIES, Policy, PolicyInputs, currency_index, load_policy
+from services.policy import CURRENCIES, Policy, currency_index, load_policy
 from services.policy.decide import APPROVE, DECLINE, POLICY_REASONS, REVIEW
+from tests.services.policy_inputs import policy_inputs as _inputs
 
 FEATURES = ("rev_cv_30d", "rev_mean_30d", "credit_utilisation", "term_months", "unmapped_feature")
 
 
-def _inputs(n: int, **over: object) -> PolicyInputs:
-    base: dict[str, object] = {
-        "pd": np.full(n, 0.01),
-        "known": np.ones(n, dtype=bool),
-        "stale": np.zeros(n, dtype=bool),
-        "monthly_revenue_base_minor": np.full(n, 10_000_000.0),  # 100,000.00 CNY a month
-        "amount_minor": np.full(n, 5_000_000, dtype=np.int64),  # 50,000.00
-        "currency": np.full(n, currency_index("CNY"), dtype=np.int8),
-        "term_months": np.full(n, 12, dtype=np.int16),
-        "product": np.full(n, 1, dtype=np.int8),
-        "apps_1h": np.zeros(n),
-        "apps_24h": np.zeros(n),
-        "model_reason_features": np.tile(np.array([[0, 2, 1, -1]], dtype=np.int32), (n, 1)),
-        "model_reason_contrib": np.tile(np.array([[0.8, 0.3, 0.1, 0.0]]), (n, 1)),
-    }
-    base.update(over)
-    return PolicyInputs(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

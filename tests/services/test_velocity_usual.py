@@ -7,8 +7,6 @@ test world, where each application counts itself in the velocity view.
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +16,14 @@ import pytest
 import yaml
 
 from services.errors import ConfigError
-from services.policy import Policy, PolicyInputs, currency_index, load_policy
+from services.policy import Policy, PolicyInputs, load_policy
 from services.policy.config import DEFAULT_POLICY
 from services.policy.decide import APPROVE, DECLINE, REVIEW
 from services.policy.lines import validate_policy_text
 from services.schema.codes import Code
 from tests.conftest import World, feature_settings
+from tests.faults.support import batch
+from tests.services.policy_inputs import policy_inputs
 
 FEATURES = ("rev_cv_30d", "rev_mean_30d")
 COLUMNS = ("apps_1h", "apps_24h", "apps_usual_per_day")
@@ -50,24 +50,14 @@ def _policy(tmp_path: Path, doc: dict[str, Any], columns: tuple[str, ...] = COLU
 
 def _inputs(usual: list[float], apps_1h: list[float], apps_24h: list[float], **over: object) -> PolicyInputs:
     n = len(usual)
-    matrix = np.column_stack([apps_1h, apps_24h, usual]).astype(np.float32)
-    base: dict[str, object] = {
-        "pd": np.full(n, 0.01),
-        "known": np.ones(n, dtype=bool),
-        "stale": np.zeros(n, dtype=bool),
-        "monthly_revenue_base_minor": np.full(n, 10_000_000.0),
-        "amount_minor": np.full(n, 5_000_000, dtype=np.int64),
-        "currency": np.full(n, currency_index("CNY"), dtype=np.int8),
-        "term_months": np.full(n, 12, dtype=np.int16),
-        "product": np.full(n, 1, dtype=np.int8),
+    fields: dict[str, object] = {
         "apps_1h": np.asarray(apps_1h, dtype=np.float64),
         "apps_24h": np.asarray(apps_24h, dtype=np.float64),
         "model_reason_features": np.full((n, 4), -1, dtype=np.int32),
         "model_reason_contrib": np.zeros((n, 4)),
-        "features": matrix,
+        "features": np.column_stack([apps_1h, apps_24h, usual]).astype(np.float32),
     }
-    base.update(over)
-    return PolicyInputs(**base)  # type: ignore[arg-type]
+    return policy_inputs(n, **{**fields, **over})
 
 
 def _codes(policy: Policy, reason: np.ndarray) -> list[list[str]]:
@@ -172,18 +162,6 @@ def test_the_check_names_the_line(tmp_path: Path) -> None:
         _policy(tmp_path, _doc(), columns=("apps_1h", "apps_24h"))
 
 
-def _requests(merchants: list[str]) -> Any:
-    from services.schema.records import REQUEST_DTYPE, RequestBatch
-
-    r = np.zeros(len(merchants), REQUEST_DTYPE)
-    r["application_id"] = [f"u-{uuid.uuid4().hex}".encode() for _ in merchants]
-    r["merchant_id"] = [m.encode() for m in merchants]
-    r["amount_minor"], r["currency"], r["term_months"], r["product"], r["channel"] = 500_000, 0, 12, 1, 1
-    r["declared_revenue_minor"] = np.nan
-    r["deadline"] = time.time() + 3600
-    return RequestBatch(r)
-
-
 def test_in_the_engine_each_application_counts_toward_the_burst(clean_world: World, tmp_path: Path) -> None:
     """The materialized usual rate, the live counts and the rule, end to end: merchants with a
     usual rate (about 1/90 a day in this world) are referred with the code from their 4th
@@ -206,7 +184,7 @@ def test_in_the_engine_each_application_counts_toward_the_burst(clean_world: Wor
     unknown = [f"NOT-A-MERCHANT-{k}" for k in range(3)]
     merchants = [*usual, *unknown]
     for k in range(1, 5):  # one batch per application, so each sees the counts the last one left
-        resp = engine.score(_requests(merchants))
+        resp = engine.score(batch(len(merchants), merchants=merchants, deadline_s=3600))
         assert (resp.rows["status"] == Code.OK).all(), resp.rows["status"]
         fired = [CODE in resp.reason_codes(i) for i in range(len(merchants))]
         assert fired == [k > 3] * len(usual) + [False] * len(unknown), k
